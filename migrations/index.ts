@@ -1,0 +1,10 @@
+import type { Knex } from 'knex';
+import * as core from './20261126000001_core';
+
+/**
+ * Every migration in order. Named without a file extension so the names
+ * recorded in knex_migrations do not depend on how the code was loaded.
+ */
+export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration }> = [
+  { name: '20261126000001_core', migration: core },
+];

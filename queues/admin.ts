@@ -1,0 +1,194 @@
+import type { Job, JobType, Queue } from 'bullmq';
+import type { QueueSnapshot } from '../src/metrics';
+import { QUEUE_NAMES, type QueueRegistry } from './index';
+
+export const JOB_STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized', 'waiting-children'] as const;
+export type JobState = (typeof JOB_STATES)[number];
+
+export interface QueueOverview {
+  name: string;
+  counts: { waiting: number; active: number; delayed: number; completed: number; failed: number; paused: number; prioritized: number };
+  oldest_waiting_age_seconds: number;
+  is_paused: boolean;
+  workers: number;
+}
+
+export interface JobView {
+  id: string;
+  queue: string;
+  name: string;
+  state: string;
+  tenant_id: string | null;
+  attempts_made: number;
+  progress: unknown;
+  failed_reason: string | null;
+  created_at: string;
+  processed_at: string | null;
+  finished_at: string | null;
+}
+
+export interface JobDetail extends JobView {
+  data: unknown;
+  opts: unknown;
+  return_value: unknown;
+  stacktrace: string[];
+  logs: string[];
+}
+
+/** Keys whose values are never shown in job data. */
+const SECRET_KEY = /secret|token|password|api[_-]?key|authorization/i;
+
+export function redact(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redact);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? '[redacted]' : redact(inner)]));
+  }
+  return value;
+}
+
+/** Operator views and actions over the queues, for the admin API and metrics. */
+export class QueueAdmin {
+  constructor(private readonly queues: QueueRegistry) {}
+
+  async overview(): Promise<QueueOverview[]> {
+    return Promise.all(QUEUE_NAMES.map((name) => this.describe(this.queues.queue(name))));
+  }
+
+  async snapshots(): Promise<QueueSnapshot[]> {
+    return (await this.overview()).map((queue) => ({
+      name: queue.name,
+      counts: queue.counts,
+      oldestWaitingAgeSeconds: queue.oldest_waiting_age_seconds,
+    }));
+  }
+
+  private async describe(queue: Queue): Promise<QueueOverview> {
+    const [counts, isPaused, oldest, workers] = await Promise.all([
+      queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized'),
+      queue.isPaused(),
+      queue.getJobs(['waiting', 'prioritized'], 0, 0, true),
+      queue.getWorkersCount(),
+    ]);
+    return {
+      name: queue.name,
+      counts: {
+        waiting: counts.waiting ?? 0,
+        active: counts.active ?? 0,
+        delayed: counts.delayed ?? 0,
+        completed: counts.completed ?? 0,
+        failed: counts.failed ?? 0,
+        // A paused queue's waiting jobs are its paused ones.
+        paused: isPaused ? (counts.waiting ?? 0) + (counts.prioritized ?? 0) : 0,
+        prioritized: counts.prioritized ?? 0,
+      },
+      oldest_waiting_age_seconds: oldest[0] ? Math.max(0, (Date.now() - oldest[0].timestamp) / 1000) : 0,
+      is_paused: isPaused,
+      workers,
+    };
+  }
+
+  /**
+   * Jobs of one or all queues in a state, newest first. With `tenantId`,
+   * only that tenant's jobs; the scan is bounded so a big queue cannot make
+   * the request unbounded.
+   */
+  async listJobs(options: { queue?: string; state: JobState; limit: number; tenantId?: string }): Promise<JobView[]> {
+    const names = options.queue ? [options.queue] : QUEUE_NAMES;
+    const scan = options.tenantId ? Math.max(options.limit * 20, 1000) : options.limit;
+    const views: JobView[] = [];
+    for (const name of names) {
+      const jobs = await this.queues.queue(name).getJobs([options.state as JobType], 0, scan - 1, false);
+      for (const job of jobs) {
+        if (!job) continue;
+        if (options.tenantId && tenantOf(job) !== options.tenantId) continue;
+        views.push(toView(job, name, options.state));
+      }
+    }
+    return views.sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, options.limit);
+  }
+
+  async getJob(queueName: string, jobId: string, tenantId?: string): Promise<JobDetail | null> {
+    const queue = this.queues.queue(queueName);
+    const job = await queue.getJob(jobId);
+    if (!job || (tenantId && tenantOf(job) !== tenantId)) return null;
+    const [state, logs] = await Promise.all([job.getState(), queue.getJobLogs(jobId, 0, 99)]);
+    return {
+      ...toView(job, queueName, state),
+      data: redact(job.data),
+      opts: redact(job.opts),
+      return_value: job.returnvalue ?? null,
+      stacktrace: job.stacktrace ?? [],
+      logs: logs.logs,
+    };
+  }
+
+  /** Retries one failed job. Returns its state when it was not failed. */
+  async retryJob(queueName: string, jobId: string, tenantId?: string): Promise<{ retried: true } | { retried: false; state: string } | null> {
+    const job = await this.queues.queue(queueName).getJob(jobId);
+    if (!job || (tenantId && tenantOf(job) !== tenantId)) return null;
+    const state = await job.getState();
+    if (state !== 'failed') return { retried: false, state };
+    await job.retry('failed');
+    return { retried: true };
+  }
+
+  /**
+   * Retries the failed jobs whose reason contains `reasonContains` (case
+   * insensitive); with `dryRun`, only counts them. Matches are collected
+   * first, since retrying removes jobs from the set being paged through.
+   */
+  async retryFailed(queueName: string, options: { dryRun: boolean; reasonContains?: string; tenantId?: string }): Promise<{ matched: number; retried: number }> {
+    const queue = this.queues.queue(queueName);
+    const needle = options.reasonContains?.toLowerCase();
+    const matches: Job[] = [];
+    const pageSize = 500;
+    for (let start = 0; ; start += pageSize) {
+      const jobs = await queue.getJobs(['failed'], start, start + pageSize - 1, true);
+      for (const job of jobs) {
+        if (!job) continue;
+        if (options.tenantId && tenantOf(job) !== options.tenantId) continue;
+        if (needle && !(job.failedReason ?? '').toLowerCase().includes(needle)) continue;
+        matches.push(job);
+      }
+      if (jobs.length < pageSize) break;
+    }
+    if (options.dryRun) return { matched: matches.length, retried: 0 };
+    let retried = 0;
+    for (const job of matches) {
+      // A job retried meanwhile by someone else is no longer failed: skip it.
+      if ((await job.getState()) !== 'failed') continue;
+      await job.retry('failed');
+      retried += 1;
+    }
+    return { matched: matches.length, retried };
+  }
+
+  async pause(queueName: string): Promise<void> {
+    await this.queues.queue(queueName).pause();
+  }
+
+  async resume(queueName: string): Promise<void> {
+    await this.queues.queue(queueName).resume();
+  }
+}
+
+function tenantOf(job: Job): string | null {
+  const tenantId = (job.data as { tenantId?: unknown } | undefined)?.tenantId;
+  return typeof tenantId === 'string' ? tenantId : null;
+}
+
+function toView(job: Job, queue: string, state: string): JobView {
+  return {
+    id: job.id!,
+    queue,
+    name: job.name,
+    state,
+    tenant_id: tenantOf(job),
+    attempts_made: job.attemptsMade,
+    progress: job.progress,
+    failed_reason: job.failedReason || null,
+    created_at: new Date(job.timestamp).toISOString(),
+    processed_at: job.processedOn ? new Date(job.processedOn).toISOString() : null,
+    finished_at: job.finishedOn ? new Date(job.finishedOn).toISOString() : null,
+  };
+}

@@ -1,0 +1,25 @@
+import type { JobsOptions } from 'bullmq';
+import type { z } from 'zod';
+
+/** What every queue module declares: its name, payload, options and job ids. */
+export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
+  readonly name: string;
+  readonly payload: Schema;
+  readonly jobOptions: JobsOptions;
+  /** Deterministic job id, so enqueueing the same work twice is a no-op. */
+  jobId(payload: z.output<Schema>): string;
+}
+
+export type PayloadOf<D extends QueueDefinition> = z.output<D['payload']>;
+
+export function defineQueue<Schema extends z.ZodType>(definition: QueueDefinition<Schema>): QueueDefinition<Schema> {
+  return definition;
+}
+
+const DAY_SECONDS = 24 * 60 * 60;
+
+/** Completed jobs stay a day, failed ones a week, so operators can inspect them. */
+export const RETENTION_DEFAULTS = {
+  removeOnComplete: { age: DAY_SECONDS, count: 10_000 },
+  removeOnFail: { age: 7 * DAY_SECONDS, count: 50_000 },
+} satisfies JobsOptions;

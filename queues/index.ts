@@ -1,0 +1,80 @@
+import { Queue, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { z } from 'zod';
+import type { QueueDefinition } from './definition';
+import { indexingQueue } from './indexing';
+import { reconcileQueue } from './reconcile';
+
+export { indexingQueue, reconcileQueue };
+export type { QueueDefinition, PayloadOf } from './definition';
+
+/** Every queue ragworks runs. */
+export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [indexingQueue, reconcileQueue];
+export const QUEUE_NAMES = QUEUE_DEFINITIONS.map((definition) => definition.name);
+
+export function queueDefinition(name: string): QueueDefinition | undefined {
+  return QUEUE_DEFINITIONS.find((definition) => definition.name === name);
+}
+
+/**
+ * The producer side of every queue, on one shared connection. Payloads are
+ * validated here, before they reach Redis.
+ */
+export class QueueRegistry {
+  private readonly queues = new Map<string, Queue>();
+
+  constructor(
+    private readonly connection: Redis,
+    readonly prefix: string,
+  ) {}
+
+  queue(name: string): Queue {
+    const definition = queueDefinition(name);
+    if (!definition) throw new Error(`Unknown queue "${name}"`);
+    let queue = this.queues.get(name);
+    if (!queue) {
+      queue = new Queue(name, { connection: this.connection, prefix: this.prefix, defaultJobOptions: definition.jobOptions });
+      queue.on('error', () => undefined); // surfaced through the calls that fail
+      this.queues.set(name, queue);
+    }
+    return queue;
+  }
+
+  all(): Queue[] {
+    return QUEUE_NAMES.map((name) => this.queue(name));
+  }
+
+  async enqueue<S extends z.ZodType>(definition: QueueDefinition<S>, payload: z.input<S>, options: JobsOptions = {}): Promise<string> {
+    const data = definition.payload.parse(payload);
+    const job = await this.queue(definition.name).add(definition.name, data, { ...options, jobId: definition.jobId(data) });
+    return job.id!;
+  }
+
+  async enqueueMany<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[]): Promise<string[]> {
+    if (payloads.length === 0) return [];
+    const jobs = await this.queue(definition.name).addBulk(
+      payloads.map((payload) => {
+        const data = definition.payload.parse(payload);
+        return { name: definition.name, data, opts: { jobId: definition.jobId(data) } };
+      }),
+    );
+    return jobs.map((job) => job.id!);
+  }
+
+  /** Removes the jobs for these payloads unless a worker holds them; returns how many went. */
+  async removeWaiting<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[]): Promise<number> {
+    const queue = this.queue(definition.name);
+    let removed = 0;
+    for (const payload of payloads) {
+      const jobId = definition.jobId(definition.payload.parse(payload));
+      // remove() refuses a locked (active) job with an error; that job finishes or skips on its own.
+      removed += await queue.remove(jobId).catch(() => 0);
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((queue) => queue.close()));
+    this.queues.clear();
+  }
+}

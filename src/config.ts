@@ -1,0 +1,192 @@
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import cron from 'node-cron';
+import { z } from 'zod';
+
+/** Every environment variable ragworks reads, with its default, in one schema. */
+
+const booleanFlag = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((value) => value === 'true' || value === '1' || value === 'yes');
+
+const cronExpression = z.string().refine((value) => cron.validate(value), {
+  message: 'not a valid cron expression (node-cron syntax, seconds allowed)',
+});
+
+const redisUrl = z
+  .string()
+  .refine((value) => /^rediss?:\/\//.test(value), { message: 'must start with redis:// or rediss://' })
+  .refine((value) => URL.canParse(value), { message: 'not a valid URL' });
+
+const sentinelList = z
+  .string()
+  .transform((value, ctx) => {
+    const hosts = value.split(',').map((entry) => entry.trim()).filter(Boolean);
+    return hosts.map((entry) => {
+      const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(entry);
+      if (!match) {
+        ctx.addIssue({ code: 'custom', message: `"${entry}" is not host:port` });
+        return { host: entry, port: 0 };
+      }
+      return { host: match[1], port: Number(match[2]) };
+    });
+  });
+
+const positiveInt = z.coerce.number().int().positive();
+
+/**
+ * Per-queue worker concurrency, written `indexing=4,reconcile=1`. Queues not
+ * named use WORKER_CONCURRENCY.
+ */
+const concurrencyMap = z.string().transform((value, ctx) => {
+  const result: Record<string, number> = {};
+  for (const entry of value.split(',').map((part) => part.trim()).filter(Boolean)) {
+    const match = /^([a-z][a-z0-9-]*)=(\d+)$/.exec(entry);
+    if (!match || Number(match[2]) < 1) {
+      ctx.addIssue({ code: 'custom', message: `"${entry}" is not queue=number` });
+      continue;
+    }
+    result[match[1]] = Number(match[2]);
+  }
+  return result;
+});
+
+const unitInterval = z.coerce.number().min(0).max(1);
+
+export const configSchema = z
+  .object({
+    NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+    PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+    HOST: z.string().default('0.0.0.0'),
+    DATABASE_URL: z
+      .string()
+      .refine((value) => /^postgres(ql)?:\/\//.test(value), { message: 'must start with postgres:// or postgresql://' })
+      .optional(),
+    DATABASE_POOL_MAX: positiveInt.default(10),
+    DATA_DIR: z.string().default('./data'),
+    REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
+    REDIS_SENTINELS: sentinelList.optional(),
+    REDIS_SENTINEL_NAME: z.string().min(1).optional(),
+    QUEUE_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only')
+      .default('ragworks'),
+    ADMIN_TOKEN: z.string().min(24, 'must be at least 24 characters').optional(),
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    SHUTDOWN_TIMEOUT_MS: positiveInt.default(25_000),
+    MAX_BODY_BYTES: positiveInt.default(10 * 1024 * 1024),
+
+    OTEL_EXPORTER_OTLP_ENDPOINT: z.url().optional(),
+    OTEL_SERVICE_NAME: z.string().default('ragworks'),
+    OTEL_TRACE_REDIS: booleanFlag.default(false),
+
+    WORKER_QUEUES: z.string().default('all'),
+    WORKER_CONCURRENCY: positiveInt.default(4),
+    WORKER_CONCURRENCY_PER_QUEUE: concurrencyMap.default({}),
+    WORKER_LOCK_DURATION_MS: positiveInt.default(30_000),
+    WORKER_STALLED_INTERVAL_MS: positiveInt.default(30_000),
+    METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+
+    EMBEDDINGS_PROVIDER: z.enum(['hash', 'openai']).default('hash'),
+    EMBEDDINGS_URL: z.url().optional(),
+    EMBEDDINGS_MODEL: z.string().min(1).optional(),
+    EMBEDDINGS_API_KEY: z.string().min(1).optional(),
+    EMBEDDINGS_DIMENSIONS: z.coerce.number().int().min(1).max(16_000).default(384),
+    EMBEDDINGS_BATCH_SIZE: positiveInt.default(64),
+    EMBEDDINGS_TIMEOUT_MS: positiveInt.default(30_000),
+    EMBEDDINGS_MAX_RETRIES: z.coerce.number().int().min(0).default(5),
+
+    CHUNK_TARGET_WORDS: positiveInt.default(512),
+    CHUNK_OVERLAP_WORDS: z.coerce.number().int().min(0).default(100),
+    CHUNK_MIN_WORDS: positiveInt.default(50),
+    CHUNK_MAX_WORDS: positiveInt.default(768),
+
+    SEARCH_TEXT_CONFIG: z
+      .string()
+      .regex(/^[a-z_]+$/, 'a PostgreSQL text search configuration name such as english or simple')
+      .default('english'),
+    SEARCH_SEMANTIC_WEIGHT: unitInterval.default(0.7),
+    SEARCH_RRF_K: positiveInt.default(60),
+    SEARCH_CANDIDATES: positiveInt.default(100),
+    SEARCH_EXACT_SCAN_MAX_CHUNKS: z.coerce.number().int().min(0).default(20_000),
+
+    SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *'),
+    RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120),
+
+    API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
+  })
+  .superRefine((config, ctx) => {
+    if (config.NODE_ENV === 'production' && !config.ADMIN_TOKEN) {
+      ctx.addIssue({ code: 'custom', path: ['ADMIN_TOKEN'], message: 'is required when NODE_ENV=production' });
+    }
+    if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
+      ctx.addIssue({ code: 'custom', path: ['REDIS_SENTINEL_NAME'], message: 'is required with REDIS_SENTINELS' });
+    }
+    if (config.EMBEDDINGS_PROVIDER === 'openai') {
+      for (const key of ['EMBEDDINGS_URL', 'EMBEDDINGS_MODEL'] as const) {
+        if (!config[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required with EMBEDDINGS_PROVIDER=openai' });
+      }
+    }
+    if (config.CHUNK_MIN_WORDS > config.CHUNK_TARGET_WORDS || config.CHUNK_TARGET_WORDS > config.CHUNK_MAX_WORDS) {
+      ctx.addIssue({ code: 'custom', path: ['CHUNK_TARGET_WORDS'], message: 'needs CHUNK_MIN_WORDS ≤ CHUNK_TARGET_WORDS ≤ CHUNK_MAX_WORDS' });
+    }
+    if (config.CHUNK_OVERLAP_WORDS >= config.CHUNK_TARGET_WORDS) {
+      ctx.addIssue({ code: 'custom', path: ['CHUNK_OVERLAP_WORDS'], message: 'must be smaller than CHUNK_TARGET_WORDS' });
+    }
+  });
+
+type ParsedConfig = z.output<typeof configSchema>;
+
+export interface Config extends ParsedConfig {
+  /** True when ADMIN_TOKEN was not set and one was generated for this process. */
+  adminTokenGenerated: boolean;
+  ADMIN_TOKEN: string;
+  DATA_DIR: string;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/**
+ * Reads the configuration from an environment. Throws a ConfigError whose
+ * message is one line naming the first offending variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== undefined && value !== ''));
+  const parsed = configSchema.safeParse(present);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const variable = String(issue.path[0] ?? 'configuration');
+    const shown = variable in present ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
+    throw new ConfigError(`Invalid configuration: ${variable} ${describeIssue(issue)}${shown}`);
+  }
+  const adminTokenGenerated = !parsed.data.ADMIN_TOKEN;
+  return {
+    ...parsed.data,
+    DATA_DIR: path.resolve(parsed.data.DATA_DIR),
+    ADMIN_TOKEN: parsed.data.ADMIN_TOKEN ?? `rw_admin_${randomBytes(24).toString('base64url')}`,
+    adminTokenGenerated,
+  };
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'invalid_type' && issue.input === undefined) return 'is required';
+  if (issue.code === 'invalid_value' && 'values' in issue) return `must be one of ${issue.values.join(', ')}`;
+  return issue.message.startsWith('is ') || issue.message.startsWith('must') ? issue.message : `is invalid: ${issue.message}`;
+}
+
+function truncate(value: string, max: number): string {
+  return value.length > max ? `${value.slice(0, max)}…` : value;
+}
+
+/** The queues a worker process consumes, from WORKER_QUEUES. */
+export function selectedQueues(config: Config, known: readonly string[]): string[] {
+  if (config.WORKER_QUEUES.trim() === 'all') return [...known];
+  const wanted = config.WORKER_QUEUES.split(',').map((name) => name.trim()).filter(Boolean);
+  const unknown = wanted.filter((name) => !known.includes(name));
+  if (unknown.length > 0) {
+    throw new ConfigError(`Invalid configuration: WORKER_QUEUES names unknown queue(s) ${unknown.join(', ')} (known: ${known.join(', ')})`);
+  }
+  return wanted;
+}

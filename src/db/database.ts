@@ -1,0 +1,61 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
+
+/** int8 counts and sums come back as numbers; no value we store comes near 2^53. */
+pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
+
+export type DatabaseKind = 'postgres' | 'pglite';
+
+export interface Database {
+  knex: Knex;
+  kind: DatabaseKind;
+  /** Where the data lives, for log lines: a URL without its password, or the PGlite directory. */
+  location: string;
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  databaseUrl?: string;
+  dataDir: string;
+  poolMax: number;
+}
+
+export async function openDatabase(options: DatabaseOptions): Promise<Database> {
+  if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolMax);
+  return openPglite(path.join(options.dataDir, 'pglite'));
+}
+
+function openPostgres(url: string, poolMax: number): Database {
+  const knex = knexFactory({
+    client: 'pg',
+    connection: { connectionString: url, connectionTimeoutMillis: 5_000 },
+    pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
+    acquireConnectionTimeout: 10_000,
+  });
+  return { knex, kind: 'postgres', location: redactUrl(url), close: () => knex.destroy() };
+}
+
+async function openPglite(dataDir: string): Promise<Database> {
+  fs.mkdirSync(dataDir, { recursive: true });
+  const [{ PGlite }, { vector }, { default: ClientPgLite }] = await Promise.all([
+    import('@electric-sql/pglite'),
+    import('@electric-sql/pglite-pgvector'),
+    import('knex-pglite'),
+  ]);
+  const instance = await PGlite.create({ dataDir, extensions: { vector } });
+  // knex-pglite owns the instance: destroying knex closes it.
+  const knex = knexFactory({ client: ClientPgLite, dialect: 'postgres', connection: { pglite: instance } } as unknown as Knex.Config);
+  return { knex, kind: 'pglite', location: dataDir, close: () => knex.destroy() };
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparseable URL)';
+  }
+}

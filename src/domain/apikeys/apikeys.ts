@@ -1,0 +1,185 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Knex } from 'knex';
+import { notFound } from '../../errors';
+import { newId } from '../ids';
+import { paginate, type Page, type PageRequest } from '../pagination';
+
+export const SCOPES = [
+  'documents:read',
+  'documents:write',
+  'search',
+  'analytics:read',
+  'webhooks:manage',
+  'keys:manage',
+  'jobs:manage',
+  'admin',
+] as const;
+export type Scope = (typeof SCOPES)[number];
+
+export const DEFAULT_SCOPES: Scope[] = ['documents:read', 'documents:write', 'search'];
+
+/** Keys are recognisable in logs and secret scanners by this prefix. */
+export const KEY_PREFIX = 'rw_live_';
+/** 30 random bytes → 40 base64url characters after the prefix. */
+const KEY_RANDOM_BYTES = 30;
+/** How much of a key is kept in clear to tell keys apart. */
+const VISIBLE_PREFIX_LENGTH = KEY_PREFIX.length + 6;
+
+export interface ApiKey {
+  id: string;
+  tenant_id: string;
+  name: string;
+  prefix: string;
+  scopes: Scope[];
+  expires_at: string | null;
+  revoked_at: string | null;
+  last_used_at: string | null;
+  request_count: number;
+  created_at: string;
+}
+
+interface ApiKeyRow {
+  id: string;
+  tenant_id: string;
+  name: string;
+  prefix: string;
+  key_hash: string;
+  scopes: Scope[];
+  expires_at: Date | null;
+  revoked_at: Date | null;
+  last_used_at: Date | null;
+  request_count: number;
+  created_at: Date;
+}
+
+const iso = (value: Date | null) => (value ? value.toISOString() : null);
+
+const toApiKey = (row: ApiKeyRow): ApiKey => ({
+  id: row.id,
+  tenant_id: row.tenant_id,
+  name: row.name,
+  prefix: row.prefix,
+  scopes: row.scopes,
+  expires_at: iso(row.expires_at),
+  revoked_at: iso(row.revoked_at),
+  last_used_at: iso(row.last_used_at),
+  request_count: row.request_count,
+  created_at: row.created_at.toISOString(),
+});
+
+export const hashKey = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
+
+export interface NewApiKey {
+  name: string;
+  scopes?: Scope[];
+  expires_at?: string | null;
+}
+
+/** Creates a key; the plaintext is in the result and nowhere else, ever. */
+export async function createApiKey(db: Knex, tenantId: string, input: NewApiKey): Promise<{ apiKey: ApiKey; key: string }> {
+  const key = KEY_PREFIX + randomBytes(KEY_RANDOM_BYTES).toString('base64url');
+  const [row] = await db<ApiKeyRow>('api_keys')
+    .insert({
+      id: newId(),
+      tenant_id: tenantId,
+      name: input.name,
+      prefix: key.slice(0, VISIBLE_PREFIX_LENGTH),
+      key_hash: hashKey(key),
+      scopes: [...new Set(input.scopes ?? DEFAULT_SCOPES)],
+      expires_at: input.expires_at ? new Date(input.expires_at) : null,
+    })
+    .returning('*');
+  return { apiKey: toApiKey(row), key };
+}
+
+/** Active (not revoked) keys of a tenant; never the hash. */
+export async function listApiKeys(db: Knex, tenantId: string, page: PageRequest): Promise<Page<ApiKey>> {
+  return paginate(db<ApiKeyRow>('api_keys').select('*').where({ tenant_id: tenantId }).whereNull('revoked_at'), page, toApiKey);
+}
+
+export async function revokeApiKey(db: Knex, tenantId: string, keyId: string): Promise<void> {
+  const updated = await db('api_keys')
+    .where({ id: keyId, tenant_id: tenantId })
+    .whereNull('revoked_at')
+    .update({ revoked_at: db.fn.now() });
+  if (updated === 0) throw notFound('API key');
+}
+
+export type KeyVerdict =
+  | { ok: true; apiKey: ApiKey }
+  | { ok: false; reason: 'unknown' | 'revoked' | 'expired' };
+
+/**
+ * Looks a presented key up by its SHA-256 and checks it is usable. The hash
+ * is compared again in constant time so no early-exit comparison ever sees
+ * secret-derived bytes.
+ */
+export async function verifyApiKey(db: Knex, presented: string, now = new Date()): Promise<KeyVerdict> {
+  if (!presented.startsWith(KEY_PREFIX)) return { ok: false, reason: 'unknown' };
+  const digest = hashKey(presented);
+  const row = await db<ApiKeyRow>('api_keys').first('*').where({ key_hash: digest });
+  if (!row || !timingSafeEqual(Buffer.from(row.key_hash, 'hex'), Buffer.from(digest, 'hex'))) return { ok: false, reason: 'unknown' };
+  if (row.revoked_at) return { ok: false, reason: 'revoked' };
+  if (row.expires_at && row.expires_at <= now) return { ok: false, reason: 'expired' };
+  return { ok: true, apiKey: toApiKey(row) };
+}
+
+/**
+ * Counts key use in memory and writes it in one statement per flush, so
+ * authentication adds no write to every request.
+ */
+export class KeyUsageRecorder {
+  private pending = new Map<string, { count: number; lastUsed: Date }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly db: Knex,
+    private readonly flushEveryMs: number,
+    private readonly onError: (error: unknown) => void,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.flush().catch(this.onError), this.flushEveryMs);
+    this.timer.unref();
+  }
+
+  record(keyId: string, at = new Date()): void {
+    const entry = this.pending.get(keyId);
+    if (entry) {
+      entry.count += 1;
+      entry.lastUsed = at;
+    } else {
+      this.pending.set(keyId, { count: 1, lastUsed: at });
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.pending.size === 0) return;
+    const batch = this.pending;
+    this.pending = new Map();
+    const rows = [...batch].map(([id, usage]) => ({ id, count: usage.count, last_used: usage.lastUsed.toISOString() }));
+    try {
+      await this.db.raw(
+        `update api_keys k set request_count = k.request_count + u.count, last_used_at = greatest(k.last_used_at, u.last_used)
+           from jsonb_to_recordset(?::jsonb) as u(id uuid, count int, last_used timestamptz)
+          where k.id = u.id`,
+        [JSON.stringify(rows)],
+      );
+    } catch (error) {
+      // Put the counts back so a database blip loses nothing.
+      for (const [id, usage] of batch) {
+        const entry = this.pending.get(id);
+        if (entry) {
+          entry.count += usage.count;
+          if (usage.lastUsed > entry.lastUsed) entry.lastUsed = usage.lastUsed;
+        } else this.pending.set(id, usage);
+      }
+      throw error;
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flush().catch(this.onError);
+  }
+}

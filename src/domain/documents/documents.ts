@@ -1,0 +1,257 @@
+import type { Knex } from 'knex';
+import type { Logger } from '../../logger';
+import { AppError, conflict, isUniqueViolation, notFound } from '../../errors';
+import type { ContentType } from '../chunking/chunker';
+import { newId } from '../ids';
+import { createIndexJobRows } from '../indexing/jobs';
+import type { DispatchIndexing, IndexingWork } from '../indexing/dispatch';
+import { paginate, type Page, type PageRequest } from '../pagination';
+
+export const CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
+export const DOCUMENT_STATUSES = ['queued', 'processing', 'indexed', 'failed', 'canceled'] as const;
+export type DocumentStatus = (typeof DOCUMENT_STATUSES)[number];
+
+export const DOCUMENT_LIMITS = {
+  contentBytes: 5 * 1024 * 1024,
+  titleChars: 500,
+  tags: 50,
+  tagChars: 100,
+  batch: 1000,
+} as const;
+
+export interface DocumentInput {
+  title: string;
+  content: string;
+  content_type?: ContentType;
+  tags?: string[];
+  metadata?: Record<string, unknown>;
+  source_url?: string | null;
+  external_id?: string | null;
+}
+
+export interface DocumentChanges {
+  title?: string;
+  content?: string;
+  tags?: string[];
+  metadata?: Record<string, unknown>;
+}
+
+export interface DocumentSummary {
+  id: string;
+  title: string;
+  content_type: ContentType;
+  tags: string[];
+  metadata: Record<string, unknown>;
+  source_url: string | null;
+  external_id: string | null;
+  status: DocumentStatus;
+  version: number;
+  chunk_count: number;
+  content_bytes: number;
+  error: string | null;
+  job_id: string | null;
+  indexed_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface DocumentDetail extends DocumentSummary {
+  content: string;
+}
+
+export interface DocumentRow {
+  id: string;
+  tenant_id: string;
+  title: string;
+  content: string;
+  content_type: ContentType;
+  tags: string[];
+  metadata: Record<string, unknown>;
+  source_url: string | null;
+  external_id: string | null;
+  status: DocumentStatus;
+  version: number;
+  chunk_count: number;
+  content_bytes: number;
+  error: string | null;
+  last_index_job_id: string | null;
+  indexed_at: Date | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const SUMMARY_COLUMNS = [
+  'id', 'title', 'content_type', 'tags', 'metadata', 'source_url', 'external_id', 'status', 'version',
+  'chunk_count', 'content_bytes', 'error', 'last_index_job_id', 'indexed_at', 'created_at', 'updated_at',
+] as const;
+
+type SummaryRow = Omit<DocumentRow, 'content' | 'tenant_id'>;
+
+function toSummary(row: SummaryRow): DocumentSummary {
+  return {
+    id: row.id,
+    title: row.title,
+    content_type: row.content_type,
+    tags: row.tags,
+    metadata: row.metadata,
+    source_url: row.source_url,
+    external_id: row.external_id,
+    status: row.status,
+    version: row.version,
+    chunk_count: row.chunk_count,
+    content_bytes: row.content_bytes,
+    error: row.error,
+    job_id: row.last_index_job_id,
+    indexed_at: row.indexed_at ? row.indexed_at.toISOString() : null,
+    created_at: row.created_at.toISOString(),
+    updated_at: row.updated_at.toISOString(),
+  };
+}
+
+export interface DocumentDeps {
+  db: Knex;
+  dispatch: DispatchIndexing;
+  logger: Logger;
+}
+
+/**
+ * Stores documents as `queued` together with one index job for all of them,
+ * then hands them to the indexing queue. If that hand-off fails the
+ * documents stay queued and the reconcile tick picks them up: an accepted
+ * document is never lost.
+ */
+export async function createDocuments(deps: DocumentDeps, tenantId: string, inputs: DocumentInput[]): Promise<DocumentSummary[]> {
+  const indexJobId = newId();
+  const rows = inputs.map((input) => ({
+    id: newId(),
+    tenant_id: tenantId,
+    title: input.title,
+    content: input.content,
+    content_type: input.content_type ?? 'markdown',
+    tags: dedupe(input.tags ?? []),
+    metadata: input.metadata ?? {},
+    source_url: input.source_url ?? null,
+    external_id: input.external_id ?? null,
+    status: 'queued' as const,
+    version: 1,
+    content_bytes: Buffer.byteLength(input.content, 'utf8'),
+    last_index_job_id: indexJobId,
+  }));
+  assertUniqueExternalIds(rows);
+  const inserted = await deps.db.transaction(async (trx) => {
+    try {
+      const created: SummaryRow[] = [];
+      // Insert in slices: a 1000-document batch of large texts would exceed one statement's parameter limit.
+      for (const slice of chunked(rows, 200)) {
+        created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
+      }
+      await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false);
+      return created;
+    } catch (error) {
+      if (isUniqueViolation(error, 'documents_external_id_unique')) {
+        throw conflict('A document with this external_id already exists.', { field: 'external_id' });
+      }
+      throw error;
+    }
+  });
+  await dispatchAfterCommit(deps, inserted.map((row) => ({ tenantId, indexJobId, documentId: row.id, version: row.version })));
+  return inserted.map(toSummary);
+}
+
+export async function getDocument(db: Knex, tenantId: string, documentId: string): Promise<DocumentDetail> {
+  const row = await db<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId });
+  if (!row) throw notFound('Document');
+  return { ...toSummary(row), content: row.content };
+}
+
+export interface DocumentFilters {
+  content_type?: ContentType;
+  tag?: string;
+  status?: DocumentStatus;
+}
+
+export async function listDocuments(db: Knex, tenantId: string, filters: DocumentFilters, page: PageRequest): Promise<Page<DocumentSummary>> {
+  const query = db<DocumentRow>('documents').select([...SUMMARY_COLUMNS]).where({ tenant_id: tenantId });
+  if (filters.content_type) query.where({ content_type: filters.content_type });
+  if (filters.status) query.where({ status: filters.status });
+  if (filters.tag) query.whereRaw('tags @> ?::text[]', [[filters.tag]]);
+  return paginate(query, page, toSummary);
+}
+
+/**
+ * Applies changes. A new title or content is a new version that is
+ * re-indexed (`reindexed: true`); tags and metadata apply at once.
+ */
+export async function updateDocument(
+  deps: DocumentDeps,
+  tenantId: string,
+  documentId: string,
+  changes: DocumentChanges,
+): Promise<{ document: DocumentSummary; reindexed: boolean }> {
+  const result = await deps.db.transaction(async (trx) => {
+    const current = await trx<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId }).forUpdate();
+    if (!current) throw notFound('Document');
+    const reindex =
+      (changes.content !== undefined && changes.content !== current.content) ||
+      (changes.title !== undefined && changes.title !== current.title);
+    const update: Record<string, unknown> = { updated_at: trx.fn.now() };
+    if (changes.title !== undefined) update.title = changes.title;
+    if (changes.tags !== undefined) update.tags = dedupe(changes.tags);
+    if (changes.metadata !== undefined) update.metadata = changes.metadata;
+    if (changes.content !== undefined) {
+      update.content = changes.content;
+      update.content_bytes = Buffer.byteLength(changes.content, 'utf8');
+    }
+    let indexJobId: string | null = null;
+    if (reindex) {
+      indexJobId = newId();
+      Object.assign(update, { version: current.version + 1, status: 'queued', error: null, last_index_job_id: indexJobId });
+      await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false);
+    }
+    const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);
+    return { row, indexJobId };
+  });
+  if (result.indexJobId) {
+    await dispatchAfterCommit(deps, [{ tenantId, indexJobId: result.indexJobId, documentId, version: result.row.version }]);
+  }
+  return { document: toSummary(result.row), reindexed: result.indexJobId !== null };
+}
+
+/** Deletes a document and its chunks; pending indexing of it is canceled. */
+export async function deleteDocument(db: Knex, tenantId: string, documentId: string): Promise<void> {
+  await db.transaction(async (trx) => {
+    const deleted = await trx('documents').where({ id: documentId, tenant_id: tenantId }).delete();
+    if (deleted === 0) throw notFound('Document');
+    await trx('index_job_items')
+      .where({ document_id: documentId, tenant_id: tenantId })
+      .whereIn('status', ['queued', 'processing'])
+      .update({ status: 'canceled', error: 'The document was deleted.', updated_at: trx.fn.now() });
+  });
+}
+
+async function dispatchAfterCommit(deps: DocumentDeps, work: IndexingWork[]): Promise<void> {
+  try {
+    await deps.dispatch(work);
+  } catch (error) {
+    deps.logger.warn({ err: error, documents: work.length }, 'indexing enqueue failed; the reconcile tick will retry it');
+  }
+}
+
+function assertUniqueExternalIds(rows: Array<{ external_id: string | null }>): void {
+  const seen = new Set<string>();
+  for (const row of rows) {
+    if (row.external_id === null) continue;
+    if (seen.has(row.external_id)) {
+      throw new AppError(400, 'validation_failed', 'Two documents in the batch share an external_id.', { external_id: row.external_id });
+    }
+    seen.add(row.external_id);
+  }
+}
+
+const dedupe = (tags: string[]): string[] => [...new Set(tags)];
+
+function chunked<T>(items: T[], size: number): T[][] {
+  const slices: T[][] = [];
+  for (let start = 0; start < items.length; start += size) slices.push(items.slice(start, start + size));
+  return slices;
+}

@@ -1,0 +1,46 @@
+import type { Knex } from 'knex';
+
+export interface TenantStats {
+  documents: Record<string, number> & { total: number };
+  chunks: number;
+  index_jobs: Record<string, number> & { total: number };
+}
+
+export interface PlatformStats {
+  total_documents: number;
+  indexed_documents: number;
+  total_chunks: number;
+  tenants: number;
+}
+
+async function countBy(query: Knex.QueryBuilder, column: string, states: readonly string[]): Promise<Record<string, number> & { total: number }> {
+  const rows: Array<{ key: string; n: number }> = await query.select(`${column} as key`).count('* as n').groupBy(column);
+  const counts = Object.fromEntries(states.map((state) => [state, 0])) as Record<string, number> & { total: number };
+  counts.total = 0;
+  for (const row of rows) {
+    counts[row.key] = Number(row.n);
+    counts.total += Number(row.n);
+  }
+  return counts;
+}
+
+export async function tenantStats(db: Knex, tenantId: string): Promise<TenantStats> {
+  const [documents, chunks, indexJobs] = await Promise.all([
+    countBy(db('documents').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'indexed', 'failed', 'canceled']),
+    db('chunks').where({ tenant_id: tenantId }).count('* as n').first(),
+    countBy(db('index_jobs').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'completed', 'failed', 'canceled']),
+  ]);
+  return { documents, chunks: Number(chunks?.n ?? 0), index_jobs: indexJobs };
+}
+
+export async function platformStats(db: Knex): Promise<PlatformStats> {
+  const row = await db
+    .select(
+      db.raw('(select count(*) from documents)::int as total_documents'),
+      db.raw(`(select count(*) from documents where status = 'indexed')::int as indexed_documents`),
+      db.raw('(select count(*) from chunks)::int as total_chunks'),
+      db.raw('(select count(*) from tenants)::int as tenants'),
+    )
+    .first();
+  return row as PlatformStats;
+}

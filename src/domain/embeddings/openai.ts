@@ -1,0 +1,188 @@
+import { fetch } from 'undici';
+import { EmbeddingError, type Embedder } from './embedder';
+
+export interface OpenAiEmbedderOptions {
+  /** Full endpoint URL, e.g. http://localhost:11434/v1/embeddings. */
+  url: string;
+  model: string;
+  apiKey?: string;
+  /** Every returned vector must have exactly this length. */
+  dimensions: number;
+  batchSize: number;
+  /** Retries after the first attempt, per batch. */
+  maxRetries: number;
+  /** Per attempt, including reading the response body. */
+  timeoutMs: number;
+  /** Base of the exponential backoff between retries; defaults to 500 ms. */
+  retryBaseMs?: number;
+}
+
+const DEFAULT_RETRY_BASE_MS = 500;
+const RETRY_CAP_MS = 10_000;
+const RETRY_AFTER_CAP_MS = 30_000;
+const EXCERPT_CHARS = 200;
+
+type Attempt = { ok: true; vectors: number[][] } | { ok: false; problem: string; retryAfterMs?: number; cause?: unknown };
+
+/**
+ * Embedder for any OpenAI-compatible /embeddings endpoint (OpenAI, Ollama,
+ * vLLM, LiteLLM, ...). Batches are sent one after another so a large document
+ * does not flood a local model server.
+ */
+export function createOpenAiEmbedder(o: OpenAiEmbedderOptions): Embedder {
+  for (const [key, min] of [['dimensions', 1], ['batchSize', 1], ['maxRetries', 0], ['timeoutMs', 1]] as const) {
+    if (!Number.isInteger(o[key]) || o[key] < min) throw new RangeError(`${key} must be an integer >= ${min}`);
+  }
+  const endpoint = new URL(o.url);
+  // Error messages carry the endpoint without credentials or query string.
+  const where = `${endpoint.origin}${endpoint.pathname}`;
+  const retryBaseMs = o.retryBaseMs ?? DEFAULT_RETRY_BASE_MS;
+  const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json' };
+  if (o.apiKey) headers.authorization = `Bearer ${o.apiKey}`;
+
+  const excerpt = (body: string): string => {
+    let text = body.replace(/\s+/g, ' ').trim();
+    // A provider echoing the request headers back must not leak the key into logs.
+    if (o.apiKey) text = text.split(o.apiKey).join('[redacted]');
+    return text.length > EXCERPT_CHARS ? `${text.slice(0, EXCERPT_CHARS)}…` : text;
+  };
+
+  const parse = (body: string, count: number): number[][] => {
+    let payload: unknown;
+    try {
+      payload = JSON.parse(body);
+    } catch {
+      throw new EmbeddingError(`Embedding endpoint ${where} returned a response that is not JSON: ${excerpt(body)}`, false);
+    }
+    const data = (payload as { data?: unknown } | null)?.data;
+    if (!Array.isArray(data)) {
+      throw new EmbeddingError(`Embedding endpoint ${where} returned no "data" array: ${excerpt(body)}`, false);
+    }
+    if (data.length !== count) {
+      throw new EmbeddingError(`Embedding endpoint ${where} returned ${data.length} embeddings for ${count} inputs`, false);
+    }
+    const vectors = new Array<number[] | undefined>(count).fill(undefined);
+    data.forEach((item: unknown, position) => {
+      const { index = position, embedding } = (item ?? {}) as { index?: unknown; embedding?: unknown };
+      if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= count || vectors[index] !== undefined) {
+        throw new EmbeddingError(`Embedding endpoint ${where} returned an invalid or duplicate index ${JSON.stringify(index)}`, false);
+      }
+      if (!Array.isArray(embedding)) {
+        throw new EmbeddingError(`Embedding endpoint ${where} returned an item without an "embedding" array`, false);
+      }
+      if (embedding.length !== o.dimensions) {
+        throw new EmbeddingError(
+          `Embedding model "${o.model}" returned vectors of ${embedding.length} dimensions, expected ${o.dimensions}; ` +
+            'the configured dimensions do not match the model',
+          false,
+        );
+      }
+      if (!embedding.every((v) => typeof v === 'number' && Number.isFinite(v))) {
+        throw new EmbeddingError(`Embedding endpoint ${where} returned a vector with non-numeric values`, false);
+      }
+      vectors[index] = embedding as number[];
+    });
+    return vectors as number[][];
+  };
+
+  const attempt = async (batch: string[], signal: AbortSignal | undefined): Promise<Attempt> => {
+    const timeout = AbortSignal.timeout(o.timeoutMs);
+    const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    let status: number;
+    let retryAfter: string | null;
+    let body: string;
+    try {
+      const response = await fetch(o.url, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ model: o.model, input: batch }),
+        signal: combined,
+      });
+      status = response.status;
+      retryAfter = response.headers.get('retry-after');
+      body = await response.text();
+    } catch (error) {
+      // The caller's cancellation is not a provider failure: stop, do not retry.
+      if (signal?.aborted) throw signal.reason;
+      const problem = timeout.aborted ? `timed out after ${o.timeoutMs} ms` : describeNetworkError(error);
+      return { ok: false, problem, cause: error };
+    }
+    if (status === 429 || status >= 500) {
+      return { ok: false, problem: `HTTP ${status}: ${excerpt(body)}`, retryAfterMs: parseRetryAfter(retryAfter, Date.now()) };
+    }
+    if (status < 200 || status >= 300) {
+      throw new EmbeddingError(`Embedding endpoint ${where} rejected the request with HTTP ${status}: ${excerpt(body)}`, false);
+    }
+    return { ok: true, vectors: parse(body, batch.length) };
+  };
+
+  const embedBatch = async (batch: string[], signal: AbortSignal | undefined): Promise<number[][]> => {
+    for (let retry = 0; ; retry++) {
+      signal?.throwIfAborted();
+      const result = await attempt(batch, signal);
+      if (result.ok) return result.vectors;
+      if (retry >= o.maxRetries) {
+        throw new EmbeddingError(
+          `Embedding endpoint ${where} failed after ${retry + 1} attempt${retry === 0 ? '' : 's'}: ${result.problem}`,
+          true,
+          { cause: result.cause },
+        );
+      }
+      await sleep(result.retryAfterMs ?? backoffMs(retryBaseMs, retry), signal);
+    }
+  };
+
+  return {
+    model: o.model,
+    dimensions: o.dimensions,
+    async embed(texts: string[], signal?: AbortSignal): Promise<number[][]> {
+      const vectors: number[][] = [];
+      for (let start = 0; start < texts.length; start += o.batchSize) {
+        vectors.push(...(await embedBatch(texts.slice(start, start + o.batchSize), signal)));
+      }
+      return vectors;
+    },
+  };
+}
+
+/** Exponential with jitter, so workers that failed together do not retry in lockstep. */
+function backoffMs(baseMs: number, retry: number): number {
+  const ceiling = Math.min(RETRY_CAP_MS, baseMs * 2 ** retry);
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/** Delay requested by a Retry-After header (seconds or HTTP-date), capped; undefined when absent or unparseable. */
+function parseRetryAfter(value: string | null, now: number): number | undefined {
+  if (value === null) return undefined;
+  const trimmed = value.trim();
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.min(RETRY_AFTER_CAP_MS, Number(trimmed) * 1000);
+  const date = Date.parse(trimmed);
+  if (Number.isNaN(date)) return undefined;
+  return Math.min(RETRY_AFTER_CAP_MS, Math.max(0, date - now));
+}
+
+function describeNetworkError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  // undici reports "fetch failed" and puts the useful part (ECONNREFUSED, ...) in the cause.
+  const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
+  const detail = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : '';
+  return detail ? `${error.message} (${detail})` : error.message;
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

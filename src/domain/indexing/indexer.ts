@@ -1,0 +1,165 @@
+import type { Knex } from 'knex';
+import { chunkDocument, type Chunk, type ChunkingOptions } from '../chunking/chunker';
+import type { DocumentRow } from '../documents/documents';
+import type { Embedder } from '../embeddings/embedder';
+import { newId } from '../ids';
+import type { IndexingWork } from './dispatch';
+import { refreshIndexJob, type ItemStatus } from './jobs';
+
+export interface IndexerDeps {
+  db: Knex;
+  embedder: Embedder;
+  chunking: ChunkingOptions;
+  /** PostgreSQL text search configuration, e.g. `english`. */
+  textSearchConfig: string;
+  /** False on a PostgreSQL without pgvector: chunks are stored for keyword search only. */
+  vectorSearch: boolean;
+  embedBatchSize: number;
+}
+
+export type IndexOutcome =
+  | { outcome: 'indexed'; chunks: number }
+  | { outcome: 'skipped'; reason: string };
+
+export type IndexProgress = (stage: 'chunking' | 'embedding' | 'storing', done: number, total: number) => void | Promise<void>;
+
+/** Rows per INSERT: big enough to be quick, small enough to stay far from parameter and packet limits. */
+const INSERT_SLICE = 100;
+
+/**
+ * Indexes one document version for one index job. Safe to run any number of
+ * times: a finished item is skipped, and the document's chunks are replaced
+ * in one transaction, so the end state is one set of chunks.
+ */
+export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signal?: AbortSignal, progress?: IndexProgress): Promise<IndexOutcome> {
+  const claim = await claimItem(deps.db, work);
+  if (claim.outcome === 'skipped') return claim;
+  const document = claim.document;
+
+  await progress?.('chunking', 0, 1);
+  const chunks = chunkDocument(document.content, document.content_type, deps.chunking);
+  signal?.throwIfAborted();
+
+  const embeddings: number[][] = [];
+  if (deps.vectorSearch) {
+    for (let start = 0; start < chunks.length; start += deps.embedBatchSize) {
+      const texts = chunks.slice(start, start + deps.embedBatchSize).map((chunk) => embeddingText(document.title, chunk));
+      embeddings.push(...(await deps.embedder.embed(texts, signal)));
+      signal?.throwIfAborted();
+      await progress?.('embedding', Math.min(start + deps.embedBatchSize, chunks.length), chunks.length);
+    }
+  }
+
+  await progress?.('storing', 0, chunks.length);
+  return deps.db.transaction(async (trx) => {
+    const current = await lockCurrentVersion(trx, work);
+    if (current.outcome === 'skipped') return current;
+    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId });
+    if (item?.status !== 'processing') return { outcome: 'skipped' as const, reason: `the item is ${item?.status ?? 'gone'}` };
+
+    await trx('chunks').where({ document_id: work.documentId }).delete();
+    for (let start = 0; start < chunks.length; start += INSERT_SLICE) {
+      await insertChunks(trx, deps, work, document.title, chunks.slice(start, start + INSERT_SLICE), embeddings.slice(start, start + INSERT_SLICE));
+    }
+    await trx('documents').where({ id: work.documentId }).update({
+      status: 'indexed',
+      chunk_count: chunks.length,
+      indexed_at: trx.fn.now(),
+      error: null,
+      updated_at: trx.fn.now(),
+    });
+    await setItemStatus(trx, work, 'completed', null);
+    return { outcome: 'indexed' as const, chunks: chunks.length };
+  });
+}
+
+/**
+ * Marks the work failed for good (attempts exhausted or an unrecoverable
+ * error): the item and, if this job still owns it, the document.
+ */
+export async function failIndexing(db: Knex, work: IndexingWork, message: string): Promise<void> {
+  await db.transaction(async (trx) => {
+    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
+    if (!item || (item.status !== 'queued' && item.status !== 'processing')) return;
+    await trx('documents')
+      .where({ id: work.documentId, tenant_id: work.tenantId, version: work.version, last_index_job_id: work.indexJobId })
+      .update({ status: 'failed', error: message, updated_at: trx.fn.now() });
+    await setItemStatus(trx, work, 'failed', message);
+  });
+}
+
+/** The text an embedding is computed from: the chunk with its document title and heading for context. */
+function embeddingText(title: string, chunk: Chunk): string {
+  return [title, chunk.heading, chunk.content].filter(Boolean).join('\n');
+}
+
+type Claim = { outcome: 'claimed'; document: DocumentRow } | { outcome: 'skipped'; reason: string };
+
+async function claimItem(db: Knex, work: IndexingWork): Promise<Claim> {
+  return db.transaction(async (trx) => {
+    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
+    if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
+    if (item.status !== 'queued' && item.status !== 'processing') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
+    const current = await lockCurrentVersion(trx, work);
+    if (current.outcome === 'skipped') return current;
+    await trx('documents')
+      .where({ id: work.documentId, last_index_job_id: work.indexJobId })
+      .update({ status: 'processing', updated_at: trx.fn.now() });
+    await setItemStatus(trx, work, 'processing', null);
+    return { outcome: 'claimed', document: current.document };
+  });
+}
+
+/** Locks the document; if it is gone or has moved on to a newer version, the item is canceled. */
+async function lockCurrentVersion(trx: Knex.Transaction, work: IndexingWork): Promise<Claim> {
+  const document = await trx<DocumentRow>('documents').first('*').where({ id: work.documentId, tenant_id: work.tenantId }).forUpdate();
+  if (!document) {
+    await setItemStatus(trx, work, 'canceled', 'The document was deleted.');
+    return { outcome: 'skipped', reason: 'the document was deleted' };
+  }
+  if (document.version !== work.version) {
+    await setItemStatus(trx, work, 'canceled', `Superseded by version ${document.version}.`);
+    return { outcome: 'skipped', reason: `superseded by version ${document.version}` };
+  }
+  return { outcome: 'claimed', document };
+}
+
+async function setItemStatus(trx: Knex.Transaction, work: IndexingWork, status: ItemStatus, error: string | null): Promise<void> {
+  await trx('index_job_items')
+    .where({ index_job_id: work.indexJobId, document_id: work.documentId })
+    .update({ status, error, updated_at: trx.fn.now() });
+  await refreshIndexJob(trx, work.indexJobId);
+}
+
+async function insertChunks(
+  trx: Knex.Transaction,
+  deps: IndexerDeps,
+  work: IndexingWork,
+  title: string,
+  chunks: Chunk[],
+  embeddings: number[][],
+): Promise<void> {
+  const records = chunks.map((chunk, index) => ({
+    id: newId(),
+    ordinal: chunk.ordinal,
+    content: chunk.content,
+    heading: chunk.heading,
+    char_start: chunk.charStart,
+    char_end: chunk.charEnd,
+    embedding: deps.vectorSearch ? `[${embeddings[index].join(',')}]` : null,
+  }));
+  const config = deps.textSearchConfig;
+  const vectorColumns = deps.vectorSearch ? ', embedding_model, embedding_dims, embedding' : '';
+  const vectorValues = deps.vectorSearch ? ', ?, ?, c.embedding::vector' : '';
+  const vectorBindings = deps.vectorSearch ? [deps.embedder.model, deps.embedder.dimensions] : [];
+  await trx.raw(
+    `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, tsv${vectorColumns})
+     select c.id, ?, ?, ?, c.ordinal, c.content, c.heading, c.char_start, c.char_end,
+            setweight(to_tsvector(?::regconfig, ?), 'A')
+              || setweight(to_tsvector(?::regconfig, coalesce(c.heading, '')), 'B')
+              || setweight(to_tsvector(?::regconfig, c.content), 'D')${vectorValues}
+       from jsonb_to_recordset(?::jsonb)
+         as c(id uuid, ordinal int, content text, heading text, char_start int, char_end int, embedding text)`,
+    [work.tenantId, work.documentId, work.version, config, title, config, config, ...vectorBindings, JSON.stringify(records)],
+  );
+}

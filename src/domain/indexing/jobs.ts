@@ -1,0 +1,249 @@
+import type { Knex } from 'knex';
+import type { Logger } from '../../logger';
+import { AppError, conflict, notFound } from '../../errors';
+import { newId } from '../ids';
+import { paginate, type Page, type PageRequest } from '../pagination';
+import type { DispatchIndexing, IndexingWork } from './dispatch';
+
+export const INDEX_JOB_STATUSES = ['queued', 'processing', 'completed', 'failed', 'canceled'] as const;
+export type IndexJobStatus = (typeof INDEX_JOB_STATUSES)[number];
+export type ItemStatus = 'queued' | 'processing' | 'completed' | 'failed' | 'canceled';
+
+export interface IndexJob {
+  job_id: string;
+  status: IndexJobStatus;
+  force_reindex: boolean;
+  documents_total: number;
+  documents_completed: number;
+  documents_failed: number;
+  created_at: string;
+  started_at: string | null;
+  completed_at: string | null;
+  error: string | null;
+}
+
+export interface IndexJobDetail extends IndexJob {
+  documents: Array<{ document_id: string; version: number; status: ItemStatus; error: string | null }>;
+}
+
+interface IndexJobRow {
+  id: string;
+  tenant_id: string;
+  status: IndexJobStatus;
+  force_reindex: boolean;
+  documents_total: number;
+  documents_completed: number;
+  documents_failed: number;
+  error: string | null;
+  created_at: Date;
+  started_at: Date | null;
+  completed_at: Date | null;
+}
+
+const iso = (value: Date | null) => (value ? value.toISOString() : null);
+
+const toIndexJob = (row: IndexJobRow): IndexJob => ({
+  job_id: row.id,
+  status: row.status,
+  force_reindex: row.force_reindex,
+  documents_total: row.documents_total,
+  documents_completed: row.documents_completed,
+  documents_failed: row.documents_failed,
+  created_at: row.created_at.toISOString(),
+  started_at: iso(row.started_at),
+  completed_at: iso(row.completed_at),
+  error: row.error,
+});
+
+/** Records an index job and its per-document items inside the caller's transaction. */
+export async function createIndexJobRows(
+  trx: Knex.Transaction,
+  tenantId: string,
+  indexJobId: string,
+  documents: Array<{ documentId: string; version: number; status?: ItemStatus }>,
+  forceReindex: boolean,
+): Promise<void> {
+  await trx('index_jobs').insert({ id: indexJobId, tenant_id: tenantId, force_reindex: forceReindex, documents_total: documents.length });
+  for (let start = 0; start < documents.length; start += 500) {
+    await trx('index_job_items').insert(
+      documents.slice(start, start + 500).map((doc) => ({
+        index_job_id: indexJobId,
+        document_id: doc.documentId,
+        tenant_id: tenantId,
+        document_version: doc.version,
+        status: doc.status ?? 'queued',
+      })),
+    );
+  }
+  await refreshIndexJob(trx, indexJobId);
+}
+
+export interface IndexRequestDeps {
+  db: Knex;
+  dispatch: DispatchIndexing;
+  logger: Logger;
+}
+
+/**
+ * Asks for documents to be (re)indexed. Without `forceReindex`, a document
+ * already indexed at its current version needs no work and its item is
+ * completed at once.
+ */
+export async function requestIndexing(
+  deps: IndexRequestDeps,
+  tenantId: string,
+  documentIds: string[],
+  forceReindex: boolean,
+): Promise<IndexJob> {
+  const ids = [...new Set(documentIds)];
+  const indexJobId = newId();
+  const { job, work } = await deps.db.transaction(async (trx) => {
+    const docs: Array<{ id: string; version: number; status: string }> = await trx('documents')
+      .select('id', 'version', 'status')
+      .where({ tenant_id: tenantId })
+      .whereIn('id', ids)
+      .forUpdate();
+    if (docs.length !== ids.length) {
+      const found = new Set(docs.map((doc) => doc.id));
+      const error = notFound(ids.length === 1 ? 'Document' : 'Some documents');
+      throw new AppError(error.status, error.code, error.message, { missing: ids.filter((id) => !found.has(id)) });
+    }
+    const needsWork = (doc: { status: string }) => forceReindex || doc.status !== 'indexed';
+    await createIndexJobRows(
+      trx,
+      tenantId,
+      indexJobId,
+      docs.map((doc) => ({ documentId: doc.id, version: doc.version, status: needsWork(doc) ? 'queued' : 'completed' })),
+      forceReindex,
+    );
+    const pending = docs.filter(needsWork);
+    if (pending.length > 0) {
+      await trx('documents')
+        .where({ tenant_id: tenantId })
+        .whereIn('id', pending.map((doc) => doc.id))
+        .update({ status: 'queued', error: null, last_index_job_id: indexJobId, updated_at: trx.fn.now() });
+    }
+    const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId });
+    return {
+      job: toIndexJob(row!),
+      work: pending.map((doc): IndexingWork => ({ tenantId, indexJobId, documentId: doc.id, version: doc.version })),
+    };
+  });
+  try {
+    await deps.dispatch(work);
+  } catch (error) {
+    deps.logger.warn({ err: error, documents: work.length }, 'indexing enqueue failed; the reconcile tick will retry it');
+  }
+  return job;
+}
+
+export async function getIndexJob(db: Knex, tenantId: string, indexJobId: string): Promise<IndexJobDetail> {
+  const row = await db<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId });
+  if (!row) throw notFound('Index job');
+  const items = await db('index_job_items')
+    .select('document_id', 'document_version as version', 'status', 'error')
+    .where({ index_job_id: indexJobId })
+    .orderBy('document_id')
+    .limit(1000);
+  return { ...toIndexJob(row), documents: items };
+}
+
+export async function listIndexJobs(
+  db: Knex,
+  tenantId: string,
+  filters: { status?: IndexJobStatus },
+  page: PageRequest,
+): Promise<Page<IndexJob>> {
+  const query = db<IndexJobRow>('index_jobs').select('*').where({ tenant_id: tenantId });
+  if (filters.status) query.where({ status: filters.status });
+  return paginate(query, page, toIndexJob);
+}
+
+/**
+ * Cancels a queued or processing job: its unfinished items are canceled and
+ * their documents, unless a newer job owns them, become `canceled`. Returns
+ * the document ids whose queue jobs should be removed.
+ */
+export async function cancelIndexJob(db: Knex, tenantId: string, indexJobId: string): Promise<{ job: IndexJob; canceled: IndexingWork[] }> {
+  return db.transaction(async (trx) => {
+    const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId }).forUpdate();
+    if (!row) throw notFound('Index job');
+    if (row.status !== 'queued' && row.status !== 'processing') {
+      throw conflict(`The index job is already ${row.status}.`, { status: row.status });
+    }
+    const items: Array<{ document_id: string; document_version: number }> = await trx('index_job_items')
+      .where({ index_job_id: indexJobId })
+      .whereIn('status', ['queued', 'processing'])
+      .update({ status: 'canceled', error: 'The index job was canceled.', updated_at: trx.fn.now() })
+      .returning(['document_id', 'document_version']);
+    if (items.length > 0) {
+      await trx('documents')
+        .where({ tenant_id: tenantId, last_index_job_id: indexJobId })
+        .whereIn('id', items.map((item) => item.document_id))
+        .whereIn('status', ['queued', 'processing'])
+        .update({ status: 'canceled', updated_at: trx.fn.now() });
+    }
+    const [updated] = await trx<IndexJobRow>('index_jobs')
+      .where({ id: indexJobId })
+      .update({ status: 'canceled', completed_at: trx.fn.now() as unknown as Date, error: 'Canceled on request.' })
+      .returning('*');
+    await refreshIndexJob(trx, indexJobId);
+    return {
+      job: toIndexJob({ ...updated }),
+      canceled: items.map((item) => ({ tenantId, indexJobId, documentId: item.document_id, version: item.document_version })),
+    };
+  });
+}
+
+/**
+ * Recomputes a job's counters and status from its items. Counting instead
+ * of incrementing keeps a job re-run by the queue from being counted twice;
+ * the row lock serialises workers finishing items of the same job.
+ */
+export async function refreshIndexJob(trx: Knex.Transaction, indexJobId: string): Promise<void> {
+  await trx.raw('select 1 from index_jobs where id = ? for update', [indexJobId]);
+  await trx.raw(
+    `update index_jobs j
+        set documents_completed = c.completed,
+            documents_failed = c.failed,
+            status = case
+              when j.status = 'canceled' then 'canceled'
+              when c.unfinished = 0 and c.failed > 0 then 'failed'
+              when c.unfinished = 0 then 'completed'
+              when c.started > 0 then 'processing'
+              else 'queued' end,
+            started_at = case when j.started_at is null and c.started > 0 then now() else j.started_at end,
+            completed_at = case
+              when j.completed_at is null and c.unfinished = 0 then now()
+              else j.completed_at end,
+            error = case
+              when j.status = 'canceled' then j.error
+              when c.unfinished = 0 and c.failed > 0 then c.failed || ' of ' || j.documents_total || ' documents failed to index.'
+              else null end
+       from (select count(*) filter (where status = 'completed') as completed,
+                    count(*) filter (where status = 'failed') as failed,
+                    count(*) filter (where status in ('queued', 'processing')) as unfinished,
+                    count(*) filter (where status <> 'queued') as started
+               from index_job_items where index_job_id = ?) c
+      where j.id = ?`,
+    [indexJobId, indexJobId],
+  );
+}
+
+/**
+ * Documents left `queued` or `processing` for longer than `stuckAfterSeconds`
+ * with their item still unfinished: candidates for the reconcile tick.
+ */
+export async function findStuckIndexing(db: Knex, stuckAfterSeconds: number, limit = 1000): Promise<IndexingWork[]> {
+  const rows = await db('documents as d')
+    .join('index_job_items as i', function () {
+      this.on('i.index_job_id', '=', 'd.last_index_job_id').andOn('i.document_id', '=', 'd.id');
+    })
+    .select('d.tenant_id', 'd.id', 'd.version', 'd.last_index_job_id')
+    .whereIn('d.status', ['queued', 'processing'])
+    .whereIn('i.status', ['queued', 'processing'])
+    .where('d.updated_at', '<', db.raw(`now() - make_interval(secs => ?)`, [stuckAfterSeconds]))
+    .orderBy('d.updated_at')
+    .limit(limit);
+  return rows.map((row) => ({ tenantId: row.tenant_id, indexJobId: row.last_index_job_id, documentId: row.id, version: row.version }));
+}

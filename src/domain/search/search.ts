@@ -1,0 +1,233 @@
+import type { Knex } from 'knex';
+import { AppError } from '../../errors';
+import type { VectorSupport } from '../../db/migrate';
+import type { ContentType } from '../chunking/chunker';
+import type { Embedder } from '../embeddings/embedder';
+
+export const SEARCH_MODES = ['hybrid', 'semantic', 'keyword'] as const;
+export type SearchMode = (typeof SEARCH_MODES)[number];
+
+export const SEARCH_LIMITS = { queryChars: 1000, maxResults: 100, defaultResults: 10 } as const;
+
+export interface SearchFilters {
+  content_type?: ContentType;
+  tags?: string[];
+  created_from?: string;
+  created_to?: string;
+}
+
+export interface SearchRequest {
+  query: string;
+  mode: SearchMode;
+  limit: number;
+  filters?: SearchFilters;
+}
+
+export interface SearchResult {
+  document_id: string;
+  chunk_id: string;
+  title: string;
+  content: string;
+  snippet: string;
+  heading: string | null;
+  score: number;
+  tags: string[];
+  content_type: ContentType;
+  source_url: string | null;
+  created_at: string;
+}
+
+export interface SearchResponse {
+  results: SearchResult[];
+  total_results: number;
+  mode: SearchMode;
+  query: string;
+  took_ms: number;
+}
+
+export interface SearchSettings {
+  textSearchConfig: string;
+  semanticWeight: number;
+  rrfK: number;
+  candidates: number;
+  exactScanMaxChunks: number;
+}
+
+export interface SearchDeps {
+  db: Knex;
+  embedder: Embedder;
+  vector: VectorSupport;
+  settings: SearchSettings;
+}
+
+/** A statement and its positional bindings, exactly as search runs it. */
+export interface SearchStatement {
+  sql: string;
+  bindings: Knex.RawBinding[];
+  /** Session settings the statement needs, applied with SET LOCAL in its transaction. */
+  settings: Array<[string, string]>;
+}
+
+export async function search(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchResponse> {
+  const started = process.hrtime.bigint();
+  const statement = await prepareSearch(deps, tenantId, request);
+  const rows = await runStatement(deps.db, statement);
+  return {
+    results: rows.map(toResult),
+    total_results: rows.length,
+    mode: request.mode,
+    query: request.query,
+    took_ms: Number(process.hrtime.bigint() - started) / 1e6,
+  };
+}
+
+/**
+ * Builds the SQL for a search: embeds the query when the mode needs it and
+ * decides between the HNSW index and an exact scan.
+ */
+export async function prepareSearch(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchStatement> {
+  if (request.mode !== 'keyword' && !deps.vector.available) {
+    throw new AppError(501, 'vector_search_unavailable', `${request.mode} search needs pgvector: ${deps.vector.reason}. Use mode "keyword".`, {
+      extension: 'vector',
+      mode: request.mode,
+    });
+  }
+  const queryVector = request.mode === 'keyword' ? null : (await deps.embedder.embed([request.query]))[0];
+  const exact = queryVector ? await useExactScan(deps, tenantId) : false;
+  return buildSearchStatement(deps, tenantId, request, queryVector, exact);
+}
+
+export async function runStatement(db: Knex, statement: SearchStatement): Promise<SearchRow[]> {
+  if (statement.settings.length === 0) return (await db.raw(statement.sql, statement.bindings)).rows;
+  return db.transaction(async (trx) => {
+    for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
+    return (await trx.raw(statement.sql, statement.bindings)).rows;
+  });
+}
+
+interface SearchRow {
+  document_id: string;
+  chunk_id: string;
+  title: string;
+  content: string;
+  snippet: string;
+  heading: string | null;
+  score: number;
+  tags: string[];
+  content_type: ContentType;
+  source_url: string | null;
+  created_at: Date;
+}
+
+const toResult = (row: SearchRow): SearchResult => ({ ...row, score: Number(row.score), created_at: row.created_at.toISOString() });
+
+/** Per-tenant chunk counts, remembered briefly: the exact-scan decision need not be fresh to the row. */
+const chunkCountCache = new Map<string, { count: number; at: number }>();
+const CHUNK_COUNT_TTL_MS = 30_000;
+
+/**
+ * A tenant small enough is searched exactly: an approximate index scan
+ * filtered by tenant could otherwise return fewer than k of its chunks.
+ * Larger tenants use HNSW with pgvector's iterative scan (0.8+), which keeps
+ * scanning until enough rows pass the filter.
+ */
+async function useExactScan(deps: SearchDeps, tenantId: string): Promise<boolean> {
+  const threshold = deps.settings.exactScanMaxChunks;
+  const cached = chunkCountCache.get(tenantId);
+  let count = cached && Date.now() - cached.at < CHUNK_COUNT_TTL_MS ? cached.count : undefined;
+  if (count === undefined) {
+    const result = await deps.db.raw('select count(*)::int as n from (select 1 from chunks where tenant_id = ? limit ?) t', [tenantId, threshold + 1]);
+    count = Number(result.rows[0].n);
+    chunkCountCache.set(tenantId, { count, at: Date.now() });
+  }
+  return count <= threshold || !supportsIterativeScan(deps.vector);
+}
+
+function supportsIterativeScan(vector: VectorSupport): boolean {
+  if (!vector.available) return false;
+  const [major, minor] = vector.version.split('.').map(Number);
+  return major > 0 || minor >= 8;
+}
+
+class Bindings {
+  readonly values: Knex.RawBinding[] = [];
+  add(value: Knex.RawBinding): string {
+    this.values.push(value);
+    return '?';
+  }
+}
+
+export function buildSearchStatement(
+  deps: SearchDeps,
+  tenantId: string,
+  request: SearchRequest,
+  queryVector: number[] | null,
+  exactScan: boolean,
+): SearchStatement {
+  const { settings } = deps;
+  const b = new Bindings();
+  // Inlined, not bound: it appears more than once, and config validation allows only [a-z_].
+  if (!/^[a-z_]+$/.test(settings.textSearchConfig)) throw new Error('Invalid text search configuration name');
+  const config = `'${settings.textSearchConfig}'::regconfig`;
+  const ctes: string[] = [`q as (select websearch_to_tsquery(${config}, ${b.add(request.query)}) as tsq)`];
+  const filters = (alias: string) => documentFilters(b, alias, tenantId, request.filters);
+  const candidates = Math.max(settings.candidates, request.limit);
+  const sessionSettings: Array<[string, string]> = [];
+
+  if (request.mode !== 'semantic') {
+    ctes.push(`kw as (
+      select c.id, ts_rank_cd(c.tsv, q.tsq) as score,
+             row_number() over (order by ts_rank_cd(c.tsv, q.tsq) desc, c.id) as rank
+        from q, chunks c join documents d on d.id = c.document_id
+       where c.tenant_id = ${b.add(tenantId)} and c.tsv @@ q.tsq ${filters('d')}
+       order by score desc, c.id
+       limit ${b.add(candidates)})`);
+  }
+  if (request.mode !== 'keyword' && queryVector) {
+    const dims = deps.embedder.dimensions;
+    const literal = `[${queryVector.join(',')}]`;
+    // Bound at each use: positional bindings cannot be referenced twice.
+    const distance = () => `c.embedding::vector(${dims}) <=> ${b.add(literal)}::vector(${dims})`;
+    ctes.push(`sem_raw as (
+      select c.id, ${distance()} as distance
+        from chunks c join documents d on d.id = c.document_id
+       where c.tenant_id = ${b.add(tenantId)} and c.embedding_dims = ${dims} and c.embedding_model = ${b.add(deps.embedder.model)} ${filters('d')}
+       order by ${exactScan ? `(${distance()}) + 0` /* hides the ordering from the planner: no HNSW */ : distance()}
+       limit ${b.add(candidates)})`);
+    ctes.push(`sem as (select id, 1 - distance as score, row_number() over (order by distance, id) as rank from sem_raw)`);
+    if (!exactScan) {
+      sessionSettings.push(['hnsw.ef_search', String(Math.min(Math.max(candidates, 40), 1000))]);
+      if (supportsIterativeScan(deps.vector)) sessionSettings.push(['hnsw.iterative_scan', 'relaxed_order']);
+    }
+  }
+
+  let ranked: string;
+  if (request.mode === 'keyword') ranked = 'select id, score from kw';
+  else if (request.mode === 'semantic') ranked = 'select id, score from sem';
+  else {
+    const k = settings.rrfK;
+    const semanticWeight = settings.semanticWeight;
+    ranked = `select coalesce(s.id, w.id) as id,
+                     coalesce(${b.add(semanticWeight)}::float8 / (${b.add(k)} + s.rank), 0)
+                   + coalesce(${b.add(1 - semanticWeight)}::float8 / (${b.add(k)} + w.rank), 0) as score
+                from sem s full outer join kw w on w.id = s.id`;
+  }
+  ctes.push(`ranked as (${ranked} order by score desc, id limit ${b.add(request.limit)})`);
+
+  const sql = `with ${ctes.join(',\n')}
+    select c.document_id, c.id as chunk_id, d.title, c.content, c.heading, r.score, d.tags, d.content_type, d.source_url, d.created_at,
+           ts_headline(${config}, c.content, q.tsq,
+                       'StartSel=<mark>, StopSel=</mark>, MaxWords=35, MinWords=15, MaxFragments=2, FragmentDelimiter=" … "') as snippet
+      from ranked r join chunks c on c.id = r.id join documents d on d.id = c.document_id, q
+     order by r.score desc, c.id`;
+  return { sql, bindings: b.values, settings: sessionSettings };
+}
+
+function documentFilters(b: Bindings, alias: string, tenantId: string, filters: SearchFilters | undefined): string {
+  const clauses = [`and ${alias}.tenant_id = ${b.add(tenantId)}`];
+  if (filters?.content_type) clauses.push(`and ${alias}.content_type = ${b.add(filters.content_type)}`);
+  if (filters?.tags && filters.tags.length > 0) clauses.push(`and ${alias}.tags @> ${b.add(filters.tags)}::text[]`);
+  if (filters?.created_from) clauses.push(`and ${alias}.created_at >= ${b.add(filters.created_from)}::timestamptz`);
+  if (filters?.created_to) clauses.push(`and ${alias}.created_at < ${b.add(filters.created_to)}::timestamptz`);
+  return clauses.join(' ');
+}

@@ -1,0 +1,108 @@
+import type { Knex } from 'knex';
+import { conflict, isUniqueViolation, notFound } from '../../errors';
+import { isUuid, newId } from '../ids';
+import { paginate, type Page, type PageRequest } from '../pagination';
+
+export const TIERS = ['free', 'standard', 'enterprise', 'unlimited'] as const;
+export type Tier = (typeof TIERS)[number];
+export type TenantStatus = 'active' | 'suspended';
+
+export interface Tenant {
+  id: string;
+  slug: string;
+  name: string;
+  tier: Tier;
+  custom_domain: string | null;
+  status: TenantStatus;
+  created_at: string;
+  updated_at: string;
+}
+
+interface TenantRow extends Omit<Tenant, 'created_at' | 'updated_at'> {
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface NewTenant {
+  slug: string;
+  name: string;
+  tier?: Tier;
+  custom_domain?: string | null;
+}
+
+export type TenantChanges = Partial<Pick<Tenant, 'name' | 'tier' | 'custom_domain' | 'slug'>>;
+
+const toTenant = (row: TenantRow): Tenant => ({
+  ...row,
+  created_at: row.created_at.toISOString(),
+  updated_at: row.updated_at.toISOString(),
+});
+
+export async function createTenant(db: Knex, input: NewTenant): Promise<Tenant> {
+  try {
+    const [row] = await db<TenantRow>('tenants')
+      .insert({ id: newId(), slug: input.slug, name: input.name, tier: input.tier ?? 'free', custom_domain: input.custom_domain ?? null })
+      .returning('*');
+    return toTenant(row);
+  } catch (error) {
+    throw translateUnique(error);
+  }
+}
+
+export async function listTenants(db: Knex, page: PageRequest): Promise<Page<Tenant>> {
+  return paginate(db<TenantRow>('tenants').select('*'), page, toTenant);
+}
+
+/** Finds a tenant by id or by slug; missing → 404. */
+export async function getTenant(db: Knex, idOrSlug: string): Promise<Tenant> {
+  const row = await findTenantRow(db, idOrSlug);
+  if (!row) throw notFound('Tenant');
+  return toTenant(row);
+}
+
+export async function findTenant(db: Knex, idOrSlug: string): Promise<Tenant | null> {
+  const row = await findTenantRow(db, idOrSlug);
+  return row ? toTenant(row) : null;
+}
+
+function findTenantRow(db: Knex, idOrSlug: string): Promise<TenantRow | undefined> {
+  const query = db<TenantRow>('tenants').first('*');
+  return isUuid(idOrSlug) ? query.where({ id: idOrSlug }) : query.where({ slug: idOrSlug });
+}
+
+export async function updateTenant(db: Knex, idOrSlug: string, changes: TenantChanges): Promise<Tenant> {
+  const tenant = await getTenant(db, idOrSlug);
+  if (Object.keys(changes).length === 0) return tenant;
+  try {
+    const [row] = await db<TenantRow>('tenants')
+      .where({ id: tenant.id })
+      .update({ ...changes, updated_at: db.fn.now() as unknown as Date })
+      .returning('*');
+    return toTenant(row);
+  } catch (error) {
+    throw translateUnique(error);
+  }
+}
+
+export async function setTenantStatus(db: Knex, idOrSlug: string, status: TenantStatus): Promise<Tenant> {
+  const tenant = await getTenant(db, idOrSlug);
+  const [row] = await db<TenantRow>('tenants')
+    .where({ id: tenant.id })
+    .update({ status, updated_at: db.fn.now() as unknown as Date })
+    .returning('*');
+  return toTenant(row);
+}
+
+/** Deletes the tenant and, through foreign keys, everything it owns. */
+export async function deleteTenant(db: Knex, idOrSlug: string): Promise<void> {
+  const tenant = await getTenant(db, idOrSlug);
+  await db('tenants').where({ id: tenant.id }).delete();
+}
+
+function translateUnique(error: unknown): unknown {
+  if (isUniqueViolation(error, 'tenants_slug_unique')) return conflict('A tenant with this slug already exists.', { field: 'slug' });
+  if (isUniqueViolation(error, 'tenants_custom_domain_unique')) {
+    return conflict('Another tenant already uses this custom domain.', { field: 'custom_domain' });
+  }
+  return error;
+}

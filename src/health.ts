@@ -1,0 +1,79 @@
+import { EventEmitter } from 'node:events';
+import type { Redis } from 'ioredis';
+import { withTimeout } from './async';
+import type { Database } from './db/database';
+
+export type DependencyName = 'database' | 'redis';
+export type DependencyState = Record<DependencyName, boolean>;
+
+/**
+ * Watches PostgreSQL and Redis and says when either comes or goes, so the
+ * API can answer 503 at once and workers can pause instead of burning
+ * attempts. Redis state comes from the client; the database is pinged.
+ */
+export class DependencyHealth extends EventEmitter<{ change: [DependencyName, boolean] }> {
+  private state: DependencyState = { database: true, redis: true };
+  private timer: NodeJS.Timeout | undefined;
+  private checking = false;
+
+  constructor(
+    private readonly db: Database,
+    private readonly redis: Redis,
+    private readonly intervalMs = 1_000,
+  ) {
+    super();
+  }
+
+  start(): void {
+    this.redis.on('ready', () => this.set('redis', true));
+    this.redis.on('end', () => this.set('redis', false));
+    this.redis.on('close', () => this.set('redis', false));
+    this.redis.on('error', () => this.set('redis', this.redis.status === 'ready'));
+    this.timer = setInterval(() => void this.check(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  isUp(name: DependencyName): boolean {
+    return this.state[name];
+  }
+
+  snapshot(): DependencyState {
+    return { ...this.state };
+  }
+
+  /** Pings both now; used by /readyz so its answer is never older than the request. */
+  async check(): Promise<DependencyState> {
+    if (this.checking) return this.snapshot();
+    this.checking = true;
+    try {
+      const [database, redis] = await Promise.all([
+        pingDatabase(this.db),
+        this.redis.status === 'ready' ? withTimeout(this.redis.ping(), 1_000).then(() => true, () => false) : Promise.resolve(false),
+      ]);
+      this.set('database', database);
+      this.set('redis', redis);
+      return this.snapshot();
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private set(name: DependencyName, up: boolean): void {
+    if (this.state[name] === up) return;
+    this.state[name] = up;
+    this.emit('change', name, up);
+  }
+}
+
+async function pingDatabase(db: Database): Promise<boolean> {
+  try {
+    await withTimeout(db.knex.raw('select 1'), 2_000);
+    return true;
+  } catch {
+    return false;
+  }
+}

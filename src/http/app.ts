@@ -1,0 +1,176 @@
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { OpenApiGeneratorV31 } from '@asteasolutions/zod-to-openapi';
+import express, { type ErrorRequestHandler, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
+import helmet from 'helmet';
+import { pinoHttp } from 'pino-http';
+import { AppError, dependencyUnavailable, unavailableDependency } from '../errors';
+import type { Platform } from '../platform';
+import { isOperatorToken, presentedSecret } from './auth';
+import { BOARD_PATH, bullBoardRouter } from './board';
+import { Api } from './route';
+import { documentRoutes } from './routes/documents';
+import { healthRoutes } from './routes/health';
+import { indexingRoutes } from './routes/indexing';
+import { jobRoutes } from './routes/jobs';
+import { searchRoutes } from './routes/search';
+import { tenantRoutes } from './routes/tenants';
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+export function createApp(platform: Platform): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', true);
+  app.set('query parser', 'simple');
+
+  app.use(
+    pinoHttp({
+      logger: platform.logger,
+      genReqId: (req, res) => {
+        const given = req.headers['x-request-id'];
+        const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+        res.setHeader('X-Request-Id', id);
+        return id;
+      },
+      customProps: (_req, res) => ({ tenant_id: (res as Response).locals?.tenantId }),
+      customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : 'info'),
+      autoLogging: { ignore: (req) => req.url === '/healthz' || req.url === '/metrics' },
+    }),
+  );
+  app.use((req, res, next) => {
+    res.locals.requestId = req.id;
+    next();
+  });
+  app.use(recordLatency(platform));
+  app.use(helmet({ contentSecurityPolicy: false }));
+
+  const api = new Api(platform);
+  healthRoutes(api);
+  tenantRoutes(api);
+  documentRoutes(api);
+  indexingRoutes(api);
+  searchRoutes(api);
+  jobRoutes(api);
+
+  app.get('/metrics', async (_req, res) => {
+    res.setHeader('Content-Type', platform.metrics.registry.contentType);
+    res.send(await platform.metrics.registry.metrics());
+  });
+
+  const openapi = () =>
+    new OpenApiGeneratorV31(api.registry.definitions).generateDocument({
+      openapi: '3.1.0',
+      info: { title: 'ragworks API', version: platform.version, description: 'Multi-tenant document retrieval on queues.' },
+      servers: [{ url: '/' }],
+    });
+  let openapiDocument: ReturnType<typeof openapi> | undefined;
+  app.get('/api/openapi.json', (_req, res) => {
+    openapiDocument ??= openapi();
+    res.json(openapiDocument);
+  });
+  app.use('/docs/assets', express.static(swaggerUiPath(), { index: false, maxAge: '1d' }));
+  app.get('/docs', (_req, res) => res.sendFile(path.join(__dirname, 'docs', 'index.html')));
+  app.get('/docs/init.js', (_req, res) => res.sendFile(path.join(__dirname, 'docs', 'init.js')));
+
+  app.use(BOARD_PATH, requireOperatorForPages(platform), bullBoardRouter(platform));
+
+  app.use('/api', requireJsonBodies, express.json({ limit: platform.config.MAX_BODY_BYTES, strict: true, type: ['application/json', 'application/*+json'] }));
+  app.use('/api', rejectWhileDependenciesDown(platform));
+  app.use(api.router);
+
+  app.use((req, _res, next) => next(new AppError(404, 'not_found', `No route for ${req.method} ${req.path}.`)));
+  app.use(errorHandler);
+  return app;
+}
+
+function swaggerUiPath(): string {
+  return path.dirname(require.resolve('swagger-ui-dist/package.json'));
+}
+
+/** Latency by the route's pattern, never its raw URL, so label values stay few. */
+function recordLatency(platform: Platform): RequestHandler {
+  return (req, res, next) => {
+    const end = platform.metrics.httpDuration.startTimer();
+    res.on('finish', () => {
+      const route = req.route?.path ? `${req.baseUrl}${req.route.path}` : req.path.startsWith(BOARD_PATH) ? BOARD_PATH : 'unmatched';
+      end({ method: req.method, route, status: String(res.statusCode) });
+    });
+    next();
+  };
+}
+
+/** A body must be JSON; bodiless requests pass. */
+const requireJsonBodies: RequestHandler = (req, _res, next) => {
+  const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+  if (hasBody && !req.is(['application/json', 'application/*+json'])) {
+    next(new AppError(415, 'unsupported_media_type', 'Send the body as JSON with "Content-Type: application/json".'));
+    return;
+  }
+  next();
+};
+
+/**
+ * Answers 503 at once while PostgreSQL or Redis is known to be down, so
+ * nothing is half done. Health routes live outside /api or answer anyway.
+ */
+function rejectWhileDependenciesDown(platform: Platform): RequestHandler {
+  return (req, _res, next) => {
+    if (req.path === '/health' || req.path === '/openapi.json') return next();
+    if (!platform.health.isUp('redis')) return next(dependencyUnavailable('redis'));
+    if (!platform.health.isUp('database')) return next(dependencyUnavailable('database'));
+    next();
+  };
+}
+
+/** Browser pages for operators: HTTP Basic (any user name, the token as password) or a bearer token. */
+function requireOperatorForPages(platform: Platform): RequestHandler {
+  return (req, res, next) => {
+    const secret = presentedSecret(req);
+    if (secret && isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return next();
+    res.setHeader('WWW-Authenticate', 'Basic realm="ragworks operator", charset="UTF-8"');
+    res.status(401).json({ error: { code: 'unauthenticated', message: 'Operator credentials are required.' } });
+  };
+}
+
+const errorHandler: ErrorRequestHandler = (error: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const appError = toAppError(error);
+    if (appError.status >= 500 && appError.code !== 'dependency_unavailable') {
+      req.log?.error({ err: error }, 'request failed');
+    } else if (appError.code === 'dependency_unavailable') {
+      req.log?.warn({ err: error }, 'dependency unavailable');
+    }
+    if (res.headersSent) return;
+    for (const [name, value] of Object.entries(appError.headers)) res.setHeader(name, value);
+    res.status(appError.status).json({
+      error: {
+        code: appError.code,
+        message: appError.message,
+        ...(appError.details !== undefined ? { details: appError.details } : {}),
+        request_id: res.locals.requestId,
+      },
+    });
+};
+
+/** Maps anything thrown to the error a client sees; never a stack trace. */
+function toAppError(error: unknown): AppError {
+  if (error instanceof AppError) return error;
+  const httpError = error as { type?: string; status?: number; expose?: boolean; message?: string };
+  switch (httpError?.type) {
+    case 'entity.parse.failed':
+      return new AppError(400, 'invalid_json', 'The body is not valid JSON.');
+    case 'entity.too.large':
+      return new AppError(413, 'payload_too_large', 'The body is larger than this server accepts.', { limit_bytes: (error as { limit?: number }).limit });
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return new AppError(415, 'unsupported_media_type', httpError.message ?? 'Unsupported encoding.');
+    case 'request.aborted':
+      return new AppError(400, 'request_aborted', 'The request was aborted.');
+  }
+  const dependency = unavailableDependency(error);
+  if (dependency) return dependencyUnavailable(dependency);
+  if (httpError?.expose && httpError.status && httpError.status < 500) {
+    return new AppError(httpError.status, 'bad_request', httpError.message ?? 'Bad request.');
+  }
+  return new AppError(500, 'internal', 'Something went wrong on our side; it has been logged.');
+}

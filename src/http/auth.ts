@@ -1,0 +1,67 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Request } from 'express';
+import { verifyApiKey, type Scope } from '../domain/apikeys/apikeys';
+import { findTenant } from '../domain/tenants/tenants';
+import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
+import type { Platform } from '../platform';
+import { hasScope, type Principal, type RequestContext } from './context';
+
+export type AuthRule = 'public' | 'operator' | { scope: Scope; tenant: 'required' | 'optional' };
+
+const digest = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+
+/** Constant-time comparison of a presented secret with the operator token. */
+export function isOperatorToken(presented: string, adminToken: string): boolean {
+  return timingSafeEqual(digest(presented), digest(adminToken));
+}
+
+/** The secret a request presents: `Authorization: Bearer …`, HTTP Basic's password, or `X-API-Key`. */
+export function presentedSecret(req: Request): string | undefined {
+  const header = req.get('authorization');
+  if (header) {
+    const [scheme, value] = header.split(/\s+/, 2);
+    if (/^bearer$/i.test(scheme) && value) return value.trim();
+    if (/^basic$/i.test(scheme) && value) {
+      const decoded = Buffer.from(value, 'base64').toString('utf8');
+      const separator = decoded.indexOf(':');
+      return separator >= 0 ? decoded.slice(separator + 1) : decoded;
+    }
+  }
+  return req.get('x-api-key')?.trim() || undefined;
+}
+
+export async function authenticate(platform: Platform, req: Request): Promise<Principal> {
+  const secret = presentedSecret(req);
+  if (!secret) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
+  if (isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return { kind: 'operator' };
+  const verdict = await verifyApiKey(platform.db.knex, secret);
+  if (!verdict.ok) {
+    const messages = { unknown: 'The API key is not valid.', revoked: 'The API key has been revoked.', expired: 'The API key has expired.' };
+    throw unauthenticated(messages[verdict.reason]);
+  }
+  platform.keyUsage.record(verdict.apiKey.id);
+  return { kind: 'key', apiKey: verdict.apiKey };
+}
+
+/** Applies a route's rule to an authenticated caller and finds the tenant it acts on. */
+export async function authorize(platform: Platform, req: Request, principal: Principal, rule: Exclude<AuthRule, 'public'>, requestId: string): Promise<RequestContext> {
+  if (rule === 'operator') {
+    if (principal.kind !== 'operator') throw forbidden('Only the operator may do this.');
+    return { principal, requestId };
+  }
+  if (!hasScope(principal, rule.scope)) throw forbidden(`This API key lacks the "${rule.scope}" scope.`);
+  if (principal.kind === 'key') {
+    const tenant = await findTenant(platform.db.knex, principal.apiKey.tenant_id);
+    if (!tenant) throw unauthenticated('The API key is not valid.');
+    if (tenant.status === 'suspended') throw new AppError(403, 'tenant_suspended', 'This tenant is suspended.');
+    return { principal, tenant, requestId };
+  }
+  const named = req.get('x-tenant-id')?.trim();
+  if (!named) {
+    if (rule.tenant === 'optional') return { principal, requestId };
+    throw badRequest('The operator must name a tenant with the X-Tenant-Id header (id or slug).', { header: 'X-Tenant-Id' });
+  }
+  const tenant = await findTenant(platform.db.knex, named);
+  if (!tenant) throw notFound('Tenant');
+  return { principal, tenant, requestId };
+}

@@ -1,0 +1,127 @@
+import { OpenAPIRegistry, type RouteConfig } from '@asteasolutions/zod-to-openapi';
+import express, { type Request, type Response } from 'express';
+import { z } from 'zod';
+import type { Platform } from '../platform';
+import { authenticate, authorize, type AuthRule } from './auth';
+import { requestIdOf, type RequestContext } from './context';
+import { parseInput } from './validation';
+
+type Method = 'get' | 'post' | 'patch' | 'delete';
+type ObjectSchema = z.ZodObject;
+
+export interface Reply {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+export interface RouteInput<B, Q, P> {
+  body: B;
+  query: Q;
+  params: P;
+  ctx: RequestContext;
+  platform: Platform;
+  req: Request;
+}
+
+export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSchema | undefined, P extends ObjectSchema | undefined> {
+  method: Method;
+  /** Express syntax: `/api/documents/:id`. */
+  path: string;
+  summary: string;
+  tag: string;
+  auth: AuthRule;
+  body?: B;
+  query?: Q;
+  params?: P;
+  responses: Record<number, { description: string; schema?: z.ZodType }>;
+  handler(input: RouteInput<Out<B>, Out<Q>, Out<P>>): Promise<Reply>;
+}
+
+type Out<S> = S extends z.ZodType ? z.output<S> : undefined;
+
+export const errorSchema = z.object({
+  error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
+});
+
+const COMMON_ERRORS: Record<number, string> = {
+  400: 'Invalid input (`validation_failed`, `invalid_json`)',
+  401: 'Missing or invalid credentials',
+  403: 'Missing scope or suspended tenant',
+  503: 'A dependency is unavailable',
+};
+
+/**
+ * Declares routes once: the Express handler that validates with the zod
+ * schemas, and the OpenAPI operation generated from the same schemas.
+ */
+export class Api {
+  readonly router = express.Router();
+  readonly registry = new OpenAPIRegistry();
+
+  constructor(private readonly platform: Platform) {
+    this.registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'API key or operator token' });
+    this.registry.registerComponent('securitySchemes', 'apiKeyHeader', { type: 'apiKey', in: 'header', name: 'X-API-Key' });
+  }
+
+  add<B extends z.ZodType | undefined = undefined, Q extends ObjectSchema | undefined = undefined, P extends ObjectSchema | undefined = undefined>(
+    spec: RouteSpec<B, Q, P>,
+  ): void {
+    this.document(spec);
+    this.router[spec.method](spec.path, async (req: Request, res: Response) => {
+      const requestId = requestIdOf(res);
+      const ctx: RequestContext =
+        spec.auth === 'public'
+          ? { principal: { kind: 'operator' }, requestId }
+          : await authorize(this.platform, req, await authenticate(this.platform, req), spec.auth, requestId);
+      res.locals.tenantId = ctx.tenant?.id;
+      const reply = await spec.handler({
+        body: (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>,
+        query: (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>,
+        params: (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>,
+        ctx,
+        platform: this.platform,
+        req,
+      });
+      for (const [name, value] of Object.entries(reply.headers ?? {})) res.setHeader(name, value);
+      if (reply.body === undefined) res.status(reply.status).end();
+      else res.status(reply.status).json(reply.body);
+    });
+  }
+
+  private document(spec: RouteSpec<z.ZodType | undefined, ObjectSchema | undefined, ObjectSchema | undefined>): void {
+    const responses: RouteConfig['responses'] = {};
+    for (const [status, response] of Object.entries(spec.responses)) {
+      responses[status] = {
+        description: response.description,
+        ...(response.schema ? { content: { 'application/json': { schema: response.schema } } } : {}),
+      };
+    }
+    for (const [status, description] of Object.entries(COMMON_ERRORS)) {
+      if (spec.auth === 'public' && (status === '401' || status === '403')) continue;
+      responses[status] ??= { description, content: { 'application/json': { schema: errorSchema } } };
+    }
+    const operatorTenant = typeof spec.auth === 'object';
+    this.registry.registerPath({
+      method: spec.method,
+      path: spec.path.replace(/:([A-Za-z_]+)/g, '{$1}'),
+      summary: spec.summary,
+      tags: [spec.tag],
+      description: describeAuth(spec.auth),
+      security: spec.auth === 'public' ? [] : [{ bearer: [] }, { apiKeyHeader: [] }],
+      request: {
+        ...(spec.params ? { params: spec.params } : {}),
+        ...(spec.query ? { query: spec.query } : {}),
+        ...(operatorTenant ? { headers: z.object({ 'x-tenant-id': z.string().optional().describe('Operator only: the tenant id or slug to act on') }) } : {}),
+        ...(spec.body ? { body: { required: true, content: { 'application/json': { schema: spec.body } } } } : {}),
+      },
+      responses,
+    });
+  }
+}
+
+function describeAuth(rule: AuthRule): string {
+  if (rule === 'public') return 'No credentials needed.';
+  if (rule === 'operator') return 'Operator token only.';
+  return `API key with the \`${rule.scope}\` scope (or \`admin\`), or the operator token with \`X-Tenant-Id\`${rule.tenant === 'optional' ? ' (optional: without it, every tenant)' : ''}.`;
+}

@@ -1,0 +1,114 @@
+import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocuments, updateDocument } from '../../domain/documents/documents';
+import { tenantStats } from '../../domain/documents/stats';
+import { searchCount } from '../../domain/search/counter';
+import { AppError } from '../../errors';
+import type { Platform } from '../../platform';
+import type { Api } from '../route';
+import {
+  documentBatch,
+  documentDetailSchema,
+  documentInput,
+  documentListQuery,
+  documentPage,
+  documentPatch,
+  documentSummarySchema,
+  idParams,
+} from '../schemas';
+import { z } from 'zod';
+
+const tag = 'Documents';
+const read = { scope: 'documents:read', tenant: 'required' } as const;
+const write = { scope: 'documents:write', tenant: 'required' } as const;
+
+/** Content over the limit is 413, not 400: the request is well formed but too large. */
+function assertContentSize(documents: unknown[]): void {
+  documents.forEach((document, index) => {
+    const content = (document as { content?: unknown } | null)?.content;
+    if (typeof content === 'string' && Buffer.byteLength(content, 'utf8') > DOCUMENT_LIMITS.contentBytes) {
+      throw new AppError(413, 'payload_too_large', `A document's content may be at most ${DOCUMENT_LIMITS.contentBytes} bytes.`, {
+        index,
+        limit_bytes: DOCUMENT_LIMITS.contentBytes,
+      });
+    }
+  });
+}
+
+const deps = (platform: Platform) => ({ db: platform.db.knex, dispatch: platform.dispatchIndexing, logger: platform.logger });
+
+export function documentRoutes(api: Api): void {
+  api.add({
+    method: 'post', path: '/api/documents', summary: 'Add a document; it is indexed asynchronously', tag, auth: write,
+    body: documentInput,
+    responses: {
+      202: { description: 'Accepted and queued for indexing', schema: documentSummarySchema },
+      409: { description: 'external_id already used' },
+      413: { description: 'Content too large' },
+    },
+    handler: async ({ body, ctx, platform, req }) => {
+      assertContentSize([req.body]);
+      const [document] = await createDocuments(deps(platform), ctx.tenant!.id, [body]);
+      return { status: 202, body: document, headers: { Location: `/api/documents/${document.id}` } };
+    },
+  });
+  api.add({
+    method: 'post', path: '/api/documents/batch', summary: 'Add 1 to 1000 documents as one index job', tag, auth: write,
+    body: documentBatch,
+    responses: { 202: { description: 'Accepted', schema: z.object({ items: z.array(documentSummarySchema), job_id: z.uuid() }) } },
+    handler: async ({ body, ctx, platform, req }) => {
+      const raw = (req.body as { documents?: unknown }).documents;
+      assertContentSize(Array.isArray(raw) ? raw : []);
+      const items = await createDocuments(deps(platform), ctx.tenant!.id, body.documents);
+      return { status: 202, body: { items, job_id: items[0].job_id } };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/documents', summary: 'List documents (without content)', tag, auth: read,
+    query: documentListQuery,
+    responses: { 200: { description: 'A page of documents', schema: documentPage } },
+    handler: async ({ query, ctx, platform }) => {
+      const { limit, cursor, ...filters } = query;
+      return { status: 200, body: await listDocuments(platform.db.knex, ctx.tenant!.id, filters, { limit, cursor }) };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/documents/:id', summary: 'Get a document with its indexing state', tag, auth: read,
+    params: idParams,
+    responses: { 200: { description: 'The document', schema: documentDetailSchema }, 404: { description: 'No such document' } },
+    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getDocument(platform.db.knex, ctx.tenant!.id, params.id) }),
+  });
+  api.add({
+    method: 'patch', path: '/api/documents/:id', summary: 'Change a document; new title or content is re-indexed', tag, auth: write,
+    params: idParams, body: documentPatch,
+    responses: {
+      200: { description: 'Changed; no re-indexing needed', schema: documentSummarySchema },
+      202: { description: 'Changed; the new version is queued for indexing', schema: documentSummarySchema },
+      404: { description: 'No such document' },
+      413: { description: 'Content too large' },
+    },
+    handler: async ({ params, body, ctx, platform, req }) => {
+      assertContentSize([req.body]);
+      const { document, reindexed } = await updateDocument(deps(platform), ctx.tenant!.id, params.id, body);
+      return { status: reindexed ? 202 : 200, body: document };
+    },
+  });
+  api.add({
+    method: 'delete', path: '/api/documents/:id', summary: 'Delete a document and its chunks', tag, auth: write,
+    params: idParams,
+    responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
+    handler: async ({ params, ctx, platform }) => {
+      await deleteDocument(platform.db.knex, ctx.tenant!.id, params.id);
+      return { status: 204 };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/stats', summary: "The tenant's documents, chunks, index jobs and searches", tag, auth: read,
+    responses: { 200: { description: 'Counts' } },
+    handler: async ({ ctx, platform }) => {
+      const [stats, searches] = await Promise.all([
+        tenantStats(platform.db.knex, ctx.tenant!.id),
+        searchCount(platform.redis, platform.config.QUEUE_PREFIX, ctx.tenant!.id),
+      ]);
+      return { status: 200, body: { ...stats, searches } };
+    },
+  });
+}

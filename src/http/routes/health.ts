@@ -1,0 +1,58 @@
+import { z } from 'zod';
+import type { Platform } from '../../platform';
+import type { Api } from '../route';
+
+const tag = 'Operations';
+const upDown = (up: boolean) => (up ? 'up' : 'down');
+
+export function healthRoutes(api: Api): void {
+  api.add({
+    method: 'get', path: '/healthz', summary: 'Liveness: the process answers; checks nothing', tag, auth: 'public',
+    responses: { 200: { description: 'Alive', schema: z.object({ status: z.literal('ok') }) } },
+    handler: async () => ({ status: 200, body: { status: 'ok' } }),
+  });
+  api.add({
+    method: 'get', path: '/readyz', summary: 'Readiness: PostgreSQL and Redis answer', tag, auth: 'public',
+    responses: {
+      200: { description: 'Ready', schema: z.object({ status: z.string(), checks: z.object({ database: z.string(), redis: z.string() }) }) },
+      503: { description: 'A dependency is down' },
+    },
+    handler: async ({ platform }) => {
+      const state = await platform.health.check();
+      const ready = state.database && state.redis;
+      return {
+        status: ready ? 200 : 503,
+        body: { status: ready ? 'ready' : 'unavailable', checks: { database: upDown(state.database), redis: upDown(state.redis) } },
+      };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/health', summary: 'Health of every service, with version and uptime', tag, auth: 'public',
+    responses: { 200: { description: 'Health' } },
+    handler: async ({ platform }) => ({ status: 200, body: await describeHealth(platform) }),
+  });
+}
+
+/**
+ * "degraded" when PostgreSQL or Redis is down. A server without pgvector is
+ * a configuration, not a fault: it is reported, not counted as degraded.
+ */
+async function describeHealth(platform: Platform) {
+  const state = await platform.health.check();
+  const queues = state.redis ? await platform.queueAdmin.overview().catch(() => null) : null;
+  return {
+    status: state.database && state.redis ? 'healthy' : 'degraded',
+    version: platform.version,
+    uptime_seconds: Math.round((Date.now() - platform.startedAt.getTime()) / 1000),
+    services: {
+      database: { status: upDown(state.database), kind: platform.db.kind },
+      redis: { status: upDown(state.redis) },
+      vector_search: platform.vector.available
+        ? { status: 'available', extension: 'vector', version: platform.vector.version, embedding_model: platform.embedder.model, dimensions: platform.embedder.dimensions }
+        : { status: 'unavailable', extension: 'vector', reason: platform.vector.reason, keyword_search: 'available' },
+      queues: queues
+        ? { status: 'up', queues: Object.fromEntries(queues.map((queue) => [queue.name, { ...queue.counts, workers: queue.workers, is_paused: queue.is_paused }])) }
+        : { status: 'unknown' },
+    },
+  };
+}

@@ -1,0 +1,60 @@
+import { cancelIndexJob, getIndexJob, listIndexJobs, requestIndexing } from '../../domain/indexing/jobs';
+import type { Platform } from '../../platform';
+import type { Api } from '../route';
+import { idParams, indexBatchRequest, indexJobDetailSchema, indexJobListQuery, indexJobPage, indexJobSchema, indexRequest } from '../schemas';
+
+const tag = 'Indexing';
+const read = { scope: 'documents:read', tenant: 'required' } as const;
+const write = { scope: 'documents:write', tenant: 'required' } as const;
+
+const deps = (platform: Platform) => ({ db: platform.db.knex, dispatch: platform.dispatchIndexing, logger: platform.logger });
+
+export function indexingRoutes(api: Api): void {
+  api.add({
+    method: 'post', path: '/api/index', summary: 'Index one document (again with force_reindex)', tag, auth: write,
+    body: indexRequest,
+    responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'No such document' } },
+    handler: async ({ body, ctx, platform }) => ({
+      status: 202,
+      body: await requestIndexing(deps(platform), ctx.tenant!.id, [body.document_id], body.force_reindex),
+    }),
+  });
+  api.add({
+    method: 'post', path: '/api/index/batch', summary: 'Index up to 1000 documents as one job', tag, auth: write,
+    body: indexBatchRequest,
+    responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'Some documents do not exist' } },
+    handler: async ({ body, ctx, platform }) => ({
+      status: 202,
+      body: await requestIndexing(deps(platform), ctx.tenant!.id, body.document_ids, body.force_reindex),
+    }),
+  });
+  api.add({
+    method: 'get', path: '/api/index/jobs', summary: 'List index jobs', tag, auth: read,
+    query: indexJobListQuery,
+    responses: { 200: { description: 'A page of index jobs', schema: indexJobPage } },
+    handler: async ({ query, ctx, platform }) => {
+      const { limit, cursor, status } = query;
+      return { status: 200, body: await listIndexJobs(platform.db.knex, ctx.tenant!.id, { status }, { limit, cursor }) };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/index/jobs/:id', summary: 'An index job with its progress and per-document outcome', tag, auth: read,
+    params: idParams,
+    responses: { 200: { description: 'The index job', schema: indexJobDetailSchema }, 404: { description: 'No such job' } },
+    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getIndexJob(platform.db.knex, ctx.tenant!.id, params.id) }),
+  });
+  api.add({
+    method: 'post', path: '/api/index/jobs/:id/cancel', summary: 'Cancel a queued or running index job', tag, auth: write,
+    params: idParams,
+    responses: {
+      200: { description: 'Canceled', schema: indexJobSchema },
+      404: { description: 'No such job' },
+      409: { description: 'The job has already finished' },
+    },
+    handler: async ({ params, ctx, platform }) => {
+      const { job, canceled } = await cancelIndexJob(platform.db.knex, ctx.tenant!.id, params.id);
+      await platform.withdrawIndexing(canceled).catch((error) => platform.logger.warn({ err: error }, 'could not withdraw canceled indexing jobs'));
+      return { status: 200, body: job };
+    },
+  });
+}

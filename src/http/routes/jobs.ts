@@ -1,0 +1,120 @@
+import { z } from 'zod';
+import { JOB_STATES } from '../../../queues/admin';
+import { QUEUE_NAMES } from '../../../queues';
+import { platformStats } from '../../domain/documents/stats';
+import { conflict, notFound } from '../../errors';
+import type { Api } from '../route';
+import { safeString } from '../schemas';
+
+const tag = 'Jobs and queues';
+const jobsAuth = { scope: 'jobs:manage', tenant: 'optional' } as const;
+
+const queueName = z.enum(QUEUE_NAMES as [string, ...string[]]);
+const queueParams = z.object({ queue: queueName });
+const jobParams = z.object({ queue: queueName, id: safeString({ min: 1, max: 300 }) });
+
+const queueSchema = z.object({
+  name: z.string(),
+  counts: z.object({
+    waiting: z.number(), active: z.number(), delayed: z.number(), completed: z.number(), failed: z.number(), paused: z.number(), prioritized: z.number(),
+  }),
+  oldest_waiting_age_seconds: z.number(),
+  is_paused: z.boolean(),
+  workers: z.number().int(),
+});
+const jobSchema = z.object({
+  id: z.string(), queue: z.string(), name: z.string(), state: z.string(), tenant_id: z.string().nullable(), attempts_made: z.number().int(),
+  progress: z.unknown(), failed_reason: z.string().nullable(), created_at: z.string(), processed_at: z.string().nullable(), finished_at: z.string().nullable(),
+});
+
+export function jobRoutes(api: Api): void {
+  api.add({
+    method: 'get', path: '/api/admin/queues', summary: 'Every queue with its counts, oldest waiting age and workers', tag, auth: 'operator',
+    responses: { 200: { description: 'Queues', schema: z.array(queueSchema) } },
+    handler: async ({ platform }) => ({ status: 200, body: await platform.queueAdmin.overview() }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/jobs', summary: 'Jobs in a state, newest first', tag, auth: jobsAuth,
+    query: z.object({
+      queue: queueName.optional(),
+      state: z.enum(JOB_STATES).default('failed'),
+      limit: z.coerce.number().int().min(1).max(100).default(20),
+    }),
+    responses: { 200: { description: 'Jobs', schema: z.object({ items: z.array(jobSchema) }) } },
+    handler: async ({ query, ctx, platform }) => ({
+      status: 200,
+      body: { items: await platform.queueAdmin.listJobs({ ...query, tenantId: ctx.tenant?.id }) },
+    }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/jobs/:queue/:id', summary: 'A job with its data (secrets redacted), stack trace and logs', tag, auth: jobsAuth,
+    params: jobParams,
+    responses: { 200: { description: 'The job' }, 404: { description: 'No such job' } },
+    handler: async ({ params, ctx, platform }) => {
+      const job = await platform.queueAdmin.getJob(params.queue, params.id, ctx.tenant?.id);
+      if (!job) throw notFound('Job');
+      return { status: 200, body: job };
+    },
+  });
+  api.add({
+    method: 'post', path: '/api/admin/jobs/:queue/:id/retry', summary: 'Retry one failed job', tag, auth: jobsAuth,
+    params: jobParams,
+    responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
+    handler: async ({ params, ctx, platform }) => {
+      const outcome = await platform.queueAdmin.retryJob(params.queue, params.id, ctx.tenant?.id);
+      if (!outcome) throw notFound('Job');
+      if (!outcome.retried) throw conflict(`Only failed jobs can be retried; this one is ${outcome.state}.`, { state: outcome.state });
+      return { status: 200, body: { id: params.id, queue: params.queue, retried: true } };
+    },
+  });
+  api.add({
+    method: 'post', path: '/api/admin/queues/:queue/retry-failed', summary: 'Retry failed jobs, optionally filtered by reason; dry run counts only', tag, auth: jobsAuth,
+    params: queueParams,
+    body: z.object({ dry_run: z.boolean().default(false), failed_reason_contains: safeString({ min: 1, max: 500 }).optional() }).strict(),
+    responses: { 200: { description: 'Counts', schema: z.object({ matched: z.number().int(), retried: z.number().int() }) } },
+    handler: async ({ params, body, ctx, platform }) => ({
+      status: 200,
+      body: await platform.queueAdmin.retryFailed(params.queue, { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id }),
+    }),
+  });
+  for (const action of ['pause', 'resume'] as const) {
+    api.add({
+      method: 'post', path: `/api/admin/queues/:queue/${action}`, summary: `${action === 'pause' ? 'Pause' : 'Resume'} a queue for every worker`, tag, auth: 'operator',
+      params: queueParams,
+      responses: { 200: { description: 'The queue', schema: queueSchema } },
+      handler: async ({ params, platform }) => {
+        await platform.queueAdmin[action](params.queue);
+        const overview = await platform.queueAdmin.overview();
+        return { status: 200, body: overview.find((queue) => queue.name === params.queue) };
+      },
+    });
+  }
+  api.add({
+    method: 'get', path: '/api/admin/stats', summary: 'Platform-wide counts', tag, auth: 'operator',
+    responses: {
+      200: {
+        description: 'Counts',
+        schema: z.object({
+          total_documents: z.number().int(), indexed_documents: z.number().int(), total_chunks: z.number().int(), tenants: z.number().int(),
+          active_jobs: z.number().int(), pending_jobs: z.number().int(), failed_jobs: z.number().int(), queue_depth: z.number().int(), uptime_secs: z.number(),
+        }),
+      },
+    },
+    handler: async ({ platform }) => {
+      const [stats, queues] = await Promise.all([platformStats(platform.db.knex), platform.queueAdmin.overview()]);
+      const sum = (pick: (queue: (typeof queues)[number]) => number) => queues.reduce((total, queue) => total + pick(queue), 0);
+      const pending = sum((queue) => queue.counts.waiting + queue.counts.delayed + queue.counts.prioritized + queue.counts.paused);
+      return {
+        status: 200,
+        body: {
+          ...stats,
+          active_jobs: sum((queue) => queue.counts.active),
+          pending_jobs: pending,
+          failed_jobs: sum((queue) => queue.counts.failed),
+          queue_depth: pending + sum((queue) => queue.counts.active),
+          uptime_secs: Math.round((Date.now() - platform.startedAt.getTime()) / 1000),
+        },
+      };
+    },
+  });
+}

@@ -1,0 +1,102 @@
+import { createApiKey, listApiKeys, revokeApiKey } from '../../domain/apikeys/apikeys';
+import {
+  createTenant,
+  deleteTenant,
+  getTenant,
+  listTenants,
+  setTenantStatus,
+  updateTenant,
+} from '../../domain/tenants/tenants';
+import type { Api } from '../route';
+import {
+  apiKeyCreate,
+  apiKeyCreated,
+  apiKeyPage,
+  idOrSlugParams,
+  idParams,
+  listQuery,
+  tenantCreate,
+  tenantPage,
+  tenantPatch,
+  tenantSchema,
+} from '../schemas';
+
+const tag = 'Tenants and keys';
+
+export function tenantRoutes(api: Api): void {
+  api.add({
+    method: 'post', path: '/api/admin/tenants', summary: 'Create a tenant', tag, auth: 'operator',
+    body: tenantCreate,
+    responses: { 201: { description: 'The tenant', schema: tenantSchema }, 409: { description: 'Slug or domain taken' } },
+    handler: async ({ body, platform }) => ({ status: 201, body: await createTenant(platform.db.knex, body) }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/tenants', summary: 'List tenants', tag, auth: 'operator',
+    query: listQuery,
+    responses: { 200: { description: 'A page of tenants', schema: tenantPage } },
+    handler: async ({ query, platform }) => ({ status: 200, body: await listTenants(platform.db.knex, query) }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/tenants/:id', summary: 'Get a tenant by id or slug', tag, auth: 'operator',
+    params: idOrSlugParams,
+    responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
+    handler: async ({ params, platform }) => ({ status: 200, body: await getTenant(platform.db.knex, params.id) }),
+  });
+  api.add({
+    method: 'patch', path: '/api/admin/tenants/:id', summary: 'Change a tenant', tag, auth: 'operator',
+    params: idOrSlugParams, body: tenantPatch,
+    responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' }, 409: { description: 'Slug or domain taken' } },
+    handler: async ({ params, body, platform }) => ({ status: 200, body: await updateTenant(platform.db.knex, params.id, body) }),
+  });
+  api.add({
+    method: 'delete', path: '/api/admin/tenants/:id', summary: 'Delete a tenant and everything it owns', tag, auth: 'operator',
+    params: idOrSlugParams,
+    responses: { 204: { description: 'Deleted' }, 404: { description: 'No such tenant' } },
+    handler: async ({ params, platform }) => {
+      await deleteTenant(platform.db.knex, params.id);
+      return { status: 204 };
+    },
+  });
+  for (const [action, status] of [['suspend', 'suspended'], ['resume', 'active']] as const) {
+    api.add({
+      method: 'post', path: `/api/admin/tenants/:id/${action}`, summary: `${action === 'suspend' ? 'Suspend' : 'Resume'} a tenant`, tag, auth: 'operator',
+      params: idOrSlugParams,
+      responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
+      handler: async ({ params, platform }) => ({ status: 200, body: await setTenantStatus(platform.db.knex, params.id, status) }),
+    });
+  }
+
+  const keysAuth = { scope: 'keys:manage', tenant: 'required' } as const;
+  api.add({
+    method: 'post', path: '/api/admin/api-keys', summary: 'Create an API key (the key is shown only here)', tag, auth: keysAuth,
+    body: apiKeyCreate,
+    responses: { 201: { description: 'The key, with its secret', schema: apiKeyCreated } },
+    handler: async ({ body, ctx, platform }) => {
+      const { apiKey, key } = await createApiKey(platform.db.knex, ctx.tenant!.id, body);
+      return { status: 201, body: { ...publicKey(apiKey), key } };
+    },
+  });
+  api.add({
+    method: 'get', path: '/api/admin/api-keys', summary: 'List active API keys', tag, auth: keysAuth,
+    query: listQuery,
+    responses: { 200: { description: 'A page of keys, without secrets', schema: apiKeyPage } },
+    handler: async ({ query, ctx, platform }) => {
+      const page = await listApiKeys(platform.db.knex, ctx.tenant!.id, query);
+      return { status: 200, body: { ...page, items: page.items.map(publicKey) } };
+    },
+  });
+  api.add({
+    method: 'delete', path: '/api/admin/api-keys/:id', summary: 'Revoke an API key, effective at once', tag, auth: keysAuth,
+    params: idParams,
+    responses: { 204: { description: 'Revoked' }, 404: { description: 'No such key' } },
+    handler: async ({ params, ctx, platform }) => {
+      await revokeApiKey(platform.db.knex, ctx.tenant!.id, params.id);
+      return { status: 204 };
+    },
+  });
+}
+
+function publicKey(apiKey: Awaited<ReturnType<typeof createApiKey>>['apiKey']) {
+  const { tenant_id: _tenant, revoked_at: _revoked, ...visible } = apiKey;
+  return visible;
+}

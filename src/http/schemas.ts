@@ -1,0 +1,233 @@
+import { z } from 'zod';
+import { SCOPES } from '../domain/apikeys/apikeys';
+import { CONTENT_TYPES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
+import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
+import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
+import { TIERS } from '../domain/tenants/tenants';
+
+/** PostgreSQL text cannot hold NUL, so it is refused at the door rather than failing in SQL. */
+const withoutNul = (value: string) => !value.includes('\u0000');
+const NUL_MESSAGE = 'must not contain NUL characters';
+
+export const safeString = (options: { min?: number; max: number; trim?: boolean }) => {
+  const base = options.trim ? z.string().trim() : z.string();
+  return base
+    .min(options.min ?? 0)
+    .max(options.max)
+    .refine(withoutNul, NUL_MESSAGE);
+};
+
+const METADATA_MAX_BYTES = 64 * 1024;
+export const metadataSchema = z
+  .record(z.string(), z.unknown())
+  .refine((value) => !JSON.stringify(value).includes('\\u0000'), NUL_MESSAGE)
+  .refine((value) => Buffer.byteLength(JSON.stringify(value)) <= METADATA_MAX_BYTES, `must be at most ${METADATA_MAX_BYTES} bytes as JSON`);
+
+const httpUrl = z.url({ protocol: /^https?$/ }).max(2048);
+const isoDateTime = z.iso.datetime({ offset: true });
+
+export const listQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().max(200).optional(),
+});
+
+export const idParams = z.object({ id: z.uuid() });
+export const idOrSlugParams = z.object({ id: safeString({ min: 1, max: 100 }) });
+
+const page = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item), next_cursor: z.string().nullable() });
+
+// Tenants
+
+const slug = z.string().regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'must be 1-63 lowercase letters, digits or "-", not starting or ending with "-"');
+const domain = z
+  .string()
+  .max(253)
+  .regex(/^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/i, 'must be a host name such as docs.example.com')
+  .transform((value) => value.toLowerCase());
+
+export const tenantCreate = z
+  .object({
+    slug,
+    name: safeString({ min: 1, max: 200, trim: true }),
+    tier: z.enum(TIERS).optional(),
+    custom_domain: domain.nullable().optional(),
+  })
+  .strict();
+
+export const tenantPatch = tenantCreate.partial().strict();
+
+export const tenantSchema = z.object({
+  id: z.uuid(),
+  slug: z.string(),
+  name: z.string(),
+  tier: z.enum(TIERS),
+  custom_domain: z.string().nullable(),
+  status: z.enum(['active', 'suspended']),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export const tenantPage = page(tenantSchema);
+
+// API keys
+
+export const apiKeyCreate = z
+  .object({
+    name: safeString({ min: 1, max: 200, trim: true }),
+    scopes: z.array(z.enum(SCOPES)).min(1).max(SCOPES.length).optional(),
+    expires_at: isoDateTime.nullable().optional().refine((value) => !value || new Date(value) > new Date(), 'must be in the future'),
+  })
+  .strict();
+
+export const apiKeySchema = z.object({
+  id: z.uuid(),
+  name: z.string(),
+  prefix: z.string(),
+  scopes: z.array(z.enum(SCOPES)),
+  expires_at: z.string().nullable(),
+  last_used_at: z.string().nullable(),
+  request_count: z.number().int(),
+  created_at: z.string(),
+});
+export const apiKeyCreated = apiKeySchema.extend({ key: z.string().describe('The secret key. Shown only in this response.') });
+export const apiKeyPage = page(apiKeySchema);
+
+// Documents
+
+export const documentInput = z
+  .object({
+    title: safeString({ min: 1, max: DOCUMENT_LIMITS.titleChars, trim: true }),
+    content: z.string().min(1).refine(withoutNul, NUL_MESSAGE).refine((value) => value.trim().length > 0, 'must not be blank'),
+    content_type: z.enum(CONTENT_TYPES).default('markdown'),
+    tags: z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars, trim: true })).max(DOCUMENT_LIMITS.tags).default([]),
+    metadata: metadataSchema.default({}),
+    source_url: httpUrl.nullable().optional(),
+    external_id: safeString({ min: 1, max: 256 }).nullable().optional(),
+  })
+  .strict();
+
+export const documentBatch = z
+  .object({ documents: z.array(documentInput).min(1).max(DOCUMENT_LIMITS.batch) })
+  .strict();
+
+export const documentPatch = documentInput
+  .pick({ title: true, content: true, tags: true, metadata: true })
+  .partial()
+  .strict()
+  .refine((value) => Object.keys(value).length > 0, 'must change at least one of title, content, tags, metadata');
+
+export const documentListQuery = listQuery.extend({
+  content_type: z.enum(CONTENT_TYPES).optional(),
+  tag: safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars }).optional(),
+  status: z.enum(DOCUMENT_STATUSES).optional(),
+});
+
+export const documentSummarySchema = z.object({
+  id: z.uuid(),
+  title: z.string(),
+  content_type: z.enum(CONTENT_TYPES),
+  tags: z.array(z.string()),
+  metadata: z.record(z.string(), z.unknown()),
+  source_url: z.string().nullable(),
+  external_id: z.string().nullable(),
+  status: z.enum(DOCUMENT_STATUSES),
+  version: z.number().int(),
+  chunk_count: z.number().int(),
+  content_bytes: z.number().int(),
+  error: z.string().nullable(),
+  job_id: z.uuid().nullable().describe('The index job that last queued this document'),
+  indexed_at: z.string().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export const documentDetailSchema = documentSummarySchema.extend({ content: z.string() });
+export const documentPage = page(documentSummarySchema);
+
+// Index jobs
+
+export const indexRequest = z.object({ document_id: z.uuid(), force_reindex: z.boolean().default(false) }).strict();
+export const indexBatchRequest = z
+  .object({ document_ids: z.array(z.uuid()).min(1).max(DOCUMENT_LIMITS.batch), force_reindex: z.boolean().default(false) })
+  .strict();
+export const indexJobListQuery = listQuery.extend({ status: z.enum(INDEX_JOB_STATUSES).optional() });
+
+export const indexJobSchema = z.object({
+  job_id: z.uuid(),
+  status: z.enum(INDEX_JOB_STATUSES),
+  force_reindex: z.boolean(),
+  documents_total: z.number().int(),
+  documents_completed: z.number().int(),
+  documents_failed: z.number().int(),
+  created_at: z.string(),
+  started_at: z.string().nullable(),
+  completed_at: z.string().nullable(),
+  error: z.string().nullable(),
+});
+export const indexJobDetailSchema = indexJobSchema.extend({
+  documents: z.array(
+    z.object({
+      document_id: z.uuid(),
+      version: z.number().int(),
+      status: z.enum(['queued', 'processing', 'completed', 'failed', 'canceled']),
+      error: z.string().nullable(),
+    }),
+  ),
+});
+export const indexJobPage = page(indexJobSchema);
+
+// Search
+
+const searchQueryText = safeString({ min: 1, max: SEARCH_LIMITS.queryChars, trim: true });
+const searchLimit = z.coerce.number().int().min(1).max(SEARCH_LIMITS.maxResults).default(SEARCH_LIMITS.defaultResults);
+
+export const searchBody = z
+  .object({
+    query: searchQueryText,
+    mode: z.enum(SEARCH_MODES).default('hybrid'),
+    limit: searchLimit,
+    filters: z
+      .object({
+        content_type: z.enum(CONTENT_TYPES).optional(),
+        tags: z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars })).max(DOCUMENT_LIMITS.tags).optional(),
+        created_from: isoDateTime.optional(),
+        created_to: isoDateTime.optional(),
+      })
+      .strict()
+      .optional(),
+    user_id: safeString({ min: 1, max: 200 }).optional(),
+  })
+  .strict();
+
+export const searchQuery = z.object({
+  q: searchQueryText,
+  mode: z.enum(SEARCH_MODES).default('hybrid'),
+  limit: searchLimit,
+  content_type: z.enum(CONTENT_TYPES).optional(),
+  tags: z
+    .string()
+    .max(DOCUMENT_LIMITS.tags * (DOCUMENT_LIMITS.tagChars + 1))
+    .transform((value) => value.split(',').map((tag) => tag.trim()).filter(Boolean))
+    .optional(),
+});
+
+export const searchResponseSchema = z.object({
+  results: z.array(
+    z.object({
+      document_id: z.uuid(),
+      chunk_id: z.uuid(),
+      title: z.string(),
+      content: z.string(),
+      snippet: z.string().describe('The best passage with matched terms inside <mark>…</mark>'),
+      heading: z.string().nullable(),
+      score: z.number(),
+      tags: z.array(z.string()),
+      content_type: z.enum(CONTENT_TYPES),
+      source_url: z.string().nullable(),
+      created_at: z.string(),
+    }),
+  ),
+  total_results: z.number().int().describe('Number of results returned'),
+  mode: z.enum(SEARCH_MODES),
+  query: z.string(),
+  took_ms: z.number(),
+  cached: z.boolean(),
+});

@@ -1,0 +1,9 @@
+import { startTelemetry } from './telemetry';
+
+// Telemetry must patch http, express, pg and ioredis before they are loaded,
+// so the rest of the program is required only after it has started.
+const telemetry = startTelemetry();
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { run } = require('./run') as typeof import('./run');
+
+void run(process.argv[2] ?? 'all', telemetry);

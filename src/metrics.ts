@@ -1,0 +1,79 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface QueueSnapshot {
+  name: string;
+  counts: Record<string, number>;
+  oldestWaitingAgeSeconds: number;
+}
+
+/**
+ * Every Prometheus metric ragworks exports, on one registry per process.
+ * Queue gauges are read from Redis when scraped, not kept up to date.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly httpDuration = new Histogram({
+    name: 'ragworks_http_request_duration_seconds',
+    help: 'HTTP request latency by method, route and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
+  readonly jobDuration = new Histogram({
+    name: 'ragworks_job_duration_seconds',
+    help: 'Job processing time by queue and outcome',
+    labelNames: ['queue', 'outcome'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+
+  readonly jobFailures = new Counter({
+    name: 'ragworks_job_failures_total',
+    help: 'Job attempts that failed, by queue and whether the job will be retried',
+    labelNames: ['queue', 'final'] as const,
+    registers: [this.registry],
+  });
+
+  readonly documentsIndexed = new Counter({
+    name: 'ragworks_documents_indexed_total',
+    help: 'Document versions indexed',
+    registers: [this.registry],
+  });
+
+  readonly searches = new Histogram({
+    name: 'ragworks_search_duration_seconds',
+    help: 'Search time inside the server by mode',
+    labelNames: ['mode'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+
+  constructor(readQueues?: () => Promise<QueueSnapshot[]>) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'ragworks_process_' });
+    if (!readQueues) return;
+    new Gauge({
+      name: 'ragworks_queue_jobs',
+      help: 'Jobs per queue and state',
+      labelNames: ['queue', 'state'] as const,
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        for (const queue of await readQueues().catch(() => [])) {
+          for (const [state, count] of Object.entries(queue.counts)) this.set({ queue: queue.name, state }, count);
+        }
+      },
+    });
+    new Gauge({
+      name: 'ragworks_queue_oldest_waiting_age_seconds',
+      help: 'Age of the oldest job waiting in each queue (0 when none waits)',
+      labelNames: ['queue'] as const,
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        for (const queue of await readQueues().catch(() => [])) this.set({ queue: queue.name }, queue.oldestWaitingAgeSeconds);
+      },
+    });
+  }
+}

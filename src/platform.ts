@@ -1,0 +1,132 @@
+import type { Redis } from 'ioredis';
+import { QueueAdmin } from '../queues/admin';
+import { QueueRegistry, indexingQueue } from '../queues';
+import type { Config } from './config';
+import { openDatabase, type Database } from './db/database';
+import { migrateToLatest, type VectorSupport } from './db/migrate';
+import { KeyUsageRecorder } from './domain/apikeys/apikeys';
+import { createEmbedder, type Embedder } from './domain/embeddings';
+import type { DispatchIndexing } from './domain/indexing/dispatch';
+import type { IndexerDeps } from './domain/indexing/indexer';
+import type { SearchDeps } from './domain/search/search';
+import { DependencyHealth } from './health';
+import type { Logger } from './logger';
+import { Metrics } from './metrics';
+import { connectRedis } from './redis';
+
+/**
+ * The long-lived resources a process holds, built once at start and handed
+ * to routes, processors and the scheduler.
+ */
+export interface Platform {
+  config: Config;
+  logger: Logger;
+  db: Database;
+  vector: VectorSupport;
+  /** Producer connection: fails fast while Redis is away. */
+  redis: Redis;
+  queues: QueueRegistry;
+  queueAdmin: QueueAdmin;
+  embedder: Embedder;
+  health: DependencyHealth;
+  metrics: Metrics;
+  keyUsage: KeyUsageRecorder;
+  dispatchIndexing: DispatchIndexing;
+  /** Removes queued indexing jobs that are no longer wanted; a running one notices its item is canceled. */
+  withdrawIndexing: DispatchIndexing;
+  startedAt: Date;
+  version: string;
+  searchDeps(): SearchDeps;
+  indexerDeps(): IndexerDeps;
+  close(): Promise<void>;
+}
+
+export const VERSION: string = require('../package.json').version;
+
+/**
+ * Connects to Redis (failing with one clear line when it cannot), opens the
+ * database and brings its schema up to date.
+ */
+export async function createPlatform(config: Config, logger: Logger): Promise<Platform> {
+  const redis = await connectRedis(config, 'producer');
+  redis.on('error', (error) => logger.debug({ err: error }, 'redis connection error'));
+  let db: Database | undefined;
+  try {
+    db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: config.DATABASE_POOL_MAX });
+    const migration = await migrateToLatest(db, { databaseUrl: config.DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS });
+    if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
+    if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);
+    return assemble(config, logger, redis, db, migration.vectorSearch);
+  } catch (error) {
+    redis.disconnect();
+    await db?.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+function assemble(config: Config, logger: Logger, redis: Redis, db: Database, vector: VectorSupport): Platform {
+  const queues = new QueueRegistry(redis, config.QUEUE_PREFIX);
+  const queueAdmin = new QueueAdmin(queues);
+  const embedder = createEmbedder(config);
+  const health = new DependencyHealth(db, redis);
+  const metrics = new Metrics(() => queueAdmin.snapshots());
+  const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
+    logger.warn({ err: error }, 'could not record API key usage; will retry'),
+  );
+  health.start();
+  keyUsage.start();
+  const dispatchIndexing: DispatchIndexing = async (work) => {
+    await queues.enqueueMany(indexingQueue, work);
+  };
+  return {
+    config,
+    logger,
+    db,
+    vector,
+    redis,
+    queues,
+    queueAdmin,
+    embedder,
+    health,
+    metrics,
+    keyUsage,
+    dispatchIndexing,
+    withdrawIndexing: async (work) => {
+      await queues.removeWaiting(indexingQueue, work);
+    },
+    startedAt: new Date(),
+    version: VERSION,
+    searchDeps: () => ({
+      db: db.knex,
+      embedder,
+      vector,
+      settings: {
+        textSearchConfig: config.SEARCH_TEXT_CONFIG,
+        semanticWeight: config.SEARCH_SEMANTIC_WEIGHT,
+        rrfK: config.SEARCH_RRF_K,
+        candidates: config.SEARCH_CANDIDATES,
+        exactScanMaxChunks: config.SEARCH_EXACT_SCAN_MAX_CHUNKS,
+      },
+    }),
+    indexerDeps: () => ({
+      db: db.knex,
+      embedder,
+      chunking: {
+        targetWords: config.CHUNK_TARGET_WORDS,
+        overlapWords: config.CHUNK_OVERLAP_WORDS,
+        minWords: config.CHUNK_MIN_WORDS,
+        maxWords: config.CHUNK_MAX_WORDS,
+      },
+      textSearchConfig: config.SEARCH_TEXT_CONFIG,
+      vectorSearch: vector.available,
+      embedBatchSize: config.EMBEDDINGS_BATCH_SIZE,
+    }),
+    async close() {
+      health.stop();
+      await keyUsage.stop();
+      await queues.close().catch(() => undefined);
+      await redis.quit().catch(() => redis.disconnect());
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,142 @@
+import http from 'node:http';
+import { QUEUE_NAMES } from '../queues';
+import { Scheduler } from '../workers/scheduler';
+import { WorkerRuntime } from '../workers/runtime';
+import { resolveAdminToken } from './admin-token';
+import { ConfigError, loadConfig, selectedQueues, type Config } from './config';
+import { createApp } from './http/app';
+import { createLogger, type Logger } from './logger';
+import { createPlatform, type Platform } from './platform';
+import { RedisUnreachableError } from './redis';
+
+export const ROLES = ['web', 'worker', 'scheduler', 'all', 'migrate'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** Stops the process with one line on stderr and a non-zero code. */
+function die(message: string, code = 1): never {
+  process.stderr.write(`ragworks: ${message}\n`);
+  process.exit(code);
+}
+
+export async function run(roleArgument: string, telemetry: { shutdown(): Promise<void> }): Promise<void> {
+  if (!(ROLES as readonly string[]).includes(roleArgument)) die(`unknown role "${roleArgument}" (use one of ${ROLES.join(', ')})`, 2);
+  const role = roleArgument as Role;
+
+  let config: Config;
+  try {
+    config = loadConfig();
+    if (role !== 'all' && role !== 'migrate' && !config.DATABASE_URL) {
+      throw new ConfigError(
+        `Invalid configuration: DATABASE_URL is required for role "${role}": the embedded database serves a single process, so run role "all" or point DATABASE_URL at PostgreSQL`,
+      );
+    }
+    if (role === 'worker' || role === 'all') selectedQueues(config, QUEUE_NAMES);
+  } catch (error) {
+    if (error instanceof ConfigError) die(error.message, 2);
+    throw error;
+  }
+
+  const logger = createLogger(config.LOG_LEVEL).child({ role });
+  config = resolveAdminToken(config, logger);
+
+  let platform: Platform;
+  try {
+    platform = await createPlatform(config, logger);
+  } catch (error) {
+    if (error instanceof RedisUnreachableError) die(error.message);
+    die(`could not start: ${(error as Error).message}`);
+  }
+  logger.info({ database: platform.db.location, kind: platform.db.kind, vector_search: platform.vector.available }, 'platform ready');
+
+  if (role === 'migrate') {
+    await platform.close();
+    await telemetry.shutdown();
+    logger.info('migrations are up to date');
+    process.exit(0);
+  }
+
+  const stops = await startRole(role, platform, logger);
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    const timer = setTimeout(() => die(`shutdown took longer than ${config.SHUTDOWN_TIMEOUT_MS * 2} ms; exiting`), config.SHUTDOWN_TIMEOUT_MS * 2);
+    timer.unref();
+    try {
+      for (const stop of stops) await stop();
+      await platform.close();
+      await telemetry.shutdown();
+      logger.info('stopped');
+      process.exit(0);
+    } catch (error) {
+      logger.error({ err: error }, 'shutdown failed');
+      process.exit(1);
+    }
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+/** Starts what the role runs; returns how to stop it, in order: intake first, pools last. */
+async function startRole(role: Role, platform: Platform, logger: Logger): Promise<Array<() => Promise<void>>> {
+  const { config } = platform;
+  const stops: Array<() => Promise<void>> = [];
+  const runs = (part: 'web' | 'worker' | 'scheduler') => role === part || role === 'all';
+
+  if (runs('scheduler')) {
+    const scheduler = new Scheduler(platform);
+    scheduler.start();
+    stops.push(() => scheduler.stop());
+  }
+  if (runs('web')) {
+    const server = await listen(createApp(platform), config.PORT, config.HOST);
+    logger.info({ url: `http://localhost:${(server.address() as { port: number }).port}` }, 'api listening');
+    stops.push(() => closeServer(server, config.SHUTDOWN_TIMEOUT_MS));
+  } else if (config.METRICS_PORT !== undefined) {
+    const server = await listen(metricsOnly(platform), config.METRICS_PORT, config.HOST);
+    stops.push(() => closeServer(server, 1_000));
+  }
+  if (runs('worker')) {
+    const runtime = new WorkerRuntime(platform, selectedQueues(config, QUEUE_NAMES));
+    runtime.start();
+    stops.push(async () => {
+      const report = await runtime.drain(config.SHUTDOWN_TIMEOUT_MS);
+      logger.info(report, `drain report: ${report.finished} finished, ${report.handedBack} handed back`);
+    });
+  }
+  return stops;
+}
+
+function listen(handler: http.RequestListener, port: number, host: string): Promise<http.Server> {
+  return new Promise((resolve, reject) => {
+    const server = http.createServer(handler);
+    server.once('error', reject);
+    server.listen(port, host, () => resolve(server));
+  });
+}
+
+/** Stops accepting, lets in-flight requests finish until the deadline, then cuts what is left. */
+function closeServer(server: http.Server, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+function metricsOnly(platform: Platform): http.RequestListener {
+  return (req, res) => {
+    if (req.url !== '/metrics') {
+      res.writeHead(404).end();
+      return;
+    }
+    platform.metrics.registry.metrics().then(
+      (body) => res.writeHead(200, { 'Content-Type': platform.metrics.registry.contentType }).end(body),
+      () => res.writeHead(500).end(),
+    );
+  };
+}

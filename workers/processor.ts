@@ -1,0 +1,24 @@
+import type { Job } from 'bullmq';
+import type { PayloadOf, QueueDefinition } from '../queues';
+import type { Logger } from '../src/logger';
+import type { Platform } from '../src/platform';
+
+/** What a processor is given besides its payload; no globals. */
+export interface ProcessorContext {
+  platform: Platform;
+  logger: Logger;
+  /** Aborted when the job is canceled or its worker hands it back at shutdown. */
+  signal: AbortSignal;
+  job: Job;
+}
+
+export interface Processor<D extends QueueDefinition = QueueDefinition> {
+  definition: D;
+  process(payload: PayloadOf<D>, context: ProcessorContext): Promise<unknown>;
+  /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
+  onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
+}
+
+export function defineProcessor<D extends QueueDefinition>(processor: Processor<D>): Processor<D> {
+  return processor;
+}

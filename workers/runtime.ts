@@ -1,0 +1,146 @@
+import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { unavailableDependency } from '../src/errors';
+import type { Platform } from '../src/platform';
+import { redisOptions } from '../src/redis';
+import { PROCESSORS } from './index';
+import type { Processor } from './processor';
+
+export interface DrainReport {
+  finished: number;
+  handedBack: number;
+}
+
+/** Why a worker aborts a job's signal at shutdown; anything else is a cancellation. */
+const SHUTDOWN = 'shutdown';
+/** How long a job waits when the database is away before it is tried again. */
+const DEPENDENCY_RETRY_MS = 5_000;
+
+/**
+ * Runs one BullMQ worker per selected queue. Stops cleanly: no new jobs,
+ * active ones finish, and at the deadline the rest go back to the queue
+ * at once rather than after their locks expire.
+ */
+export class WorkerRuntime {
+  private readonly workers: Worker[] = [];
+  private active = 0;
+  private finishedWhileDraining = 0;
+  private draining = false;
+  private readonly onHealthChange = (name: string, up: boolean) => void this.pauseWhileDown(name, up);
+
+  constructor(
+    private readonly platform: Platform,
+    private readonly queueNames: string[],
+  ) {}
+
+  start(): void {
+    const { config, logger } = this.platform;
+    for (const name of this.queueNames) {
+      const processor = PROCESSORS.find((candidate) => candidate.definition.name === name);
+      if (!processor) throw new Error(`No processor for queue "${name}"`);
+      const worker = new Worker(name, (job, token, signal) => this.run(processor, job, token, signal), {
+        connection: redisOptions(config, 'worker') as ConnectionOptions,
+        prefix: config.QUEUE_PREFIX,
+        concurrency: config.WORKER_CONCURRENCY_PER_QUEUE[name] ?? config.WORKER_CONCURRENCY,
+        lockDuration: config.WORKER_LOCK_DURATION_MS,
+        stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
+        autorun: true,
+      });
+      worker.on('error', (error) => logger.warn({ err: error, queue: name }, 'worker error'));
+      worker.on('failed', (job, error) =>
+        logger.warn({ queue: name, job_id: job?.id, attempts: job?.attemptsMade, err: error }, 'job attempt failed'),
+      );
+      this.workers.push(worker);
+    }
+    this.platform.health.on('change', this.onHealthChange);
+    logger.info({ queues: this.queueNames }, 'workers started');
+  }
+
+  async waitUntilReady(): Promise<void> {
+    await Promise.all(this.workers.map((worker) => worker.waitUntilReady()));
+  }
+
+  private async run(processor: Processor, job: Job, token: string | undefined, signal: AbortSignal | undefined): Promise<unknown> {
+    const { platform } = this;
+    const queue = processor.definition.name;
+    const parsed = processor.definition.payload.safeParse(job.data);
+    if (!parsed.success) throw new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
+    const abort = signal ?? new AbortController().signal;
+    const context = { platform, logger: platform.logger.child({ queue, job_id: job.id }), signal: abort, job };
+    const started = process.hrtime.bigint();
+    const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+    this.active += 1;
+    try {
+      const result = await untilAborted(processor.process(parsed.data, context), abort);
+      platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
+      return result;
+    } catch (error) {
+      if (abort.aborted && abort.reason === SHUTDOWN && token) {
+        await job.moveToWait(token);
+        throw new WaitingError();
+      }
+      if (unavailableDependency(error) === 'database' && token) {
+        // Not the job's fault: try again later without spending an attempt.
+        await job.moveToDelayed(Date.now() + DEPENDENCY_RETRY_MS, token);
+        throw new DelayedError();
+      }
+      const failure = error instanceof Error ? error : new Error(String(error));
+      const final = failure instanceof UnrecoverableError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      platform.metrics.jobFailures.inc({ queue, final: String(final) });
+      platform.metrics.jobDuration.observe({ queue, outcome: 'failed' }, seconds());
+      if (final && processor.onFinalFailure) {
+        await processor.onFinalFailure(parsed.data, failure, context).catch((hookError) =>
+          context.logger.error({ err: hookError }, 'could not record the final failure'),
+        );
+      }
+      throw failure;
+    } finally {
+      this.active -= 1;
+      if (this.draining) this.finishedWhileDraining += 1;
+    }
+  }
+
+  private async pauseWhileDown(name: string, up: boolean): Promise<void> {
+    if (name !== 'database' || this.draining) return;
+    this.platform.logger.warn({ dependency: name, up }, up ? 'database is back; workers resume' : 'database is unreachable; workers pause');
+    for (const worker of this.workers) {
+      if (up) worker.resume();
+      else await worker.pause(true).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Stops fetching, lets active jobs finish for up to `timeoutMs`, then
+   * hands the rest back to their queues so another worker takes them now.
+   */
+  async drain(timeoutMs: number): Promise<DrainReport> {
+    this.draining = true;
+    this.platform.health.off('change', this.onHealthChange);
+    const activeAtStart = this.active;
+    const closing = Promise.all(this.workers.map((worker) => worker.close()));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      closing.then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(true), timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    let handedBack = 0;
+    if (timedOut) {
+      handedBack = this.active;
+      for (const worker of this.workers) worker.cancelAllJobs(SHUTDOWN);
+      await closing;
+    }
+    return { finished: Math.max(0, Math.min(activeAtStart, this.finishedWhileDraining) - handedBack), handedBack };
+  }
+}
+
+/** Settles with the work, or rejects as soon as the signal aborts, whichever is first. */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
