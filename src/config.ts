@@ -159,7 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const issue = parsed.error.issues[0];
     const variable = String(issue.path[0] ?? 'configuration');
     const shown = variable in present ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
-    throw new ConfigError(`Invalid configuration: ${variable} ${describeIssue(issue)}${shown}`);
+    throw new ConfigError(`Invalid configuration: ${variable} ${describeIssue(issue, variable in present)}${shown}`);
   }
   const adminTokenGenerated = !parsed.data.ADMIN_TOKEN;
   return {
@@ -170,8 +170,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
-  if (issue.code === 'invalid_type' && issue.input === undefined) return 'is required';
+function describeIssue(issue: z.core.$ZodIssue, given: boolean): string {
+  // zod leaves `input` out of issues, so whether the variable was set decides "required".
+  if (issue.code === 'invalid_type' && !given) return 'is required';
+  if (issue.code === 'invalid_type') return `must be a ${issue.expected}`;
   if (issue.code === 'invalid_value' && 'values' in issue) return `must be one of ${issue.values.join(', ')}`;
   return issue.message.startsWith('is ') || issue.message.startsWith('must') ? issue.message : `is invalid: ${issue.message}`;
 }
