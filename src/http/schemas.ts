@@ -109,8 +109,14 @@ export const documentBatch = z
   .object({ documents: z.array(documentInput).min(1).max(DOCUMENT_LIMITS.batch) })
   .strict();
 
-export const documentPatch = documentInput
-  .pick({ title: true, content: true, tags: true, metadata: true })
+export const documentPatch = z
+  .object({
+    title: documentInput.shape.title,
+    content: documentInput.shape.content,
+    // Without the create defaults: a field left out of a PATCH stays as it is instead of becoming [] or {}.
+    tags: documentInput.shape.tags.unwrap(),
+    metadata: documentInput.shape.metadata.unwrap(),
+  })
   .partial()
   .strict()
   .refine((value) => Object.keys(value).length > 0, 'must change at least one of title, content, tags, metadata');
