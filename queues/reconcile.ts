@@ -11,5 +11,6 @@ export const reconcileQueue = defineQueue({
     ...RETENTION_DEFAULTS,
   },
   // The tick's time is the id: a second scheduler replica's enqueue is a no-op.
-  jobId: (payload) => `reconcile-${payload.tick}`,
+  // Colons go: BullMQ reserves them in job ids.
+  jobId: (payload) => `reconcile-${payload.tick.replace(/:/g, '')}`,
 });

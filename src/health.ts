@@ -71,7 +71,7 @@ export class DependencyHealth extends EventEmitter<{ change: [DependencyName, bo
 
 async function pingDatabase(db: Database): Promise<boolean> {
   try {
-    await withTimeout(db.knex.raw('select 1'), 2_000);
+    await withTimeout(db.ping(), 3_000);
     return true;
   } catch {
     return false;

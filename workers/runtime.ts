@@ -115,7 +115,6 @@ export class WorkerRuntime {
   async drain(timeoutMs: number): Promise<DrainReport> {
     this.draining = true;
     this.platform.health.off('change', this.onHealthChange);
-    const activeAtStart = this.active;
     const closing = Promise.all(this.workers.map((worker) => worker.close()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
@@ -131,7 +130,8 @@ export class WorkerRuntime {
       for (const worker of this.workers) worker.cancelAllJobs(SHUTDOWN);
       await closing;
     }
-    return { finished: Math.max(0, Math.min(activeAtStart, this.finishedWhileDraining) - handedBack), handedBack };
+    // Handed-back jobs also pass through run()'s finally, so they are in the count.
+    return { finished: this.finishedWhileDraining - handedBack, handedBack };
   }
 }
 

@@ -13,6 +13,12 @@ export interface Database {
   kind: DatabaseKind;
   /** Where the data lives, for log lines: a URL without its password, or the PGlite directory. */
   location: string;
+  /**
+   * Resolves when the database answers. On a server it uses a connection of
+   * its own, so a saturated pool is not mistaken for an outage; the embedded
+   * database lives in this process and cannot be unreachable.
+   */
+  ping(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -34,7 +40,19 @@ function openPostgres(url: string, poolMax: number): Database {
     pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
     acquireConnectionTimeout: 10_000,
   });
-  return { knex, kind: 'postgres', location: redactUrl(url), close: () => knex.destroy() };
+  const healthPool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 2_000, query_timeout: 2_000, idleTimeoutMillis: 0 });
+  healthPool.on('error', () => undefined); // a dropped idle connection is what ping() is there to notice
+  return {
+    knex,
+    kind: 'postgres',
+    location: redactUrl(url),
+    ping: async () => {
+      await healthPool.query('select 1');
+    },
+    close: async () => {
+      await Promise.all([knex.destroy(), healthPool.end()]);
+    },
+  };
 }
 
 async function openPglite(dataDir: string): Promise<Database> {
@@ -47,7 +65,7 @@ async function openPglite(dataDir: string): Promise<Database> {
   const instance = await PGlite.create({ dataDir, extensions: { vector } });
   // knex-pglite owns the instance: destroying knex closes it.
   const knex = knexFactory({ client: ClientPgLite, dialect: 'postgres', connection: { pglite: instance } } as unknown as Knex.Config);
-  return { knex, kind: 'pglite', location: dataDir, close: () => knex.destroy() };
+  return { knex, kind: 'pglite', location: dataDir, ping: async () => undefined, close: () => knex.destroy() };
 }
 
 export function redactUrl(url: string): string {
