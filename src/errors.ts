@@ -44,15 +44,19 @@ const CONNECTION_ERROR_CODES = new Set([
 
 /** Which store, if any, an error says is out of reach. */
 export function unavailableDependency(error: unknown): 'database' | 'redis' | null {
-  if (!(error instanceof Error)) return null;
-  const code = (error as { code?: string }).code;
-  const message = error.message;
+  // Duck-typed, not `instanceof Error`: errors raised by Node's own socket code can come from
+  // another realm (a vm context such as jest's), where that check is false and a lost
+  // database would surface as a 500.
+  if (typeof error !== 'object' || error === null) return null;
+  const code = (error as { code?: unknown }).code;
+  const message = (error as { message?: unknown }).message;
+  if (typeof message !== 'string') return null;
   if (/enableOfflineQueue|Connection is closed|Stream isn't writeable|MaxRetriesPerRequest|Reached the max retries per request/i.test(message)) {
     return 'redis';
   }
   if (
-    (code && CONNECTION_ERROR_CODES.has(code)) ||
-    /Knex: Timeout acquiring a connection|Connection terminated|connection.*(closed|terminated|refused)|the database system is (starting|shutting) up/i.test(message)
+    (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) ||
+    /Knex: Timeout acquiring a connection|Connection terminated|connection.*(closed|terminated|refused)|is not queryable|the database system is (starting|shutting) up/i.test(message)
   ) {
     return /redis/i.test(message) || (error as { command?: unknown }).command ? 'redis' : 'database';
   }

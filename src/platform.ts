@@ -52,7 +52,7 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
   redis.on('error', (error) => logger.debug({ err: error }, 'redis connection error'));
   let db: Database | undefined;
   try {
-    db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: config.DATABASE_POOL_MAX });
+    db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: config.DATABASE_POOL_MAX, logger });
     const migration = await migrateToLatest(db, { databaseUrl: config.DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS });
     if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
     if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);

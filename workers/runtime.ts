@@ -55,6 +55,11 @@ export class WorkerRuntime {
     logger.info({ queues: this.queueNames }, 'workers started');
   }
 
+  /** True while every worker is paused, e.g. because the database is away. */
+  isPaused(): boolean {
+    return this.workers.length > 0 && this.workers.every((worker) => worker.isPaused());
+  }
+
   async waitUntilReady(): Promise<void> {
     await Promise.all(this.workers.map((worker) => worker.waitUntilReady()));
   }
@@ -63,7 +68,11 @@ export class WorkerRuntime {
     const { platform } = this;
     const queue = processor.definition.name;
     const parsed = processor.definition.payload.safeParse(job.data);
-    if (!parsed.success) throw new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
+    if (!parsed.success) {
+      // A job that can never run is a failure like any other: count it, or the failure metric under-reports.
+      platform.metrics.jobFailures.inc({ queue, final: 'true' });
+      throw new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
+    }
     const abort = signal ?? new AbortController().signal;
     const context = { platform, logger: platform.logger.child({ queue, job_id: job.id }), signal: abort, job };
     const started = process.hrtime.bigint();

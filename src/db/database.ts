@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
+import type { Logger } from '../logger';
 
 /** int8 counts and sums come back as numbers; no value we store comes near 2^53. */
 pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
@@ -26,15 +27,23 @@ export interface DatabaseOptions {
   databaseUrl?: string;
   dataDir: string;
   poolMax: number;
+  /** Where knex's own warnings go, instead of plain console lines. */
+  logger: Logger;
 }
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
-  if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolMax);
+  if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolMax, options.logger);
   return openPglite(path.join(options.dataDir, 'pglite'));
 }
 
-function openPostgres(url: string, poolMax: number): Database {
+function openPostgres(url: string, poolMax: number, logger: Logger): Database {
   const knex = knexFactory({
+    log: {
+      warn: (message: string) => logger.warn({ component: 'knex' }, message),
+      error: (message: string) => logger.error({ component: 'knex' }, message),
+      deprecate: (message: string) => logger.warn({ component: 'knex' }, message),
+      debug: (message: string) => logger.debug({ component: 'knex' }, message),
+    },
     client: 'pg',
     connection: { connectionString: url, connectionTimeoutMillis: 5_000 },
     pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
