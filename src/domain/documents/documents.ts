@@ -3,7 +3,7 @@ import type { Logger } from '../../logger';
 import { AppError, conflict, isUniqueViolation, notFound } from '../../errors';
 import type { ContentType } from '../chunking/chunker';
 import { newId } from '../ids';
-import { createIndexJobRows } from '../indexing/jobs';
+import { createIndexJobRows, refreshIndexJob } from '../indexing/jobs';
 import type { DispatchIndexing, IndexingWork } from '../indexing/dispatch';
 import { paginate, type Page, type PageRequest } from '../pagination';
 
@@ -220,12 +220,23 @@ export async function updateDocument(
 /** Deletes a document and its chunks; pending indexing of it is canceled. */
 export async function deleteDocument(db: Knex, tenantId: string, documentId: string): Promise<void> {
   await db.transaction(async (trx) => {
-    const deleted = await trx('documents').where({ id: documentId, tenant_id: tenantId }).delete();
-    if (deleted === 0) throw notFound('Document');
-    await trx('index_job_items')
+    // Unfinished items before the document: the order the indexer locks in, so a delete during
+    // indexing waits for it instead of deadlocking with it.
+    const pending: Array<{ index_job_id: string }> = await trx('index_job_items')
+      .select('index_job_id')
       .where({ document_id: documentId, tenant_id: tenantId })
       .whereIn('status', ['queued', 'processing'])
+      .orderBy('index_job_id')
+      .forUpdate();
+    const deleted = await trx('documents').where({ id: documentId, tenant_id: tenantId }).delete();
+    if (deleted === 0) throw notFound('Document');
+    if (pending.length === 0) return;
+    await trx('index_job_items')
+      .where({ document_id: documentId, tenant_id: tenantId })
+      .whereIn('index_job_id', pending.map((item) => item.index_job_id))
       .update({ status: 'canceled', error: 'The document was deleted.', updated_at: trx.fn.now() });
+    // A job left with nothing unfinished is done; without this it would stay `queued` for good.
+    for (const item of pending) await refreshIndexJob(trx, item.index_job_id);
   });
 }
 

@@ -52,10 +52,12 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
 
   await progress?.('storing', 0, chunks.length);
   return deps.db.transaction(async (trx) => {
+    // Item first, then document, then job: the order claimItem, failIndexing and cancelIndexJob lock in,
+    // so two runs of the same work (or a run and a cancel) wait for each other instead of deadlocking.
+    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
+    if (item?.status !== 'processing') return { outcome: 'skipped' as const, reason: `the item is ${item?.status ?? 'gone'}` };
     const current = await lockCurrentVersion(trx, work);
     if (current.outcome === 'skipped') return current;
-    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId });
-    if (item?.status !== 'processing') return { outcome: 'skipped' as const, reason: `the item is ${item?.status ?? 'gone'}` };
 
     await trx('chunks').where({ document_id: work.documentId }).delete();
     for (let start = 0; start < chunks.length; start += INSERT_SLICE) {
@@ -99,7 +101,9 @@ async function claimItem(db: Knex, work: IndexingWork): Promise<Claim> {
   return db.transaction(async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
-    if (item.status !== 'queued' && item.status !== 'processing') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
+    // A failed item runs again only when an operator retries its failed queue job (nothing else re-runs a
+    // failed job), and that retry must redo the work rather than skip it.
+    if (item.status === 'completed' || item.status === 'canceled') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
     const current = await lockCurrentVersion(trx, work);
     if (current.outcome === 'skipped') return current;
     await trx('documents')

@@ -166,6 +166,9 @@ export async function listIndexJobs(
  */
 export async function cancelIndexJob(db: Knex, tenantId: string, indexJobId: string): Promise<{ job: IndexJob; canceled: IndexingWork[] }> {
   return db.transaction(async (trx) => {
+    // The job's items before the job row: the indexer locks an item and then its job, so a cancel
+    // arriving mid-write waits for that write instead of deadlocking with it.
+    await trx('index_job_items').select('document_id').where({ index_job_id: indexJobId, tenant_id: tenantId }).forUpdate();
     const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId }).forUpdate();
     if (!row) throw notFound('Index job');
     if (row.status !== 'queued' && row.status !== 'processing') {
@@ -209,16 +212,19 @@ export async function refreshIndexJob(trx: Knex.Transaction, indexJobId: string)
             status = case
               when j.status = 'canceled' then 'canceled'
               when c.unfinished = 0 and c.failed > 0 then 'failed'
+              when c.unfinished = 0 and c.completed = 0 then 'canceled'
               when c.unfinished = 0 then 'completed'
               when c.started > 0 then 'processing'
               else 'queued' end,
             started_at = case when j.started_at is null and c.started > 0 then now() else j.started_at end,
             completed_at = case
-              when j.completed_at is null and c.unfinished = 0 then now()
-              else j.completed_at end,
+              when j.status = 'canceled' then j.completed_at
+              when c.unfinished = 0 then coalesce(j.completed_at, now())
+              else null end,
             error = case
               when j.status = 'canceled' then j.error
               when c.unfinished = 0 and c.failed > 0 then c.failed || ' of ' || j.documents_total || ' documents failed to index.'
+              when c.unfinished = 0 and c.completed = 0 then 'Every document was deleted or superseded before it was indexed.'
               else null end
        from (select count(*) filter (where status = 'completed') as completed,
                     count(*) filter (where status = 'failed') as failed,

@@ -194,7 +194,11 @@ export function buildSearchStatement(
        where c.tenant_id = ${b.add(tenantId)} and c.embedding_dims = ${dims} and c.embedding_model = ${b.add(deps.embedder.model)} ${filters('d')}
        order by ${exactScan ? `(${distance()}) + 0` /* hides the ordering from the planner: no HNSW */ : distance()}
        limit ${b.add(candidates)})`);
-    ctes.push(`sem as (select id, 1 - distance as score, row_number() over (order by distance, id) as rank from sem_raw)`);
+    // A zero vector (a query or chunk with no words, e.g. only punctuation) has no direction: its cosine
+    // distance is NaN, which would surface as a null score. Such a pair matches nothing by meaning.
+    ctes.push(
+      `sem as (select id, 1 - distance as score, row_number() over (order by distance, id) as rank from sem_raw where distance <> 'NaN'::float8)`,
+    );
     if (!exactScan) {
       sessionSettings.push(['hnsw.ef_search', String(Math.min(Math.max(candidates, 40), 1000))]);
       if (supportsIterativeScan(deps.vector)) sessionSettings.push(['hnsw.iterative_scan', 'relaxed_order']);
