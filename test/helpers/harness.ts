@@ -10,6 +10,7 @@ import { createLogger } from '../../src/logger';
 import { createPlatform, type Platform } from '../../src/platform';
 import { WorkerRuntime } from '../../workers/runtime';
 import { createTestDatabase, REDIS_URL, uniqueName } from './databases';
+import { seedPgliteDataDir } from './pglite-template';
 import { deleteRedisPrefix } from './redis';
 import { waitFor } from './wait';
 
@@ -47,6 +48,7 @@ export async function startStack(options: StackOptions): Promise<TestStack> {
   const prefix = uniqueName('rwtest');
   const database = options.database === 'postgres' ? await createTestDatabase() : undefined;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ragworks-test-'));
+  if (!database && !options.env?.DATABASE_URL) await seedPgliteDataDir(dataDir);
   const env: Record<string, string> = {
     NODE_ENV: 'test',
     ADMIN_TOKEN,
