@@ -3,6 +3,7 @@ import { QUEUE_NAMES } from '../queues';
 import { Scheduler } from '../workers/scheduler';
 import { WorkerRuntime } from '../workers/runtime';
 import { resolveAdminToken } from './admin-token';
+import { withTimeout } from './async';
 import { ConfigError, loadConfig, selectedQueues, type Config } from './config';
 import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
@@ -65,7 +66,11 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
     timer.unref();
     try {
       for (const stop of stops) await stop();
-      await platform.close();
+      // Work handed back at the drain deadline may still hold a database connection;
+      // its transaction dies with the process, and another worker redoes the job.
+      await withTimeout(platform.close(), config.SHUTDOWN_TIMEOUT_MS).catch((error) =>
+        logger.warn({ err: error }, 'connections still busy at exit; their work was handed back'),
+      );
       await telemetry.shutdown();
       logger.info('stopped');
       process.exit(0);
