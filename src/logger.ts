@@ -1,5 +1,6 @@
 import { trace } from '@opentelemetry/api';
 import pino from 'pino';
+import { requestScope } from './request-scope';
 
 export type Logger = pino.Logger;
 
@@ -24,12 +25,22 @@ export function createLogger(level: string, destination?: pino.DestinationStream
       base: { pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-      // The active span's ids tie every line to its trace when tracing is on.
+      // Lines written while serving a request carry its id and tenant; the
+      // active span's ids tie them to their trace when tracing is on.
       mixin() {
+        const fields: Record<string, string> = {};
+        const scope = requestScope.getStore();
+        if (scope) {
+          fields.request_id = scope.requestId;
+          if (scope.tenantId) fields.tenant_id = scope.tenantId;
+        }
         const span = trace.getActiveSpan();
-        if (!span) return {};
-        const { traceId, spanId } = span.spanContext();
-        return { trace_id: traceId, span_id: spanId };
+        if (span) {
+          const { traceId, spanId } = span.spanContext();
+          fields.trace_id = traceId;
+          fields.span_id = spanId;
+        }
+        return fields;
       },
     },
     destination,

@@ -74,7 +74,8 @@ export class WorkerRuntime {
       throw new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
     }
     const abort = signal ?? new AbortController().signal;
-    const context = { platform, logger: platform.logger.child({ queue, job_id: job.id }), signal: abort, job };
+    const tenantId = (parsed.data as { tenantId?: string }).tenantId;
+    const context = { platform, logger: platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) }), signal: abort, job };
     const started = process.hrtime.bigint();
     const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
     this.active += 1;

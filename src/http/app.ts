@@ -6,6 +6,7 @@ import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import { AppError, dependencyUnavailable, unavailableDependency } from '../errors';
 import type { Platform } from '../platform';
+import { requestScope } from '../request-scope';
 import { isOperatorToken, presentedSecret } from './auth';
 import { BOARD_PATH, bullBoardRouter } from './board';
 import { Api } from './route';
@@ -40,7 +41,7 @@ export function createApp(platform: Platform): express.Express {
   );
   app.use((req, res, next) => {
     res.locals.requestId = req.id;
-    next();
+    requestScope.run({ requestId: String(req.id) }, next);
   });
   app.use(recordLatency(platform));
   app.use(helmet({ contentSecurityPolicy: false }));

@@ -2,6 +2,7 @@ import { OpenAPIRegistry, type RouteConfig } from '@asteasolutions/zod-to-openap
 import express, { type Request, type Response } from 'express';
 import { z } from 'zod';
 import type { Platform } from '../platform';
+import { requestScope } from '../request-scope';
 import { authenticate, authorize, type AuthRule } from './auth';
 import { requestIdOf, type RequestContext } from './context';
 import { parseInput } from './validation';
@@ -75,6 +76,8 @@ export class Api {
           ? { principal: { kind: 'operator' }, requestId }
           : await authorize(this.platform, req, await authenticate(this.platform, req), spec.auth, requestId);
       res.locals.tenantId = ctx.tenant?.id;
+      const scope = requestScope.getStore();
+      if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
       const reply = await spec.handler({
         body: (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>,
         query: (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>,

@@ -1,0 +1,111 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { createLogger } from '../../src/logger';
+import { requestScope } from '../../src/request-scope';
+import { startStack, type TestStack } from '../helpers/harness';
+import { killLeftoverProcesses, startRagworks } from '../helpers/processes';
+import { waitFor } from '../helpers/wait';
+
+jest.setTimeout(120_000);
+
+interface OtlpAttribute {
+  key: string;
+  value: { stringValue?: string; intValue?: string | number };
+}
+interface OtlpExport {
+  resourceSpans: Array<{
+    resource: { attributes: OtlpAttribute[] };
+    scopeSpans: Array<{ spans: Array<{ name: string; traceId: string; attributes: OtlpAttribute[] }> }>;
+  }>;
+}
+
+function captureLogger(): { lines: Array<Record<string, unknown>>; logger: ReturnType<typeof createLogger> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      for (const text of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(text));
+      done();
+    },
+  });
+  return { lines, logger: createLogger('info', sink) };
+}
+
+describe('log lines', () => {
+  it('carry the request id and tenant of the request being served, and nothing of one outside it', async () => {
+    const { lines, logger } = captureLogger();
+    logger.info('outside');
+    await requestScope.run({ requestId: 'req-42' }, async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      requestScope.getStore()!.tenantId = 'tenant-7';
+      logger.child({ component: 'domain' }).warn('inside, after an await');
+    });
+    expect(lines[0]).not.toHaveProperty('request_id');
+    expect(lines[1]).toMatchObject({ msg: 'inside, after an await', request_id: 'req-42', tenant_id: 'tenant-7' });
+  });
+
+  it('redact credentials and secrets', () => {
+    const { lines, logger } = captureLogger();
+    logger.info({ req: { headers: { authorization: 'Bearer rw_live_secret', 'x-api-key': 'rw_live_other' } }, job: { apiKey: 'k', secret: 's' } }, 'line');
+    const text = JSON.stringify(lines[0]);
+    expect(text).not.toContain('rw_live_secret');
+    expect(text).not.toContain('rw_live_other');
+    expect(lines[0]).toMatchObject({ job: { apiKey: '[redacted]', secret: '[redacted]' } });
+  });
+});
+
+describe('OpenTelemetry', () => {
+  let stack: TestStack;
+  let collector: http.Server;
+  const exports: OtlpExport[] = [];
+
+  beforeAll(async () => {
+    stack = await startStack({ database: 'postgres', workers: false });
+    collector = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        if (req.url === '/v1/traces' && req.headers['content-type']?.includes('json')) exports.push(JSON.parse(body));
+        res.writeHead(200, { 'Content-Type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((resolve) => collector.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(async () => {
+    await killLeftoverProcesses();
+    await new Promise((resolve) => collector.close(resolve));
+    await stack?.close();
+  });
+
+  it('exports traces of HTTP and PostgreSQL work to the OTLP endpoint, and log lines carry the trace id', async () => {
+    const tenant = await stack.createTenant();
+    const endpoint = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
+    const web = startRagworks('web', { ...stack.env, PORT: '0', LOG_LEVEL: 'info', OTEL_EXPORTER_OTLP_ENDPOINT: endpoint });
+    const listening = await web.waitForMessage('api listening', { timeoutMs: 90_000 });
+    const url = String(listening.url).replace('localhost', '127.0.0.1');
+    const response = await fetch(`${url}/api/documents`, { headers: { Authorization: `Bearer ${tenant.key}`, 'X-Request-Id': 'traced-request-1' } });
+    expect(response.status).toBe(200);
+    // Shutdown flushes what the batch processor still holds.
+    expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+
+    const spans = await waitFor(
+      () => {
+        const all = exports.flatMap((batch) => batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans)));
+        return all.length > 0 ? all : null;
+      },
+      { what: 'spans at the collector' },
+    );
+    const serviceNames = exports.flatMap((batch) =>
+      batch.resourceSpans.flatMap((resource) => resource.resource.attributes.filter((attribute) => attribute.key === 'service.name')),
+    );
+    expect(serviceNames.map((attribute) => attribute.value.stringValue)).toContain('ragworks');
+    const serverSpan = spans.find((span) => span.name.startsWith('GET') && JSON.stringify(span.attributes).includes('/api/documents'));
+    expect(serverSpan).toBeDefined();
+    const databaseSpans = spans.filter((span) => span.traceId === serverSpan!.traceId && /select|pg\./i.test(span.name));
+    expect(databaseSpans.length).toBeGreaterThan(0);
+
+    const requestLine = web.logs.find((line) => line.msg === 'request completed' && JSON.stringify(line).includes('traced-request-1'));
+    expect(requestLine).toBeDefined();
+    expect(requestLine!.trace_id).toBe(serverSpan!.traceId);
+  });
+});
