@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Response } from 'supertest';
 import { indexingQueue } from '../../queues';
 import type { IndexingWork } from '../../src/domain/indexing/dispatch';
 import { indexDocument } from '../../src/domain/indexing/indexer';
+import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 
@@ -461,49 +460,17 @@ describe('index jobs without workers (postgres)', () => {
 });
 
 describe('a batch with a document the embeddings provider refuses (pglite)', () => {
-  const DIMENSIONS = 384;
-  let server: http.Server;
+  let provider: FakeEmbeddingsProvider;
   let stack: TestStack;
-  const seenModels = new Set<string>();
 
   beforeAll(async () => {
-    // An OpenAI-compatible embeddings endpoint that refuses any input containing POISON, as a provider rejects bad input.
-    server = http.createServer((req, res) => {
-      let raw = '';
-      req.setEncoding('utf8');
-      req.on('data', (part: string) => (raw += part));
-      req.on('end', () => {
-        const body = JSON.parse(raw) as { model: string; input: string[] };
-        seenModels.add(body.model);
-        res.setHeader('Content-Type', 'application/json');
-        if (body.input.some((text) => text.includes('POISON'))) {
-          res.statusCode = 400;
-          res.end(JSON.stringify({ error: { message: 'input rejected by policy' } }));
-          return;
-        }
-        const data = body.input.map((text, index) => {
-          const embedding = new Array<number>(DIMENSIONS).fill(0);
-          embedding[text.length % DIMENSIONS] = 1;
-          return { object: 'embedding', index, embedding };
-        });
-        res.end(JSON.stringify({ object: 'list', model: body.model, data }));
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as AddressInfo;
-    stack = await startStack({
-      database: 'pglite',
-      env: {
-        EMBEDDINGS_PROVIDER: 'openai',
-        EMBEDDINGS_URL: `http://127.0.0.1:${port}/v1/embeddings`,
-        EMBEDDINGS_MODEL: 'test-model',
-        EMBEDDINGS_DIMENSIONS: String(DIMENSIONS),
-      },
-    });
+    // Refuses any input containing POISON, as a provider refuses content it will not embed.
+    provider = await startEmbeddingsProvider({ dimensions: 384, model: 'test-model', rejects: (input) => input.some((text) => text.includes('POISON')) });
+    stack = await startStack({ database: 'pglite', env: provider.env });
   });
   afterAll(async () => {
     await stack?.close();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await provider?.close();
   });
 
   it('ends failed with the per-document error; the other documents are indexed', async () => {
@@ -535,8 +502,8 @@ describe('a batch with a document the embeddings provider refuses (pglite)', () 
     }
     // The provider's model and dimension are stored with the chunks.
     const models = await stack.platform.db.knex('chunks').distinct('embedding_model', 'embedding_dims').whereIn('document_id', [good1.id, good2.id]);
-    expect(models).toEqual([{ embedding_model: 'test-model', embedding_dims: DIMENSIONS }]);
-    expect(seenModels).toEqual(new Set(['test-model']));
+    expect(models).toEqual([{ embedding_model: 'test-model', embedding_dims: 384 }]);
+    expect(provider.models).toEqual(new Set(['test-model']));
     const failedList = await stack.as(tenant.key, 'get', '/api/index/jobs?status=failed').expect(200);
     expect(failedList.body.items.map((item: IndexJobBody) => item.job_id)).toEqual([batch.body.job_id]);
     const failedDocuments = await stack.as(tenant.key, 'get', '/api/documents?status=failed').expect(200);

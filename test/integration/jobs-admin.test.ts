@@ -1,7 +1,6 @@
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import request from 'supertest';
 import { reconcileQueue } from '../../queues';
+import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 
@@ -183,44 +182,18 @@ describe('jobs and queues admin', () => {
   describe('with workers and an embeddings provider that rejects input (pglite)', () => {
     let stack: TestStack;
     let tenant: Tenant;
-    let provider: http.Server;
-    /** What the fake provider does: refuse every input with 400, or embed it. */
-    let providerMode: 'reject' | 'embed' = 'reject';
+    let provider: FakeEmbeddingsProvider;
     const documents: string[] = [];
-    const DIMENSIONS = 384;
 
     beforeAll(async () => {
-      provider = http.createServer((req, res) => {
-        let body = '';
-        req.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
-        req.on('end', () => {
-          res.setHeader('Content-Type', 'application/json');
-          if (providerMode === 'reject') {
-            res.statusCode = 400;
-            res.end(JSON.stringify({ error: { message: 'input rejected by the test provider' } }));
-            return;
-          }
-          const input = (JSON.parse(body) as { input: string[] }).input;
-          res.end(JSON.stringify({ data: input.map((text, index) => ({ index, embedding: unitVector(text, DIMENSIONS) })) }));
-        });
-      });
-      await new Promise<void>((resolve) => provider.listen(0, '127.0.0.1', resolve));
-      const { port } = provider.address() as AddressInfo;
-      stack = await startStack({
-        database: 'pglite',
-        env: {
-          EMBEDDINGS_PROVIDER: 'openai',
-          EMBEDDINGS_URL: `http://127.0.0.1:${port}/v1/embeddings`,
-          EMBEDDINGS_MODEL: 'test-embedder',
-          EMBEDDINGS_DIMENSIONS: String(DIMENSIONS),
-          EMBEDDINGS_MAX_RETRIES: '0',
-        },
-      });
+      // Refuses every input until a test lets it embed.
+      provider = await startEmbeddingsProvider({ dimensions: 384, model: 'test-embedder', rejects: () => true });
+      stack = await startStack({ database: 'pglite', env: { ...provider.env, EMBEDDINGS_MAX_RETRIES: '0' } });
       tenant = await stack.createTenant();
     }, PGLITE_START_TIMEOUT_MS);
     afterAll(async () => {
       await stack?.close();
-      await new Promise<void>((resolve) => (provider ? provider.close(() => resolve()) : resolve()));
+      await provider?.close();
     });
 
     it('lists real failed jobs with their reasons and shows a job with its secrets redacted', async () => {
@@ -266,7 +239,7 @@ describe('jobs and queues admin', () => {
     });
 
     it('retries one failed job once the provider works again, and refuses to retry it when completed', async () => {
-      providerMode = 'embed';
+      provider.rejects = () => false;
       const job = await indexingJobOf(stack, documents[0], 'failed');
       const response = await stack.operator('post', `/api/admin/jobs/indexing/${encodeURIComponent(job.id)}/retry`).expect(200);
       expect(response.body).toMatchObject({ id: job.id, queue: 'indexing', retried: true });
@@ -348,16 +321,3 @@ describe('jobs and queues admin', () => {
     });
   });
 });
-
-/** A deterministic unit vector for a text, so the fake provider's answers are stable. */
-function unitVector(text: string, dimensions: number): number[] {
-  const vector = new Array<number>(dimensions).fill(0);
-  for (const word of text.toLowerCase().split(/\W+/).filter(Boolean)) {
-    let hash = 0;
-    for (const char of word) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
-    vector[hash % dimensions] += 1;
-  }
-  if (Math.hypot(...vector) === 0) vector[0] = 1;
-  const norm = Math.hypot(...vector);
-  return vector.map((value) => value / norm);
-}
