@@ -6,7 +6,8 @@ import type { Tenant } from '../domain/tenants/tenants';
 export type Principal = { kind: 'operator' } | { kind: 'key'; apiKey: ApiKey };
 
 export interface RequestContext {
-  principal: Principal;
+  /** Absent on public routes, which authenticate nobody. */
+  principal?: Principal;
   /** The tenant the request acts on: the key's, or the operator's X-Tenant-Id. */
   tenant?: Tenant;
   requestId: string;

@@ -73,7 +73,7 @@ export class Api {
       const requestId = requestIdOf(res);
       const ctx: RequestContext =
         spec.auth === 'public'
-          ? { principal: { kind: 'operator' }, requestId }
+          ? { requestId }
           : await authorize(this.platform, req, await authenticate(this.platform, req), spec.auth, requestId);
       res.locals.tenantId = ctx.tenant?.id;
       const scope = requestScope.getStore();
