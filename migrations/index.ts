@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import * as core from './20261126000001_core';
+import * as webhooks from './20261126000002_webhooks';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -7,4 +8,5 @@ import * as core from './20261126000001_core';
  */
 export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration }> = [
   { name: '20261126000001_core', migration: core },
+  { name: '20261126000002_webhooks', migration: webhooks },
 ];

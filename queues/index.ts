@@ -4,12 +4,15 @@ import type { z } from 'zod';
 import type { QueueDefinition } from './definition';
 import { indexingQueue } from './indexing';
 import { reconcileQueue } from './reconcile';
+import { webhookFanoutQueue } from './webhook-fanout';
+import { webhooksQueue } from './webhooks';
 
-export { indexingQueue, reconcileQueue };
+export { indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue };
+export { WEBHOOK_BACKOFF } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
 
 /** Every queue ragworks runs. */
-export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [indexingQueue, reconcileQueue];
+export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue];
 export const QUEUE_NAMES = QUEUE_DEFINITIONS.map((definition) => definition.name);
 
 export function queueDefinition(name: string): QueueDefinition | undefined {
@@ -50,12 +53,12 @@ export class QueueRegistry {
     return job.id!;
   }
 
-  async enqueueMany<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[]): Promise<string[]> {
+  async enqueueMany<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[], options: (index: number) => JobsOptions = () => ({})): Promise<string[]> {
     if (payloads.length === 0) return [];
     const jobs = await this.queue(definition.name).addBulk(
-      payloads.map((payload) => {
+      payloads.map((payload, index) => {
         const data = definition.payload.parse(payload);
-        return { name: definition.name, data, opts: { jobId: definition.jobId(data) } };
+        return { name: definition.name, data, opts: { ...options(index), jobId: definition.jobId(data) } };
       }),
     );
     return jobs.map((job) => job.id!);

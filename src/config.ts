@@ -34,6 +34,16 @@ const sentinelList = z
 
 const positiveInt = z.coerce.number().int().positive();
 
+/** Seconds before each attempt, the first usually 0: `0,5,300,…`. */
+const retrySchedule = z.string().transform((value, ctx) => {
+  const delays = value.split(',').map((part) => part.trim());
+  if (delays.length === 0 || delays.some((delay) => !/^\d+(\.\d+)?$/.test(delay))) {
+    ctx.addIssue({ code: 'custom', message: 'must be comma-separated seconds, e.g. 0,5,300' });
+    return [];
+  }
+  return delays.map(Number);
+});
+
 /**
  * Per-queue worker concurrency, written `indexing=4,reconcile=1`. Queues not
  * named use WORKER_CONCURRENCY.
@@ -114,6 +124,15 @@ export const configSchema = z
     RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120),
 
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
+
+    WEBHOOK_TIMEOUT_MS: positiveInt.default(15_000),
+    WEBHOOK_RETRY_SCHEDULE: retrySchedule.default([0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]),
+    WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600),
+    WEBHOOK_DISABLE_AFTER_HOURS: z.coerce.number().positive().default(120),
+    WEBHOOK_ALLOW_PRIVATE: booleanFlag.default(false),
+    WEBHOOK_MAX_ENDPOINTS: positiveInt.default(10),
+    WEBHOOK_ENDPOINT_CONCURRENCY: positiveInt.default(2),
+    WEBHOOK_REPLAY_PER_SECOND: positiveInt.default(10),
   })
   .superRefine((config, ctx) => {
     if (config.NODE_ENV === 'production' && !config.ADMIN_TOKEN) {

@@ -50,6 +50,27 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly webhookAttempts = new Counter({
+    name: 'ragworks_webhook_attempts_total',
+    help: 'Webhook delivery attempts by outcome: delivered, retry, gone (410), given_up',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly webhookAttemptDuration = new Histogram({
+    name: 'ragworks_webhook_attempt_duration_seconds',
+    help: 'Time from sending a webhook to its response (or failure)',
+    labelNames: ['outcome'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30],
+    registers: [this.registry],
+  });
+
+  readonly webhookEndpointsDisabled = new Counter({
+    name: 'ragworks_webhook_endpoints_disabled_total',
+    help: 'Endpoints disabled automatically (410 Gone, or failing for WEBHOOK_DISABLE_AFTER_HOURS)',
+    registers: [this.registry],
+  });
+
   constructor(readQueues?: () => Promise<QueueSnapshot[]>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ragworks_process_' });
     if (!readQueues) return;
@@ -63,6 +84,15 @@ export class Metrics {
         for (const queue of await readQueues().catch(() => [])) {
           for (const [state, count] of Object.entries(queue.counts)) this.set({ queue: queue.name, state }, count);
         }
+      },
+    });
+    new Gauge({
+      name: 'ragworks_webhook_backlog',
+      help: 'Webhook deliveries waiting, delayed for retry, or being sent',
+      registers: [this.registry],
+      async collect() {
+        const queue = (await readQueues().catch(() => [])).find((snapshot) => snapshot.name === 'webhooks');
+        this.set(queue ? (queue.counts.waiting ?? 0) + (queue.counts.delayed ?? 0) + (queue.counts.active ?? 0) + (queue.counts.prioritized ?? 0) : 0);
       },
     });
     new Gauge({

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { QueueAdmin } from '../queues/admin';
-import { QueueRegistry, indexingQueue } from '../queues';
+import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
 import type { Config } from './config';
 import { openDatabase, type Database } from './db/database';
 import { migrateToLatest, type VectorSupport } from './db/migrate';
@@ -8,7 +8,12 @@ import { KeyUsageRecorder } from './domain/apikeys/apikeys';
 import { createEmbedder, type Embedder } from './domain/embeddings';
 import type { DispatchIndexing } from './domain/indexing/dispatch';
 import type { IndexerDeps } from './domain/indexing/indexer';
+import type { DocumentDeps } from './domain/documents/documents';
 import type { SearchDeps } from './domain/search/search';
+import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
+import type { EndpointSettings } from './domain/webhooks/endpoints';
+import type { EventSink } from './domain/webhooks/events';
+import { EndpointSlots } from './domain/webhooks/fairness';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
@@ -34,10 +39,19 @@ export interface Platform {
   dispatchIndexing: DispatchIndexing;
   /** Removes queued indexing jobs that are no longer wanted; a running one notices its item is canceled. */
   withdrawIndexing: DispatchIndexing;
+  /** Enqueues the fan-out of committed events. */
+  events: EventSink;
+  /** Per-endpoint limit on webhook deliveries in flight. */
+  endpointSlots: EndpointSlots;
+  /** Queues deliveries with one attempt per WEBHOOK_RETRY_SCHEDULE entry; `spacingMs` paces them (replays). */
+  enqueueDeliveries(work: DeliveryWork[], spacingMs?: number): Promise<void>;
   startedAt: Date;
   version: string;
   searchDeps(): SearchDeps;
   indexerDeps(): IndexerDeps;
+  documentDeps(): DocumentDeps;
+  deliveryDeps(): DeliveryDeps;
+  endpointSettings(): EndpointSettings;
   close(): Promise<void>;
 }
 
@@ -78,6 +92,13 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const dispatchIndexing: DispatchIndexing = async (work) => {
     await queues.enqueueMany(indexingQueue, work);
   };
+  const events: EventSink = {
+    announce: async (event) => {
+      await queues.enqueue(webhookFanoutQueue, event).catch((error) =>
+        logger.warn({ err: error, event_id: event.eventId }, 'could not enqueue a webhook fan-out; the reconcile tick will'),
+      );
+    },
+  };
   return {
     config,
     logger,
@@ -94,6 +115,11 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     withdrawIndexing: async (work) => {
       await queues.removeWaiting(indexingQueue, work);
     },
+    events,
+    endpointSlots: new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY),
+    enqueueDeliveries: async (work, spacingMs = 0) => {
+      await queues.enqueueMany(webhooksQueue, work, (index) => ({ attempts: config.WEBHOOK_RETRY_SCHEDULE.length, delay: index * spacingMs }));
+    },
     startedAt: new Date(),
     version: VERSION,
     searchDeps: () => ({
@@ -108,8 +134,21 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
         exactScanMaxChunks: config.SEARCH_EXACT_SCAN_MAX_CHUNKS,
       },
     }),
+    documentDeps: () => ({ db: db.knex, dispatch: dispatchIndexing, events, logger }),
+    deliveryDeps: () => ({
+      db: db.knex,
+      events,
+      settings: {
+        allowPrivate: config.WEBHOOK_ALLOW_PRIVATE,
+        timeoutMs: config.WEBHOOK_TIMEOUT_MS,
+        userAgent: `ragworks-webhooks/${VERSION}`,
+        disableAfterHours: config.WEBHOOK_DISABLE_AFTER_HOURS,
+      },
+    }),
+    endpointSettings: () => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS }),
     indexerDeps: () => ({
       db: db.knex,
+      events,
       embedder,
       chunking: {
         targetWords: config.CHUNK_TARGET_WORDS,

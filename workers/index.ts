@@ -1,6 +1,13 @@
 import { indexingProcessor } from './indexing';
 import type { Processor } from './processor';
 import { reconcileProcessor } from './reconcile';
+import { webhookFanoutProcessor } from './webhook-fanout';
+import { webhooksProcessor } from './webhooks';
 
 /** One processor per queue. */
-export const PROCESSORS: readonly Processor[] = [indexingProcessor as Processor, reconcileProcessor as Processor];
+export const PROCESSORS: readonly Processor[] = [
+  indexingProcessor as Processor,
+  reconcileProcessor as Processor,
+  webhookFanoutProcessor as Processor,
+  webhooksProcessor as Processor,
+];

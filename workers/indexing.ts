@@ -21,6 +21,6 @@ export const indexingProcessor = defineProcessor({
     }
   },
   async onFinalFailure(payload, error, { platform }) {
-    await failIndexing(platform.db.knex, payload, error.message);
+    await failIndexing(platform.indexerDeps(), payload, error.message);
   },
 });

@@ -1,4 +1,4 @@
-import type { Job } from 'bullmq';
+import type { Job, WorkerOptions } from 'bullmq';
 import type { PayloadOf, QueueDefinition } from '../queues';
 import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
@@ -10,6 +10,8 @@ export interface ProcessorContext {
   /** Aborted when the job is canceled or its worker hands it back at shutdown. */
   signal: AbortSignal;
   job: Job;
+  /** The worker's lock token for this job, for moving it (e.g. back to delayed). */
+  token: string | undefined;
 }
 
 export interface Processor<D extends QueueDefinition = QueueDefinition> {
@@ -17,6 +19,8 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
   process(payload: PayloadOf<D>, context: ProcessorContext): Promise<unknown>;
   /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
   onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
+  /** Worker settings the queue needs, such as a custom backoff strategy. */
+  workerSettings?(platform: Platform): WorkerOptions['settings'];
 }
 
 export function defineProcessor<D extends QueueDefinition>(processor: Processor<D>): Processor<D> {

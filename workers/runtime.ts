@@ -43,6 +43,7 @@ export class WorkerRuntime {
         concurrency: config.WORKER_CONCURRENCY_PER_QUEUE[name] ?? config.WORKER_CONCURRENCY,
         lockDuration: config.WORKER_LOCK_DURATION_MS,
         stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
+        settings: processor.workerSettings?.(this.platform),
         autorun: true,
       });
       worker.on('error', (error) => logger.warn({ err: error, queue: name }, 'worker error'));
@@ -75,7 +76,13 @@ export class WorkerRuntime {
     }
     const abort = signal ?? new AbortController().signal;
     const tenantId = (parsed.data as { tenantId?: string }).tenantId;
-    const context = { platform, logger: platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) }), signal: abort, job };
+    const context = {
+      platform,
+      logger: platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) }),
+      signal: abort,
+      job,
+      token,
+    };
     const started = process.hrtime.bigint();
     const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
     this.active += 1;
@@ -84,6 +91,8 @@ export class WorkerRuntime {
       platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
       return result;
     } catch (error) {
+      // A processor that moved its own job (to delayed or waiting) has not failed.
+      if (error instanceof DelayedError || error instanceof WaitingError) throw error;
       if (abort.aborted && abort.reason === SHUTDOWN && token) {
         await job.moveToWait(token);
         throw new WaitingError();

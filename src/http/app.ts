@@ -16,6 +16,7 @@ import { indexingRoutes } from './routes/indexing';
 import { jobRoutes } from './routes/jobs';
 import { searchRoutes } from './routes/search';
 import { tenantRoutes } from './routes/tenants';
+import { webhookRoutes } from './routes/webhooks';
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
@@ -54,6 +55,7 @@ export function createApp(platform: Platform): express.Express {
   indexingRoutes(api);
   searchRoutes(api);
   jobRoutes(api);
+  webhookRoutes(api);
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', platform.metrics.registry.contentType);

@@ -224,7 +224,7 @@ describe('dependencies lost while running', () => {
     try {
       await waitFor(() => !stack.platform.health.isUp('redis'), { timeoutMs: RECOVERY_MS, what: 'Redis to be noticed down' });
       const [created] = await createDocuments(
-        { db: stack.platform.db.knex, dispatch: stack.platform.dispatchIndexing, logger: stack.platform.logger },
+        stack.platform.documentDeps(),
         tenant.id,
         [{ title: uniqueName('enqueue-failed'), content: '# Tides\n\nThe tide tables are posted at the harbour office every morning.' }],
       );
@@ -263,7 +263,7 @@ describe('dependencies lost while running', () => {
     }
     const reconcile = await stack.platform.queues.queue(reconcileQueue.name).getJob(reconcileJobId);
     expect(await reconcile?.getState()).toBe('completed');
-    expect(reconcile?.returnvalue).toMatchObject({ requeued: 2 });
+    expect(reconcile?.returnvalue).toMatchObject({ requeued: { documents: 2 } });
   });
 
   it('recognises what a lost PostgreSQL connection fails with as the database being away', async () => {

@@ -504,7 +504,7 @@ describe('reconcile', () => {
     const tickJobId = await stack.platform.queues.enqueue(reconcileQueue, { tick: new Date().toISOString() });
     const reconcile = stack.platform.queues.queue(reconcileQueue.name);
     await waitFor(async () => (await (await reconcile.getJob(tickJobId))?.getState()) === 'completed', { what: 'the reconcile job to complete' });
-    expect((await reconcile.getJob(tickJobId))?.returnvalue).toEqual({ examined: 2, requeued: 1 });
+    expect((await reconcile.getJob(tickJobId))?.returnvalue).toMatchObject({ examined: { documents: 2 }, requeued: { documents: 1 } });
     expect(await (await indexing.getJob(jobIdOf(lost)))?.getState()).toBe('waiting');
     expect(await indexing.getJobCounts('waiting')).toEqual({ waiting: 2 });
 

@@ -1,4 +1,4 @@
-import { indexingQueue, QUEUE_DEFINITIONS, reconcileQueue } from '../../queues';
+import { indexingQueue, QUEUE_DEFINITIONS, reconcileQueue, WEBHOOK_BACKOFF, webhooksQueue } from '../../queues';
 import { redact } from '../../queues/admin';
 import { tickOf } from '../../workers/scheduler';
 
@@ -10,10 +10,11 @@ const work = {
 };
 
 describe('queue definitions', () => {
-  it('give every queue retries with exponential backoff and bounded retention', () => {
+  it('give every queue retries with backoff and bounded retention', () => {
     for (const definition of QUEUE_DEFINITIONS) {
       expect(definition.jobOptions.attempts).toBeGreaterThan(1);
-      expect(definition.jobOptions.backoff).toMatchObject({ type: 'exponential' });
+      // Webhook retries follow WEBHOOK_RETRY_SCHEDULE; every other queue backs off exponentially.
+      expect(definition.jobOptions.backoff).toMatchObject({ type: definition === webhooksQueue ? WEBHOOK_BACKOFF : 'exponential' });
       expect(definition.jobOptions.removeOnComplete).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
       expect(definition.jobOptions.removeOnFail).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
     }

@@ -6,6 +6,8 @@ import { newId } from '../ids';
 import { createIndexJobRows, refreshIndexJob } from '../indexing/jobs';
 import type { DispatchIndexing, IndexingWork } from '../indexing/dispatch';
 import { paginate, type Page, type PageRequest } from '../pagination';
+import { recordDocumentEvent } from '../webhooks/document-events';
+import type { EventSink } from '../webhooks/events';
 
 export const CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
 export const DOCUMENT_STATUSES = ['queued', 'processing', 'indexed', 'failed', 'canceled'] as const;
@@ -111,6 +113,7 @@ function toSummary(row: SummaryRow): DocumentSummary {
 export interface DocumentDeps {
   db: Knex;
   dispatch: DispatchIndexing;
+  events: EventSink;
   logger: Logger;
 }
 
@@ -145,7 +148,8 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
       for (const slice of chunked(rows, 200)) {
         created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
       }
-      await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false);
+      await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false, deps.events);
+      for (const row of created) await recordDocumentEvent(trx, deps.events, tenantId, 'document.created', row);
       return created;
     } catch (error) {
       if (isUniqueViolation(error, 'documents_external_id_unique')) {
@@ -206,7 +210,7 @@ export async function updateDocument(
     if (reindex) {
       indexJobId = newId();
       Object.assign(update, { version: current.version + 1, status: 'queued', error: null, last_index_job_id: indexJobId });
-      await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false);
+      await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false, deps.events);
     }
     const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);
     return { row, indexJobId };
@@ -218,7 +222,7 @@ export async function updateDocument(
 }
 
 /** Deletes a document and its chunks; pending indexing of it is canceled. */
-export async function deleteDocument(db: Knex, tenantId: string, documentId: string): Promise<void> {
+export async function deleteDocument({ db, events }: Pick<DocumentDeps, 'db' | 'events'>, tenantId: string, documentId: string): Promise<void> {
   await db.transaction(async (trx) => {
     // Unfinished items before the document: the order the indexer locks in, so a delete during
     // indexing waits for it instead of deadlocking with it.
@@ -228,15 +232,16 @@ export async function deleteDocument(db: Knex, tenantId: string, documentId: str
       .whereIn('status', ['queued', 'processing'])
       .orderBy('index_job_id')
       .forUpdate();
-    const deleted = await trx('documents').where({ id: documentId, tenant_id: tenantId }).delete();
-    if (deleted === 0) throw notFound('Document');
+    const [deleted] = await trx<DocumentRow>('documents').where({ id: documentId, tenant_id: tenantId }).delete().returning('*');
+    if (!deleted) throw notFound('Document');
+    await recordDocumentEvent(trx, events, tenantId, 'document.deleted', deleted);
     if (pending.length === 0) return;
     await trx('index_job_items')
       .where({ document_id: documentId, tenant_id: tenantId })
       .whereIn('index_job_id', pending.map((item) => item.index_job_id))
       .update({ status: 'canceled', error: 'The document was deleted.', updated_at: trx.fn.now() });
     // A job left with nothing unfinished is done; without this it would stay `queued` for good.
-    for (const item of pending) await refreshIndexJob(trx, item.index_job_id);
+    for (const item of pending) await refreshIndexJob(trx, events, item.index_job_id);
   });
 }
 

@@ -5,9 +5,12 @@ import type { Embedder } from '../embeddings/embedder';
 import { newId } from '../ids';
 import type { IndexingWork } from './dispatch';
 import { refreshIndexJob, type ItemStatus } from './jobs';
+import { recordDocumentEvent } from '../webhooks/document-events';
+import type { EventSink } from '../webhooks/events';
 
 export interface IndexerDeps {
   db: Knex;
+  events: EventSink;
   embedder: Embedder;
   chunking: ChunkingOptions;
   /** PostgreSQL text search configuration, e.g. `english`. */
@@ -32,7 +35,7 @@ const INSERT_SLICE = 100;
  * in one transaction, so the end state is one set of chunks.
  */
 export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signal?: AbortSignal, progress?: IndexProgress): Promise<IndexOutcome> {
-  const claim = await claimItem(deps.db, work);
+  const claim = await claimItem(deps, work);
   if (claim.outcome === 'skipped') return claim;
   const document = claim.document;
 
@@ -56,7 +59,7 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
     // so two runs of the same work (or a run and a cancel) wait for each other instead of deadlocking.
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (item?.status !== 'processing') return { outcome: 'skipped' as const, reason: `the item is ${item?.status ?? 'gone'}` };
-    const current = await lockCurrentVersion(trx, work);
+    const current = await lockCurrentVersion(trx, deps.events, work);
     if (current.outcome === 'skipped') return current;
 
     await trx('chunks').where({ document_id: work.documentId }).delete();
@@ -70,7 +73,9 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
       error: null,
       updated_at: trx.fn.now(),
     });
-    await setItemStatus(trx, work, 'completed', null);
+    await setItemStatus(trx, deps.events, work, 'completed', null);
+    const indexed = await trx<DocumentRow>('documents').first('*').where({ id: work.documentId });
+    await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.indexed', indexed!);
     return { outcome: 'indexed' as const, chunks: chunks.length };
   });
 }
@@ -79,14 +84,16 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
  * Marks the work failed for good (attempts exhausted or an unrecoverable
  * error): the item and, if this job still owns it, the document.
  */
-export async function failIndexing(db: Knex, work: IndexingWork, message: string): Promise<void> {
-  await db.transaction(async (trx) => {
+export async function failIndexing(deps: Pick<IndexerDeps, 'db' | 'events'>, work: IndexingWork, message: string): Promise<void> {
+  await deps.db.transaction(async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item || (item.status !== 'queued' && item.status !== 'processing')) return;
-    await trx('documents')
+    const [failed] = await trx<DocumentRow>('documents')
       .where({ id: work.documentId, tenant_id: work.tenantId, version: work.version, last_index_job_id: work.indexJobId })
-      .update({ status: 'failed', error: message, updated_at: trx.fn.now() });
-    await setItemStatus(trx, work, 'failed', message);
+      .update({ status: 'failed', error: message, updated_at: trx.fn.now() })
+      .returning('*');
+    await setItemStatus(trx, deps.events, work, 'failed', message);
+    if (failed) await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.failed', failed);
   });
 }
 
@@ -97,42 +104,42 @@ function embeddingText(title: string, chunk: Chunk): string {
 
 type Claim = { outcome: 'claimed'; document: DocumentRow } | { outcome: 'skipped'; reason: string };
 
-async function claimItem(db: Knex, work: IndexingWork): Promise<Claim> {
+async function claimItem({ db, events }: IndexerDeps, work: IndexingWork): Promise<Claim> {
   return db.transaction(async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
     // A failed item runs again only when an operator retries its failed queue job (nothing else re-runs a
     // failed job), and that retry must redo the work rather than skip it.
     if (item.status === 'completed' || item.status === 'canceled') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
-    const current = await lockCurrentVersion(trx, work);
+    const current = await lockCurrentVersion(trx, events, work);
     if (current.outcome === 'skipped') return current;
     await trx('documents')
       .where({ id: work.documentId, last_index_job_id: work.indexJobId })
       .update({ status: 'processing', updated_at: trx.fn.now() });
-    await setItemStatus(trx, work, 'processing', null);
+    await setItemStatus(trx, events, work, 'processing', null);
     return { outcome: 'claimed', document: current.document };
   });
 }
 
 /** Locks the document; if it is gone or has moved on to a newer version, the item is canceled. */
-async function lockCurrentVersion(trx: Knex.Transaction, work: IndexingWork): Promise<Claim> {
+async function lockCurrentVersion(trx: Knex.Transaction, events: EventSink, work: IndexingWork): Promise<Claim> {
   const document = await trx<DocumentRow>('documents').first('*').where({ id: work.documentId, tenant_id: work.tenantId }).forUpdate();
   if (!document) {
-    await setItemStatus(trx, work, 'canceled', 'The document was deleted.');
+    await setItemStatus(trx, events, work, 'canceled', 'The document was deleted.');
     return { outcome: 'skipped', reason: 'the document was deleted' };
   }
   if (document.version !== work.version) {
-    await setItemStatus(trx, work, 'canceled', `Superseded by version ${document.version}.`);
+    await setItemStatus(trx, events, work, 'canceled', `Superseded by version ${document.version}.`);
     return { outcome: 'skipped', reason: `superseded by version ${document.version}` };
   }
   return { outcome: 'claimed', document };
 }
 
-async function setItemStatus(trx: Knex.Transaction, work: IndexingWork, status: ItemStatus, error: string | null): Promise<void> {
+async function setItemStatus(trx: Knex.Transaction, events: EventSink, work: IndexingWork, status: ItemStatus, error: string | null): Promise<void> {
   await trx('index_job_items')
     .where({ index_job_id: work.indexJobId, document_id: work.documentId })
     .update({ status, error, updated_at: trx.fn.now() });
-  await refreshIndexJob(trx, work.indexJobId);
+  await refreshIndexJob(trx, events, work.indexJobId);
 }
 
 async function insertChunks(

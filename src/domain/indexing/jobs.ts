@@ -3,6 +3,7 @@ import type { Logger } from '../../logger';
 import { AppError, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
+import { recordEvent, type EventSink } from '../webhooks/events';
 import type { DispatchIndexing, IndexingWork } from './dispatch';
 
 export const INDEX_JOB_STATUSES = ['queued', 'processing', 'completed', 'failed', 'canceled'] as const;
@@ -62,6 +63,7 @@ export async function createIndexJobRows(
   indexJobId: string,
   documents: Array<{ documentId: string; version: number; status?: ItemStatus }>,
   forceReindex: boolean,
+  events: EventSink,
 ): Promise<void> {
   await trx('index_jobs').insert({ id: indexJobId, tenant_id: tenantId, force_reindex: forceReindex, documents_total: documents.length });
   for (let start = 0; start < documents.length; start += 500) {
@@ -75,12 +77,13 @@ export async function createIndexJobRows(
       })),
     );
   }
-  await refreshIndexJob(trx, indexJobId);
+  await refreshIndexJob(trx, events, indexJobId);
 }
 
 export interface IndexRequestDeps {
   db: Knex;
   dispatch: DispatchIndexing;
+  events: EventSink;
   logger: Logger;
 }
 
@@ -115,6 +118,7 @@ export async function requestIndexing(
       indexJobId,
       docs.map((doc) => ({ documentId: doc.id, version: doc.version, status: needsWork(doc) ? 'queued' : 'completed' })),
       forceReindex,
+      deps.events,
     );
     const pending = docs.filter(needsWork);
     if (pending.length > 0) {
@@ -164,7 +168,12 @@ export async function listIndexJobs(
  * their documents, unless a newer job owns them, become `canceled`. Returns
  * the document ids whose queue jobs should be removed.
  */
-export async function cancelIndexJob(db: Knex, tenantId: string, indexJobId: string): Promise<{ job: IndexJob; canceled: IndexingWork[] }> {
+export async function cancelIndexJob(
+  db: Knex,
+  events: EventSink,
+  tenantId: string,
+  indexJobId: string,
+): Promise<{ job: IndexJob; canceled: IndexingWork[] }> {
   return db.transaction(async (trx) => {
     // The job's items before the job row: the indexer locks an item and then its job, so a cancel
     // arriving mid-write waits for that write instead of deadlocking with it.
@@ -190,7 +199,7 @@ export async function cancelIndexJob(db: Knex, tenantId: string, indexJobId: str
       .where({ id: indexJobId })
       .update({ status: 'canceled', completed_at: trx.fn.now() as unknown as Date, error: 'Canceled on request.' })
       .returning('*');
-    await refreshIndexJob(trx, indexJobId);
+    await refreshIndexJob(trx, events, indexJobId);
     return {
       job: toIndexJob({ ...updated }),
       canceled: items.map((item) => ({ tenantId, indexJobId, documentId: item.document_id, version: item.document_version })),
@@ -203,9 +212,9 @@ export async function cancelIndexJob(db: Knex, tenantId: string, indexJobId: str
  * of incrementing keeps a job re-run by the queue from being counted twice;
  * the row lock serialises workers finishing items of the same job.
  */
-export async function refreshIndexJob(trx: Knex.Transaction, indexJobId: string): Promise<void> {
-  await trx.raw('select 1 from index_jobs where id = ? for update', [indexJobId]);
-  await trx.raw(
+export async function refreshIndexJob(trx: Knex.Transaction, events: EventSink, indexJobId: string): Promise<void> {
+  const before = await trx<IndexJobRow>('index_jobs').first('status').where({ id: indexJobId }).forUpdate();
+  const result = await trx.raw(
     `update index_jobs j
         set documents_completed = c.completed,
             documents_failed = c.failed,
@@ -231,9 +240,15 @@ export async function refreshIndexJob(trx: Knex.Transaction, indexJobId: string)
                     count(*) filter (where status in ('queued', 'processing')) as unfinished,
                     count(*) filter (where status <> 'queued') as started
                from index_job_items where index_job_id = ?) c
-      where j.id = ?`,
+      where j.id = ?
+      returning j.*`,
     [indexJobId, indexJobId],
   );
+  const after: IndexJobRow | undefined = result.rows[0];
+  if (!after || after.status === before?.status) return;
+  if (after.status === 'completed' || after.status === 'failed') {
+    await recordEvent(trx, events, after.tenant_id, `index_job.${after.status}`, { ...toIndexJob(after) });
+  }
 }
 
 /**

@@ -2,7 +2,6 @@ import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocu
 import { tenantStats } from '../../domain/documents/stats';
 import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
-import type { Platform } from '../../platform';
 import type { Api } from '../route';
 import {
   documentBatch,
@@ -33,7 +32,6 @@ function assertContentSize(documents: unknown[]): void {
   });
 }
 
-const deps = (platform: Platform) => ({ db: platform.db.knex, dispatch: platform.dispatchIndexing, logger: platform.logger });
 
 export function documentRoutes(api: Api): void {
   api.add({
@@ -46,7 +44,7 @@ export function documentRoutes(api: Api): void {
     },
     handler: async ({ body, ctx, platform, req }) => {
       assertContentSize([req.body]);
-      const [document] = await createDocuments(deps(platform), ctx.tenant!.id, [body]);
+      const [document] = await createDocuments(platform.documentDeps(), ctx.tenant!.id, [body]);
       return { status: 202, body: document, headers: { Location: `/api/documents/${document.id}` } };
     },
   });
@@ -57,7 +55,7 @@ export function documentRoutes(api: Api): void {
     handler: async ({ body, ctx, platform, req }) => {
       const raw = (req.body as { documents?: unknown }).documents;
       assertContentSize(Array.isArray(raw) ? raw : []);
-      const items = await createDocuments(deps(platform), ctx.tenant!.id, body.documents);
+      const items = await createDocuments(platform.documentDeps(), ctx.tenant!.id, body.documents);
       return { status: 202, body: { items, job_id: items[0].job_id } };
     },
   });
@@ -87,7 +85,7 @@ export function documentRoutes(api: Api): void {
     },
     handler: async ({ params, body, ctx, platform, req }) => {
       assertContentSize([req.body]);
-      const { document, reindexed } = await updateDocument(deps(platform), ctx.tenant!.id, params.id, body);
+      const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body);
       return { status: reindexed ? 202 : 200, body: document };
     },
   });
@@ -96,7 +94,7 @@ export function documentRoutes(api: Api): void {
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
     handler: async ({ params, ctx, platform }) => {
-      await deleteDocument(platform.db.knex, ctx.tenant!.id, params.id);
+      await deleteDocument(platform.documentDeps(), ctx.tenant!.id, params.id);
       return { status: 204 };
     },
   });

@@ -1,5 +1,4 @@
 import { cancelIndexJob, getIndexJob, listIndexJobs, requestIndexing } from '../../domain/indexing/jobs';
-import type { Platform } from '../../platform';
 import type { Api } from '../route';
 import { idParams, indexBatchRequest, indexJobDetailSchema, indexJobListQuery, indexJobPage, indexJobSchema, indexRequest } from '../schemas';
 
@@ -7,7 +6,6 @@ const tag = 'Indexing';
 const read = { scope: 'documents:read', tenant: 'required' } as const;
 const write = { scope: 'documents:write', tenant: 'required' } as const;
 
-const deps = (platform: Platform) => ({ db: platform.db.knex, dispatch: platform.dispatchIndexing, logger: platform.logger });
 
 export function indexingRoutes(api: Api): void {
   api.add({
@@ -16,7 +14,7 @@ export function indexingRoutes(api: Api): void {
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'No such document' } },
     handler: async ({ body, ctx, platform }) => ({
       status: 202,
-      body: await requestIndexing(deps(platform), ctx.tenant!.id, [body.document_id], body.force_reindex),
+      body: await requestIndexing(platform.documentDeps(), ctx.tenant!.id, [body.document_id], body.force_reindex),
     }),
   });
   api.add({
@@ -25,7 +23,7 @@ export function indexingRoutes(api: Api): void {
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'Some documents do not exist' } },
     handler: async ({ body, ctx, platform }) => ({
       status: 202,
-      body: await requestIndexing(deps(platform), ctx.tenant!.id, body.document_ids, body.force_reindex),
+      body: await requestIndexing(platform.documentDeps(), ctx.tenant!.id, body.document_ids, body.force_reindex),
     }),
   });
   api.add({
@@ -52,7 +50,7 @@ export function indexingRoutes(api: Api): void {
       409: { description: 'The job has already finished' },
     },
     handler: async ({ params, ctx, platform }) => {
-      const { job, canceled } = await cancelIndexJob(platform.db.knex, ctx.tenant!.id, params.id);
+      const { job, canceled } = await cancelIndexJob(platform.db.knex, platform.events, ctx.tenant!.id, params.id);
       await platform.withdrawIndexing(canceled).catch((error) => platform.logger.warn({ err: error }, 'could not withdraw canceled indexing jobs'));
       return { status: 200, body: job };
     },

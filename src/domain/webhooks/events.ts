@@ -1,0 +1,73 @@
+import type { Knex } from 'knex';
+import { newId } from '../ids';
+import type { EventType } from './event-types';
+
+/** What a fan-out needs to find an event. */
+export interface PendingEvent {
+  tenantId: string;
+  eventId: string;
+}
+
+/**
+ * Hears about events once their transaction has committed. The queue layer
+ * enqueues their fan-out; a failure there is caught by the reconcile tick,
+ * so announcing never fails the operation that caused the event.
+ */
+export interface EventSink {
+  announce(event: PendingEvent): Promise<void>;
+}
+
+export interface EventEnvelope {
+  id: string;
+  type: EventType;
+  created_at: string;
+  tenant_id: string;
+  data: Record<string, unknown>;
+}
+
+/** Receivers get at most this much JSON per event. */
+export const MAX_ENVELOPE_BYTES = 20 * 1024;
+
+/**
+ * Stores an event in the caller's transaction (so it exists exactly when
+ * the change it describes does) and announces it after the commit. A tenant
+ * with no enabled endpoint gets the event stored for replay but marked as
+ * fanned out, so no queue work is spent on it.
+ */
+export async function recordEvent(
+  trx: Knex.Transaction,
+  sink: EventSink,
+  tenantId: string,
+  type: EventType,
+  data: Record<string, unknown>,
+): Promise<EventEnvelope> {
+  const envelope: EventEnvelope = { id: newId(), type, created_at: new Date().toISOString(), tenant_id: tenantId, data: boundData(data) };
+  const result = await trx.raw(
+    `insert into webhook_events (id, tenant_id, type, payload, created_at, fanned_out_at)
+     values (?, ?, ?, ?::jsonb, ?, case when exists (select 1 from webhook_endpoints where tenant_id = ? and enabled) then null else now() end)
+     returning fanned_out_at is null as needs_fanout`,
+    [envelope.id, tenantId, type, JSON.stringify(envelope), envelope.created_at, tenantId],
+  );
+  if (result.rows[0].needs_fanout) {
+    trx.executionPromise.then(
+      () => sink.announce({ tenantId, eventId: envelope.id }).catch(() => undefined),
+      () => undefined,
+    );
+  }
+  return envelope;
+}
+
+/**
+ * Keeps an event small: large metadata is dropped first, then long strings
+ * are cut, and the envelope says what was left out.
+ */
+function boundData(data: Record<string, unknown>): Record<string, unknown> {
+  if (Buffer.byteLength(JSON.stringify(data)) <= MAX_ENVELOPE_BYTES - 512) return data;
+  const { metadata: _metadata, ...rest } = data;
+  const withoutMetadata: Record<string, unknown> = { ...rest, metadata_omitted: true };
+  if (Buffer.byteLength(JSON.stringify(withoutMetadata)) <= MAX_ENVELOPE_BYTES - 512) return withoutMetadata;
+  const cut = Object.fromEntries(
+    Object.entries(withoutMetadata).map(([key, value]) => [key, typeof value === 'string' && value.length > 1000 ? `${value.slice(0, 1000)}…` : value]),
+  );
+  return { ...cut, truncated: true };
+}
