@@ -16,7 +16,8 @@ const cronExpression = z.string().refine((value) => cron.validate(value), {
 const redisUrl = z
   .string()
   .refine((value) => /^rediss?:\/\//.test(value), { message: 'must start with redis:// or rediss://' })
-  .refine((value) => URL.canParse(value), { message: 'not a valid URL' });
+  .refine((value) => URL.canParse(value), { message: 'not a valid URL' })
+  .refine((value) => !URL.canParse(value) || /^\/?(\d{1,2})?$/.test(new URL(value).pathname), { message: 'may name only a numeric database index (/0 to /15)' });
 
 const sentinelList = z
   .string()
@@ -101,7 +102,8 @@ export const configSchema = z
     EMBEDDINGS_URL: z.url().optional(),
     EMBEDDINGS_MODEL: z.string().min(1).optional(),
     EMBEDDINGS_API_KEY: z.string().min(1).optional(),
-    EMBEDDINGS_DIMENSIONS: z.coerce.number().int().min(1).max(16_000).default(384),
+    // pgvector's HNSW index takes vectors of at most 2000 dimensions.
+    EMBEDDINGS_DIMENSIONS: z.coerce.number().int().min(1).max(2000).default(384),
     EMBEDDINGS_BATCH_SIZE: positiveInt.default(64),
     EMBEDDINGS_TIMEOUT_MS: positiveInt.default(30_000),
     EMBEDDINGS_MAX_RETRIES: z.coerce.number().int().min(0).default(5),
@@ -163,6 +165,9 @@ export interface Config extends ParsedConfig {
   DATA_DIR: string;
 }
 
+/** Values never echoed in an error: they may hold credentials. */
+const SECRET_VARIABLE = /TOKEN|KEY|SECRET|PASSWORD|_URL$|SENTINELS/;
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -177,7 +182,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const variable = String(issue.path[0] ?? 'configuration');
-    const shown = variable in present ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
+    const shown = variable in present && !SECRET_VARIABLE.test(variable) ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
     throw new ConfigError(`Invalid configuration: ${variable} ${describeIssue(issue, variable in present)}${shown}`);
   }
   const adminTokenGenerated = !parsed.data.ADMIN_TOKEN;

@@ -6,4 +6,7 @@ const telemetry = startTelemetry();
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { run } = require('./run') as typeof import('./run');
 
-void run(process.argv[2] ?? 'all', telemetry);
+run(process.argv[2] ?? 'all', telemetry).catch((error: Error) => {
+  process.stderr.write(`ragworks: could not start: ${error.message}\n`);
+  process.exit(1);
+});

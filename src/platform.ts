@@ -82,6 +82,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX);
   const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
+  const queryEmbedder = createEmbedder(config, 'queries');
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
   const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
@@ -124,7 +125,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     version: VERSION,
     searchDeps: () => ({
       db: db.knex,
-      embedder,
+      embedder: queryEmbedder,
       vector,
       settings: {
         textSearchConfig: config.SEARCH_TEXT_CONFIG,

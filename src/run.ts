@@ -7,6 +7,8 @@ import { withTimeout } from './async';
 import { ConfigError, loadConfig, selectedQueues, type Config } from './config';
 import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
+import { openDatabase } from './db/database';
+import { migrateToLatest } from './db/migrate';
 import { createPlatform, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
 
@@ -39,6 +41,7 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
 
   const logger = createLogger(config.LOG_LEVEL).child({ role });
   config = resolveAdminToken(config, logger);
+  if (role === 'migrate') return migrateAndExit(config, logger, telemetry);
 
   let platform: Platform;
   try {
@@ -49,23 +52,24 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
   }
   logger.info({ database: platform.db.location, kind: platform.db.kind, vector_search: platform.vector.available }, 'platform ready');
 
-  if (role === 'migrate') {
-    await platform.close();
-    await telemetry.shutdown();
-    logger.info('migrations are up to date');
-    process.exit(0);
+  let stops: Stop[];
+  try {
+    stops = await startRole(role, platform, logger);
+  } catch (error) {
+    await platform.close().catch(() => undefined);
+    die(`could not start: ${(error as Error).message}`);
   }
-
-  const stops = await startRole(role, platform, logger);
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    const timer = setTimeout(() => die(`shutdown took longer than ${config.SHUTDOWN_TIMEOUT_MS * 2} ms; exiting`), config.SHUTDOWN_TIMEOUT_MS * 2);
+    // Intake stops and work drains side by side, each within SHUTDOWN_TIMEOUT_MS; closing the pools gets as long again.
+    const deadline = config.SHUTDOWN_TIMEOUT_MS * 2 + 5_000;
+    const timer = setTimeout(() => die(`shutdown took longer than ${deadline} ms; exiting`), deadline);
     timer.unref();
     try {
-      for (const stop of stops) await stop();
+      await Promise.all(stops.map((stop) => stop()));
       // Work handed back at the drain deadline may still hold a database connection;
       // its transaction dies with the process, and another worker redoes the job.
       await withTimeout(platform.close(), config.SHUTDOWN_TIMEOUT_MS).catch((error) =>
@@ -83,10 +87,30 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }
 
-/** Starts what the role runs; returns how to stop it, in order: intake first, pools last. */
-async function startRole(role: Role, platform: Platform, logger: Logger): Promise<Array<() => Promise<void>>> {
+type Stop = () => Promise<void>;
+
+/** Brings the schema up to date without Redis, queues or workers, and exits. */
+async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutdown(): Promise<void> }): Promise<never> {
+  try {
+    const db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: 2, logger });
+    try {
+      const report = await migrateToLatest(db, { databaseUrl: config.DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS });
+      if (report.applied.length > 0) logger.info({ migrations: report.applied }, 'database migrated');
+      logger.info({ vector_search: report.vectorSearch.available }, 'migrations are up to date');
+    } finally {
+      await db.close();
+    }
+  } catch (error) {
+    die(`could not migrate: ${(error as Error).message}`);
+  }
+  await telemetry.shutdown();
+  process.exit(0);
+}
+
+/** Starts what the role runs; returns how to stop each part (they stop side by side, pools after). */
+async function startRole(role: Role, platform: Platform, logger: Logger): Promise<Stop[]> {
   const { config } = platform;
-  const stops: Array<() => Promise<void>> = [];
+  const stops: Stop[] = [];
   const runs = (part: 'web' | 'worker' | 'scheduler') => role === part || role === 'all';
 
   if (runs('scheduler')) {

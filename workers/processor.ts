@@ -7,7 +7,7 @@ import type { Platform } from '../src/platform';
 export interface ProcessorContext {
   platform: Platform;
   logger: Logger;
-  /** Aborted when the job is canceled or its worker hands it back at shutdown. */
+  /** Aborted when the worker hands the job back at shutdown. */
   signal: AbortSignal;
   job: Job;
   /** The worker's lock token for this job, for moving it (e.g. back to delayed). */

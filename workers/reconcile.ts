@@ -1,18 +1,26 @@
 import type { Queue } from 'bullmq';
 import { indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
+import { failIndexing } from '../src/domain/indexing/indexer';
 import { findStuckIndexing } from '../src/domain/indexing/jobs';
-import { findStuckWebhookWork } from '../src/domain/webhooks/deliveries';
+import { failDelivery, findStuckWebhookWork } from '../src/domain/webhooks/deliveries';
 import { defineProcessor } from './processor';
 
 const LIVE_STATES = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
 
-/** True when the job id has no live job: it was never enqueued, was lost, or ended without its work being done. */
-async function needsRequeue(queue: Queue, jobId: string): Promise<boolean> {
+/**
+ * What to do about work the database says is unfinished: nothing while its
+ * job is alive; record the failure when its job failed for good (re-running
+ * a job that keeps killing workers would loop for ever); otherwise — never
+ * enqueued, lost, or completed without its work done — enqueue it again.
+ */
+async function verdictFor(queue: Queue, jobId: string): Promise<'alive' | { failed: string } | 'requeue'> {
   const existing = await queue.getJob(jobId);
-  if (!existing) return true;
-  if (LIVE_STATES.has(await existing.getState())) return false;
+  if (!existing) return 'requeue';
+  const state = await existing.getState();
+  if (LIVE_STATES.has(state)) return 'alive';
+  if (state === 'failed') return { failed: existing.failedReason || 'The job failed.' };
   await existing.remove();
-  return true;
+  return 'requeue';
 }
 
 /**
@@ -31,22 +39,30 @@ export const reconcileProcessor = defineProcessor({
     const indexing = queues.queue(indexingQueue.name);
     const documents = await findStuckIndexing(db.knex, stuckAfter);
     for (const work of documents) {
-      if (!(await needsRequeue(indexing, indexingQueue.jobId(work)))) continue;
-      await queues.enqueue(indexingQueue, work);
-      requeued.documents += 1;
+      const verdict = await verdictFor(indexing, indexingQueue.jobId(work));
+      if (verdict === 'alive') continue;
+      if (verdict === 'requeue') {
+        await queues.enqueue(indexingQueue, work);
+        requeued.documents += 1;
+      } else await failIndexing(platform.indexerDeps(), work, verdict.failed);
     }
 
     const webhookWork = await findStuckWebhookWork(db.knex, stuckAfter);
     const fanout = queues.queue(webhookFanoutQueue.name);
     for (const event of webhookWork.events) {
-      if (!(await needsRequeue(fanout, webhookFanoutQueue.jobId(event)))) continue;
+      const verdict = await verdictFor(fanout, webhookFanoutQueue.jobId(event));
+      if (verdict === 'alive') continue;
+      // A fan-out only reads and inserts idempotently: running a failed one again is safe.
+      if (verdict !== 'requeue') await fanout.remove(webhookFanoutQueue.jobId(event));
       await queues.enqueue(webhookFanoutQueue, event);
       requeued.events += 1;
     }
     const webhooks = queues.queue(webhooksQueue.name);
     const lostDeliveries = [];
     for (const delivery of webhookWork.deliveries) {
-      if (await needsRequeue(webhooks, webhooksQueue.jobId(delivery))) lostDeliveries.push(delivery);
+      const verdict = await verdictFor(webhooks, webhooksQueue.jobId(delivery));
+      if (verdict === 'requeue') lostDeliveries.push(delivery);
+      else if (verdict !== 'alive') await failDelivery(db.knex, delivery.tenantId, delivery.deliveryId, verdict.failed);
     }
     await platform.enqueueDeliveries(lostDeliveries);
     requeued.deliveries = lostDeliveries.length;

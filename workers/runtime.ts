@@ -12,6 +12,8 @@ export interface DrainReport {
 
 /** Why a worker aborts a job's signal at shutdown; anything else is a cancellation. */
 const SHUTDOWN = 'shutdown';
+/** BullMQ's reason for failing a job that stalled more than maxStalledCount times. */
+const STALLED_TOO_OFTEN = /stalled more than allowable limit/i;
 /** How long a job waits when the database is away before it is tried again. */
 const DEPENDENCY_RETRY_MS = 5_000;
 
@@ -47,9 +49,11 @@ export class WorkerRuntime {
         autorun: true,
       });
       worker.on('error', (error) => logger.warn({ err: error, queue: name }, 'worker error'));
-      worker.on('failed', (job, error) =>
-        logger.warn({ queue: name, job_id: job?.id, attempts: job?.attemptsMade, err: error }, 'job attempt failed'),
-      );
+      worker.on('failed', (job, error) => {
+        logger.warn({ queue: name, job_id: job?.id, attempts: job?.attemptsMade, err: error }, 'job attempt failed');
+        // A job that kept killing its workers is failed by the stalled-job check, not by run(): record it here.
+        if (job && STALLED_TOO_OFTEN.test(error.message)) void this.recordStalledFailure(processor, job, error);
+      });
       this.workers.push(worker);
     }
     this.platform.health.on('change', this.onHealthChange);
@@ -116,6 +120,16 @@ export class WorkerRuntime {
       this.active -= 1;
       if (this.draining) this.finishedWhileDraining += 1;
     }
+  }
+
+  private async recordStalledFailure(processor: Processor, job: Job, error: Error): Promise<void> {
+    const parsed = processor.definition.payload.safeParse(job.data);
+    if (!parsed.success || !processor.onFinalFailure) return;
+    const logger = this.platform.logger.child({ queue: processor.definition.name, job_id: job.id });
+    this.platform.metrics.jobFailures.inc({ queue: processor.definition.name, final: 'true' });
+    await processor
+      .onFinalFailure(parsed.data, error, { platform: this.platform, logger, signal: new AbortController().signal, job, token: undefined })
+      .catch((hookError) => logger.error({ err: hookError }, 'could not record the final failure'));
   }
 
   private async pauseWhileDown(name: string, up: boolean): Promise<void> {

@@ -173,8 +173,18 @@ function toAppError(error: unknown): AppError {
   }
   const dependency = unavailableDependency(error);
   if (dependency) return dependencyUnavailable(dependency);
-  if (httpError?.expose && httpError.status && httpError.status < 500) {
-    return new AppError(httpError.status, 'bad_request', httpError.message ?? 'Bad request.');
+  if ((error as Error)?.name === 'EmbeddingError') return dependencyUnavailable('the embeddings provider');
+  const sqlState = (error as { code?: unknown })?.code;
+  if (typeof sqlState === 'string' && sqlState.startsWith('22')) {
+    // Data exceptions: a value PostgreSQL cannot take (a date out of its range, malformed text).
+    return new AppError(400, 'validation_failed', 'A value in the request is out of range or malformed.');
+  }
+  if (sqlState === '40P01' || sqlState === '40001') {
+    return new AppError(409, 'conflict', 'The request collided with a concurrent change; retry it.', undefined, { 'Retry-After': '1' });
+  }
+  // Errors from Express itself (a path that cannot be decoded, …) carry their status.
+  if (httpError?.status && httpError.status >= 400 && httpError.status < 500) {
+    return new AppError(httpError.status, httpError.status === 400 ? 'validation_failed' : 'bad_request', httpError.expose && httpError.message ? httpError.message : 'The request is malformed.');
   }
   return new AppError(500, 'internal', 'Something went wrong on our side; it has been logged.');
 }

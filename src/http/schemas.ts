@@ -18,10 +18,31 @@ export const safeString = (options: { min?: number; max: number; trim?: boolean 
 };
 
 const METADATA_MAX_BYTES = 64 * 1024;
-export const metadataSchema = z
-  .record(z.string(), z.unknown())
-  .refine((value) => !JSON.stringify(value).includes('\\u0000'), NUL_MESSAGE)
-  .refine((value) => Buffer.byteLength(JSON.stringify(value)) <= METADATA_MAX_BYTES, `must be at most ${METADATA_MAX_BYTES} bytes as JSON`);
+const METADATA_MAX_DEPTH = 16;
+
+/** Why PostgreSQL's jsonb would refuse a value, or null: too deep, a NUL, or a lone surrogate. */
+function metadataProblem(value: unknown, depth = 0): string | null {
+  if (depth > METADATA_MAX_DEPTH) return `must not nest deeper than ${METADATA_MAX_DEPTH} levels`;
+  if (typeof value === 'string') {
+    if (value.includes('\u0000')) return NUL_MESSAGE;
+    return value.isWellFormed() ? null : 'must contain only well-formed Unicode text';
+  }
+  if (value === null || typeof value !== 'object') return null;
+  for (const [key, inner] of Object.entries(value)) {
+    const problem = metadataProblem(key, depth + 1) ?? metadataProblem(inner, depth + 1);
+    if (problem) return problem;
+  }
+  return null;
+}
+
+export const metadataSchema = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
+  const problem = metadataProblem(value);
+  if (problem) {
+    ctx.addIssue({ code: 'custom', message: problem });
+    return;
+  }
+  if (Buffer.byteLength(JSON.stringify(value)) > METADATA_MAX_BYTES) ctx.addIssue({ code: 'custom', message: `must be at most ${METADATA_MAX_BYTES} bytes as JSON` });
+});
 
 const httpUrl = z.url({ protocol: /^https?$/ }).max(2048);
 const isoDateTime = z.iso.datetime({ offset: true });
@@ -38,7 +59,11 @@ const page = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item), 
 
 // Tenants
 
-const slug = z.string().regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'must be 1-63 lowercase letters, digits or "-", not starting or ending with "-"');
+const slug = z
+  .string()
+  .regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'must be 1-63 lowercase letters, digits or "-", not starting or ending with "-"')
+  // X-Tenant-Id and the admin routes take an id or a slug: a slug shaped like an id would be ambiguous.
+  .refine((value) => !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(value), 'must not look like a UUID');
 const domain = z
   .string()
   .max(253)
@@ -208,6 +233,8 @@ export const searchQuery = z.object({
   mode: z.enum(SEARCH_MODES).default('hybrid'),
   limit: searchLimit,
   content_type: z.enum(CONTENT_TYPES).optional(),
+  created_from: isoDateTime.optional(),
+  created_to: isoDateTime.optional(),
   tags: z
     .string()
     .max(DOCUMENT_LIMITS.tags * (DOCUMENT_LIMITS.tagChars + 1))

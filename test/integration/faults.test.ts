@@ -251,8 +251,8 @@ describe('dependencies lost while running', () => {
     }
     // Older than RECONCILE_STUCK_AFTER_SECONDS without waiting for it.
     await stack.platform.db
-      .knex('documents')
-      .whereIn('id', [neverEnqueued.id, lost.id])
+      .knex('index_job_items')
+      .whereIn('document_id', [neverEnqueued.id, lost.id])
       .update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
 
     const tick = new Date().toISOString();

@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { reconcileQueue } from '../../queues';
+import { QUEUE_NAMES, reconcileQueue } from '../../queues';
 import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
@@ -80,7 +80,7 @@ describe('jobs and queues admin', () => {
 
     it('describes both queues with counts, oldest waiting age, pause state and workers', async () => {
       const response = await stack.operator('get', '/api/admin/queues').expect(200);
-      expect((response.body as QueueBody[]).map((queue) => queue.name).sort()).toEqual(['indexing', 'reconcile']);
+      expect((response.body as QueueBody[]).map((queue) => queue.name).sort()).toEqual([...QUEUE_NAMES].sort());
       for (const queue of response.body as QueueBody[]) {
         expect(Object.keys(queue.counts)).toEqual(expect.arrayContaining(['waiting', 'active', 'delayed', 'completed', 'failed', 'paused']));
         expect(queue).toMatchObject({ is_paused: false, workers: 0 });

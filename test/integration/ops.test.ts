@@ -1,5 +1,6 @@
 import type { Express } from 'express';
 import request from 'supertest';
+import { QUEUE_NAMES } from '../../queues';
 import { VERSION } from '../../src/platform';
 import { ADMIN_TOKEN, startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
@@ -137,7 +138,7 @@ describe('operations surface (postgres)', () => {
       expect(response.body.version).toMatch(/^\d+\.\d+\.\d+/);
       expect(response.body.uptime_seconds).toBeGreaterThanOrEqual(0);
       expect(response.body.services.vector_search.reason).toMatch(/"vector"/);
-      expect(Object.keys(response.body.services.queues.queues).sort()).toEqual(['indexing', 'reconcile']);
+      expect(Object.keys(response.body.services.queues.queues).sort()).toEqual([...QUEUE_NAMES].sort());
     });
   });
 
@@ -329,7 +330,7 @@ describe('operations surface (postgres)', () => {
     it('lists exactly the indexing and reconcile queues in its API', async () => {
       const response = await request(stack.app).get('/admin/queues/api/queues').set('Authorization', basic('ops', ADMIN_TOKEN)).expect(200);
       const names = (response.body.queues as Array<{ name: string }>).map((queue) => queue.name).sort();
-      expect(names).toEqual(['indexing', 'reconcile']);
+      expect(names).toEqual([...QUEUE_NAMES].sort());
     });
   });
 

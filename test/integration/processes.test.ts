@@ -496,7 +496,7 @@ describe('reconcile', () => {
 
     // The lost document's job disappears from Redis, as after a Redis failover that dropped it.
     expect(await indexing.remove(jobIdOf(lost))).toBe(1);
-    await stack.platform.db.knex('documents').whereIn('id', [lost.id, alive.id]).update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
+    await stack.platform.db.knex('index_job_items').whereIn('document_id', [lost.id, alive.id]).update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
 
     const reconciler = new WorkerRuntime(stack.platform, ['reconcile']);
     runtimes.push(reconciler);

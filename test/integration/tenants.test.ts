@@ -192,7 +192,7 @@ describe('tenants and their API keys (postgres)', () => {
     beforeAll(async () => {
       a = await stack.createTenant();
       b = await stack.createTenant();
-      aManager = (await stack.operator('post', '/api/admin/api-keys', a.id).send({ name: 'a manager', scopes: ['keys:manage'] }).expect(201)).body.key;
+      aManager = (await stack.operator('post', '/api/admin/api-keys', a.id).send({ name: 'a manager', scopes: ['keys:manage', 'documents:read'] }).expect(201)).body.key;
       bManager = (await stack.operator('post', '/api/admin/api-keys', b.slug).send({ name: 'b manager', scopes: ['keys:manage'] }).expect(201)).body.key;
     });
 
@@ -208,6 +208,18 @@ describe('tenants and their API keys (postgres)', () => {
       const rowsA: Array<{ id: string }> = await stack.platform.db.knex('api_keys').where({ tenant_id: a.id }).whereNull('revoked_at').select('id');
       expect([...ids(listA)].sort()).toEqual(rowsA.map((row) => row.id).sort());
       expect(ids(listA).some((id) => ids(listB).includes(id))).toBe(false);
+    });
+
+    it('refuses to let a key grant scopes it does not hold', async () => {
+      const before = await stack.platform.db.knex('api_keys').where({ tenant_id: a.id }).count('* as n').first();
+      for (const scopes of [['admin'], ['documents:write'], ['documents:read', 'jobs:manage']]) {
+        const refused = await stack.as(aManager, 'post', '/api/admin/api-keys').send({ name: 'escalation', scopes }).expect(403);
+        expect(refused.body.error).toMatchObject({ code: 'forbidden', details: { scopes: expect.any(Array) } });
+      }
+      // Without scopes a key gets the defaults, which include documents:write: refused too.
+      await stack.as(aManager, 'post', '/api/admin/api-keys').send({ name: 'defaults' }).expect(403);
+      const after = await stack.platform.db.knex('api_keys').where({ tenant_id: a.id }).count('* as n').first();
+      expect(after).toEqual(before);
     });
 
     it('lets a keys:manage key create, list and revoke keys of its own tenant only', async () => {

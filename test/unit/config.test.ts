@@ -98,3 +98,24 @@ describe('Redis connection options', () => {
     expect(options.host).toBeUndefined();
   });
 });
+
+describe('configuration errors', () => {
+  it('never echo a value that may hold a credential', () => {
+    for (const [name, value] of [
+      ['ADMIN_TOKEN', 'short-secret'],
+      ['DATABASE_URL', 'mysql://user:hunter2@db/x'],
+      ['REDIS_URL', 'http://:hunter2@cache'],
+    ]) {
+      const message = messageOf({ [name]: value });
+      expect(message).toContain(name);
+      expect(message).not.toContain('hunter2');
+      expect(message).not.toContain('short-secret');
+    }
+  });
+
+  it('refuse a Redis database that is not a number and vector sizes HNSW cannot index', () => {
+    expect(messageOf({ REDIS_URL: 'redis://cache:6379/abc' })).toMatch(/REDIS_URL/);
+    expect(messageOf({ EMBEDDINGS_DIMENSIONS: '3072' })).toMatch(/EMBEDDINGS_DIMENSIONS/);
+    expect(loadConfig({ REDIS_URL: 'redis://cache:6379/5' }).REDIS_URL).toBe('redis://cache:6379/5');
+  });
+});

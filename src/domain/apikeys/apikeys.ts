@@ -157,7 +157,10 @@ export class KeyUsageRecorder {
     if (this.pending.size === 0) return;
     const batch = this.pending;
     this.pending = new Map();
-    const rows = [...batch].map(([id, usage]) => ({ id, count: usage.count, last_used: usage.lastUsed.toISOString() }));
+    // In id order, so two processes flushing overlapping keys lock them in the same order.
+    const rows = [...batch]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([id, usage]) => ({ id, count: usage.count, last_used: usage.lastUsed.toISOString() }));
     try {
       await this.db.raw(
         `update api_keys k set request_count = k.request_count + u.count, last_used_at = greatest(k.last_used_at, u.last_used)

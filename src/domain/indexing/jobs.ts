@@ -252,19 +252,18 @@ export async function refreshIndexJob(trx: Knex.Transaction, events: EventSink, 
 }
 
 /**
- * Documents left `queued` or `processing` for longer than `stuckAfterSeconds`
- * with their item still unfinished: candidates for the reconcile tick.
+ * Index job items left unfinished and untouched for longer than
+ * `stuckAfterSeconds`: candidates for the reconcile tick. Taken from the
+ * items rather than the documents, so a job whose document has since moved
+ * on to another job is found too; running such an item cancels it as
+ * superseded, which lets its job finish.
  */
 export async function findStuckIndexing(db: Knex, stuckAfterSeconds: number, limit = 1000): Promise<IndexingWork[]> {
-  const rows = await db('documents as d')
-    .join('index_job_items as i', function () {
-      this.on('i.index_job_id', '=', 'd.last_index_job_id').andOn('i.document_id', '=', 'd.id');
-    })
-    .select('d.tenant_id', 'd.id', 'd.version', 'd.last_index_job_id')
-    .whereIn('d.status', ['queued', 'processing'])
-    .whereIn('i.status', ['queued', 'processing'])
-    .where('d.updated_at', '<', db.raw(`now() - make_interval(secs => ?)`, [stuckAfterSeconds]))
-    .orderBy('d.updated_at')
+  const rows: Array<{ tenant_id: string; index_job_id: string; document_id: string; document_version: number }> = await db('index_job_items')
+    .select('tenant_id', 'index_job_id', 'document_id', 'document_version')
+    .whereIn('status', ['queued', 'processing'])
+    .where('updated_at', '<', db.raw(`now() - make_interval(secs => ?)`, [stuckAfterSeconds]))
+    .orderBy('updated_at')
     .limit(limit);
-  return rows.map((row) => ({ tenantId: row.tenant_id, indexJobId: row.last_index_job_id, documentId: row.id, version: row.version }));
+  return rows.map((row) => ({ tenantId: row.tenant_id, indexJobId: row.index_job_id, documentId: row.document_id, version: row.document_version }));
 }

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { LRUCache } from 'lru-cache';
 import { AppError } from '../../errors';
 import type { VectorSupport } from '../../db/migrate';
 import type { ContentType } from '../chunking/chunker';
@@ -122,8 +123,7 @@ interface SearchRow {
 const toResult = (row: SearchRow): SearchResult => ({ ...row, score: Number(row.score), created_at: row.created_at.toISOString() });
 
 /** Per-tenant chunk counts, remembered briefly: the exact-scan decision need not be fresh to the row. */
-const chunkCountCache = new Map<string, { count: number; at: number }>();
-const CHUNK_COUNT_TTL_MS = 30_000;
+const chunkCountCache = new LRUCache<string, number>({ max: 10_000, ttl: 30_000 });
 
 /**
  * A tenant small enough is searched exactly: an approximate index scan
@@ -133,12 +133,11 @@ const CHUNK_COUNT_TTL_MS = 30_000;
  */
 async function useExactScan(deps: SearchDeps, tenantId: string): Promise<boolean> {
   const threshold = deps.settings.exactScanMaxChunks;
-  const cached = chunkCountCache.get(tenantId);
-  let count = cached && Date.now() - cached.at < CHUNK_COUNT_TTL_MS ? cached.count : undefined;
+  let count = chunkCountCache.get(tenantId);
   if (count === undefined) {
     const result = await deps.db.raw('select count(*)::int as n from (select 1 from chunks where tenant_id = ? limit ?) t', [tenantId, threshold + 1]);
     count = Number(result.rows[0].n);
-    chunkCountCache.set(tenantId, { count, at: Date.now() });
+    chunkCountCache.set(tenantId, count);
   }
   return count <= threshold || !supportsIterativeScan(deps.vector);
 }

@@ -93,10 +93,17 @@ export async function setTenantStatus(db: Knex, idOrSlug: string, status: Tenant
   return toTenant(row);
 }
 
-/** Deletes the tenant and, through foreign keys, everything it owns. */
+/**
+ * Deletes the tenant and, through foreign keys, everything it owns. Its
+ * index job items are locked first, in the order the indexer locks them,
+ * so a deletion during indexing waits instead of deadlocking.
+ */
 export async function deleteTenant(db: Knex, idOrSlug: string): Promise<void> {
   const tenant = await getTenant(db, idOrSlug);
-  await db('tenants').where({ id: tenant.id }).delete();
+  await db.transaction(async (trx) => {
+    await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
+    await trx('tenants').where({ id: tenant.id }).delete();
+  });
 }
 
 function translateUnique(error: unknown): unknown {

@@ -189,6 +189,8 @@ async function recordAttempt(deps: DeliveryDeps, delivery: DeliveryRow, endpoint
         last_status_code: result.statusCode,
         last_error: result.error,
         delivered_at: verdict === 'delivered' ? trx.fn.now() : null,
+        // The attempt that was due has happened; a retry sets the next time again (scheduleNextAttempt).
+        next_attempt_at: null,
         updated_at: trx.fn.now(),
       });
     if (result.ok) {
@@ -298,7 +300,8 @@ export interface ReplayRequest {
 export async function replay(db: Knex, tenantId: string, endpointId: string, request: ReplayRequest): Promise<{ matched: number; work: DeliveryWork[] }> {
   const endpoint = await loadEndpoint(db, tenantId, endpointId);
   if (!request.dry_run && !endpoint.enabled) throw conflict('The endpoint is disabled; enable it before replaying.', { endpoint_id: endpointId });
-  if (request.until && request.until <= request.since) throw badRequest('`until` must be after `since`.', { field: 'until' });
+  // Compared as instants: as text, times with different offsets sort wrongly.
+  if (request.until && Date.parse(request.until) <= Date.parse(request.since)) throw badRequest('`until` must be after `since`.', { field: 'until' });
   const query = db('webhook_events')
     .where({ tenant_id: tenantId })
     .where('created_at', '>=', request.since)

@@ -66,8 +66,16 @@ function boundData(data: Record<string, unknown>): Record<string, unknown> {
   const { metadata: _metadata, ...rest } = data;
   const withoutMetadata: Record<string, unknown> = { ...rest, metadata_omitted: true };
   if (Buffer.byteLength(JSON.stringify(withoutMetadata)) <= MAX_ENVELOPE_BYTES - 512) return withoutMetadata;
-  const cut = Object.fromEntries(
-    Object.entries(withoutMetadata).map(([key, value]) => [key, typeof value === 'string' && value.length > 1000 ? `${value.slice(0, 1000)}…` : value]),
+  const cut = { ...shortenStrings(withoutMetadata, 1000), truncated: true };
+  if (Buffer.byteLength(JSON.stringify(cut)) <= MAX_ENVELOPE_BYTES - 512) return cut;
+  // Still too big (e.g. tags full of characters JSON escapes six bytes wide): keep only short scalars.
+  const scalars = Object.fromEntries(Object.entries(cut).filter(([, value]) => value === null || typeof value !== 'object'));
+  return { ...shortenStrings(scalars, 200), truncated: true };
+}
+
+/** Cuts strings longer than `max` characters, never between the two halves of a surrogate pair (jsonb refuses a lone one). */
+function shortenStrings(data: Record<string, unknown>, max: number): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(data).map(([key, value]) => [key, typeof value === 'string' && value.length > max ? `${value.slice(0, max).replace(/[\uD800-\uDBFF]$/, '')}…` : value]),
   );
-  return { ...cut, truncated: true };
 }

@@ -94,7 +94,7 @@ export function sendSigned(request: SignedRequest): Promise<SendResult> {
             ok,
             statusCode,
             error: ok ? null : describeStatus(statusCode, response.headers.location),
-            responseBody: Buffer.concat(chunks).subarray(0, RESPONSE_BODY_LIMIT).toString('utf8'),
+            responseBody: storableResponseBody(Buffer.concat(chunks)),
             retryAfterMs: statusCode === 429 || statusCode === 503 ? parseRetryAfter(response.headers['retry-after']) : null,
           });
         });
@@ -110,6 +110,21 @@ export function sendSigned(request: SignedRequest): Promise<SendResult> {
   });
 }
 
+/**
+ * The response as text PostgreSQL can store: NUL removed (text columns
+ * refuse it, and the attempt would go unrecorded), at most
+ * RESPONSE_BODY_LIMIT bytes, cut between characters.
+ */
+export function storableResponseBody(bytes: Buffer): string {
+  const text = bytes.toString('utf8').replace(/\u0000/g, '');
+  const encoded = Buffer.from(text, 'utf8');
+  if (encoded.length <= RESPONSE_BODY_LIMIT) return text;
+  let end = RESPONSE_BODY_LIMIT;
+  // Back off continuation bytes (10xxxxxx) so no character is split.
+  while (end > 0 && (encoded[end] & 0xc0) === 0x80) end -= 1;
+  return encoded.subarray(0, end).toString('utf8');
+}
+
 function describeStatus(statusCode: number, location: string | undefined): string {
   if (statusCode >= 300 && statusCode < 400) return `HTTP ${statusCode}: redirects are not followed${location ? ` (to ${location})` : ''}`;
   return `HTTP ${statusCode}`;
@@ -119,6 +134,8 @@ function describeStatus(statusCode: number, location: string | undefined): strin
 export function parseRetryAfter(value: string | undefined, now = Date.now()): number | null {
   if (!value) return null;
   if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  // Every HTTP-date form starts with a day name; without this check Date.parse reads "-5" or "1.5" as dates.
+  if (!/^[A-Za-z]{3}/.test(value.trim())) return null;
   const date = Date.parse(value);
   return Number.isNaN(date) ? null : Math.max(0, date - now);
 }

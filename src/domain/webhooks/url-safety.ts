@@ -16,7 +16,8 @@ export function unsafeUrlReason(url: string, allowPrivate: boolean): string | nu
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'must use http or https';
   if (parsed.username || parsed.password) return 'must not contain credentials';
   if (allowPrivate) return null;
-  const host = parsed.hostname.replace(/^\[|\]$/g, '');
+  // A trailing dot names the same host (`localhost.` is localhost).
+  const host = parsed.hostname.replace(/^\[|\]$/g, '').replace(/\.$/, '');
   if (host === 'localhost' || host.endsWith('.localhost')) return 'points at this machine (localhost)';
   if (ipaddr.isValid(host)) {
     const address = ipaddr.process(host);

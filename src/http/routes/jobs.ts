@@ -11,7 +11,13 @@ const jobsAuth = { scope: 'jobs:manage', tenant: 'optional' } as const;
 
 const queueName = z.enum(QUEUE_NAMES as [string, ...string[]]);
 const queueParams = z.object({ queue: queueName });
-const jobParams = z.object({ queue: queueName, id: safeString({ min: 1, max: 300 }) });
+/** Names BullMQ uses for a queue's own keys: as a job id they would read those keys. */
+const RESERVED_IDS = new Set(['wait', 'paused', 'active', 'delayed', 'prioritized', 'completed', 'failed', 'waiting-children', 'stalled',
+  'stalled-check', 'limiter', 'events', 'meta', 'id', 'marker', 'pc', 'de', 'repeat', 'metrics']);
+const jobId = safeString({ min: 1, max: 300 })
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be a job id')
+  .refine((value) => !RESERVED_IDS.has(value), 'must be a job id');
+const jobParams = z.object({ queue: queueName, id: jobId });
 
 const queueSchema = z.object({
   name: z.string(),
@@ -53,6 +59,8 @@ export function jobRoutes(api: Api): void {
     handler: async ({ params, ctx, platform }) => {
       const job = await platform.queueAdmin.getJob(params.queue, params.id, ctx.tenant?.id);
       if (!job) throw notFound('Job');
+      // Stack traces are for operators; a tenant's key sees the failure reason only.
+      if (ctx.principal?.kind === 'key') return { status: 200, body: { ...job, stacktrace: [] } };
       return { status: 200, body: job };
     },
   });

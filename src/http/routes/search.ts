@@ -38,7 +38,7 @@ export function searchRoutes(api: Api): void {
         query: query.q,
         mode: query.mode,
         limit: query.limit,
-        filters: { content_type: query.content_type, tags: query.tags },
+        filters: { content_type: query.content_type, tags: query.tags, created_from: query.created_from, created_to: query.created_to },
       }),
   });
 }

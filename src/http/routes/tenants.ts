@@ -1,4 +1,6 @@
-import { createApiKey, listApiKeys, revokeApiKey } from '../../domain/apikeys/apikeys';
+import { createApiKey, DEFAULT_SCOPES, listApiKeys, revokeApiKey } from '../../domain/apikeys/apikeys';
+import { AppError } from '../../errors';
+import { hasScope } from '../context';
 import {
   createTenant,
   deleteTenant,
@@ -72,6 +74,12 @@ export function tenantRoutes(api: Api): void {
     body: apiKeyCreate,
     responses: { 201: { description: 'The key, with its secret', schema: apiKeyCreated } },
     handler: async ({ body, ctx, platform }) => {
+      // A key can hand out only what it holds: keys:manage alone must not mint an admin key.
+      const wanted = body.scopes ?? DEFAULT_SCOPES;
+      const beyond = wanted.filter((scope) => !hasScope(ctx.principal!, scope));
+      if (ctx.principal?.kind === 'key' && beyond.length > 0) {
+        throw new AppError(403, 'forbidden', 'An API key cannot grant scopes it does not have.', { scopes: beyond });
+      }
       const { apiKey, key } = await createApiKey(platform.db.knex, ctx.tenant!.id, body);
       return { status: 201, body: { ...publicKey(apiKey), key } };
     },
