@@ -21,7 +21,7 @@ export function unsafeUrlReason(url: string, allowPrivate: boolean): string | nu
   if (host === 'localhost' || host.endsWith('.localhost')) return 'points at this machine (localhost)';
   if (ipaddr.isValid(host)) {
     const address = ipaddr.process(host);
-    if (address.range() !== 'unicast') return `points at a ${address.range()} address (${address.toString()})`;
+    if (address.range() !== 'unicast') return `points at a non-public address (${address.toString()}, ${address.range()} range)`;
   }
   return null;
 }
