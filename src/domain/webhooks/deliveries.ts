@@ -158,12 +158,19 @@ export async function attemptDelivery(deps: DeliveryDeps, tenantId: string, deli
   });
   const kind = result.ok ? 'delivered' : result.statusCode === 410 ? 'gone' : final ? 'given_up' : 'retry';
   const endpointDisabled = await recordAttempt(deps, delivery, endpoint, result, kind);
-  return { kind, result, endpointDisabled };
+  // An endpoint disabled by this very failure gets no retry.
+  return { kind: kind === 'retry' && endpointDisabled ? 'given_up' : kind, result, endpointDisabled };
 }
 
 /** Stores the attempt and its effect on the delivery and the endpoint's health; true if the endpoint got disabled. */
 async function recordAttempt(deps: DeliveryDeps, delivery: DeliveryRow, endpoint: EndpointRow, result: SendResult, verdict: AttemptVerdict['kind']): Promise<boolean> {
   return deps.db.transaction(async (trx) => {
+    const endpointDisabled = result.ok ? false : await recordFailureHealth(trx, deps, endpoint, verdict);
+    if (result.ok) {
+      await trx('webhook_endpoints')
+        .where({ id: endpoint.id })
+        .update({ consecutive_failures: 0, failing_since: null, last_success_at: trx.fn.now(), updated_at: trx.fn.now() });
+    }
     const [{ attempts }] = await trx('webhook_deliveries')
       .where({ id: delivery.id })
       .increment('attempts', 1)
@@ -185,7 +192,7 @@ async function recordAttempt(deps: DeliveryDeps, delivery: DeliveryRow, endpoint
     await trx('webhook_deliveries')
       .where({ id: delivery.id })
       .update({
-        status: verdict === 'delivered' ? 'succeeded' : verdict === 'retry' ? 'pending' : 'failed',
+        status: verdict === 'delivered' ? 'succeeded' : verdict === 'retry' && !endpointDisabled ? 'pending' : 'failed',
         last_status_code: result.statusCode,
         last_error: result.error,
         delivered_at: verdict === 'delivered' ? trx.fn.now() : null,
@@ -193,28 +200,27 @@ async function recordAttempt(deps: DeliveryDeps, delivery: DeliveryRow, endpoint
         next_attempt_at: null,
         updated_at: trx.fn.now(),
       });
-    if (result.ok) {
-      await trx('webhook_endpoints')
-        .where({ id: endpoint.id })
-        .update({ consecutive_failures: 0, failing_since: null, last_success_at: trx.fn.now(), updated_at: trx.fn.now() });
-      return false;
-    }
-    const [health] = await trx('webhook_endpoints')
-      .where({ id: endpoint.id })
-      .update({
-        consecutive_failures: trx.raw('consecutive_failures + 1'),
-        failing_since: trx.raw('coalesce(failing_since, now())'),
-        last_failure_at: trx.fn.now(),
-        updated_at: trx.fn.now(),
-      })
-      .returning(['failing_since', 'enabled']);
-    const failingForMs = Date.now() - new Date(health.failing_since).getTime();
-    if (verdict === 'gone') return disableEndpoint(trx, deps.events, endpoint, 'The receiver answered 410 Gone.');
-    if (health.enabled && failingForMs >= deps.settings.disableAfterHours * 3_600_000) {
-      return disableEndpoint(trx, deps.events, endpoint, `Every attempt has failed for ${deps.settings.disableAfterHours} hours.`);
-    }
-    return false;
+    return endpointDisabled;
   });
+}
+
+/** Counts a failure against the endpoint; disables it on 410 or after failing too long. True if it got disabled. */
+async function recordFailureHealth(trx: Knex.Transaction, deps: DeliveryDeps, endpoint: EndpointRow, verdict: AttemptVerdict['kind']): Promise<boolean> {
+  const [health] = await trx('webhook_endpoints')
+    .where({ id: endpoint.id })
+    .update({
+      consecutive_failures: trx.raw('consecutive_failures + 1'),
+      failing_since: trx.raw('coalesce(failing_since, now())'),
+      last_failure_at: trx.fn.now(),
+      updated_at: trx.fn.now(),
+    })
+    .returning(['failing_since', 'enabled']);
+  const failingForMs = Date.now() - new Date(health.failing_since).getTime();
+  if (verdict === 'gone') return disableEndpoint(trx, deps.events, endpoint, 'The receiver answered 410 Gone.');
+  if (health.enabled && failingForMs >= deps.settings.disableAfterHours * 3_600_000) {
+    return disableEndpoint(trx, deps.events, endpoint, `Every attempt has failed for ${deps.settings.disableAfterHours} hours.`);
+  }
+  return false;
 }
 
 /** Disables an endpoint and tells the tenant's other endpoints with a `webhook.endpoint_disabled` event. */

@@ -138,6 +138,7 @@ export async function createEndpoint(db: Knex, tenantId: string, input: NewEndpo
       description: input.description ?? null,
       event_types: [...new Set(input.event_types ?? [])],
       enabled: input.enabled ?? true,
+      ...(input.enabled === false ? { disabled_reason: 'Disabled on request.', disabled_at: trx.fn.now() } : {}),
       secret,
     });
     return endpointId;

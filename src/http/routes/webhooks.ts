@@ -145,7 +145,16 @@ export function webhookRoutes(api: Api): void {
       404: { description: 'No such endpoint' },
       409: { description: 'The endpoint is disabled' },
     },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await sendTest(platform.deliveryDeps(), ctx.tenant!.id, params.id) }),
+    handler: async ({ params, ctx, platform }) => {
+      const delivery = await sendTest(platform.deliveryDeps(), ctx.tenant!.id, params.id);
+      const attempt = delivery.attempts[0];
+      if (attempt) {
+        const outcome = attempt.outcome === 'succeeded' ? 'delivered' : 'given_up';
+        platform.metrics.webhookAttempts.inc({ outcome });
+        platform.metrics.webhookAttemptDuration.observe({ outcome }, attempt.duration_ms / 1000);
+      }
+      return { status: 200, body: delivery };
+    },
   });
   api.add({
     method: 'get', path: '/api/admin/webhooks/:id/deliveries', summary: 'The delivery log, newest first', tag, auth,
