@@ -242,6 +242,8 @@ export interface DeploymentOptions {
   /** Worker processes beside the web process (postgres only; pglite runs one `all` process). */
   workers: number;
   workerConcurrency: number;
+  /** Settings for every process on top of the benchmark's own, e.g. WEBHOOK_ALLOW_PRIVATE. */
+  env?: Record<string, string>;
 }
 
 function commonEnv(prefix: string, port: number, workerConcurrency: number): Record<string, string> {
@@ -264,7 +266,7 @@ function commonEnv(prefix: string, port: number, workerConcurrency: number): Rec
 export async function startDeployment(options: DeploymentOptions, cleanup: Cleanup): Promise<Deployment> {
   const prefix = uniqueName('rwbench');
   const port = await freePort();
-  const env = commonEnv(prefix, port, options.workerConcurrency);
+  const env = { ...commonEnv(prefix, port, options.workerConcurrency), ...options.env };
   const releases: Array<() => Promise<void>> = [];
   releases.push(cleanup.add(`redis prefix ${prefix}`, () => deleteRedisPrefix(prefix, REDIS_URL)));
 

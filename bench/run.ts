@@ -7,11 +7,15 @@ import { loadCorpus, pickQueries, type Corpus } from './corpus';
 import { Cleanup, indexCorpus, log, REPO_ROOT, startDeployment, stopAllChildren, type Deployment, type IndexingResult } from './indexing';
 import { LIMIT, timeHttpSearch, timeInProcess, type HttpTiming, type InProcessTiming } from './search';
 import { fixed, ratio, table, type Summary } from './stats';
+import { renderWebhooks, runWebhookBenchmark, webhookFiguresJson, type WebhookFigures } from './webhooks';
 
 /**
  * `npm run bench`: indexing throughput end to end and search latency by
- * layer, on README files from node_modules. Progress goes to stderr, the
- * report to stdout, the figures as JSON to a file under the temp directory.
+ * layer, on README files from node_modules, then webhook delivery
+ * throughput and latency. Progress goes to stderr, the report to stdout,
+ * the figures as JSON to a file under the temp directory.
+ * BENCH_ONLY=indexing (corpus, indexing and search) or BENCH_ONLY=webhooks
+ * runs one part.
  */
 
 const DOCUMENTS = positiveIntEnv('BENCH_DOCUMENTS', 2_000);
@@ -21,6 +25,15 @@ const WORKER_CONCURRENCY = positiveIntEnv('BENCH_WORKER_CONCURRENCY', 4);
 const BATCH_SIZE = 100;
 const INDEXING_TIMEOUT_MS = 5 * 60_000;
 const MODES: SearchMode[] = ['keyword', 'semantic', 'hybrid'];
+const PARTS = ['indexing', 'webhooks'] as const;
+type Part = (typeof PARTS)[number];
+const ONLY = onlyPart(process.env.BENCH_ONLY);
+
+function onlyPart(value: string | undefined): Part | null {
+  if (!value) return null;
+  if (!(PARTS as readonly string[]).includes(value)) throw new Error(`BENCH_ONLY must be one of ${PARTS.join(', ')}`);
+  return value as Part;
+}
 
 function positiveIntEnv(name: string, fallback: number): number {
   const value = process.env[name];
@@ -37,8 +50,29 @@ interface SearchFigures {
   inProcess: InProcessTiming[];
 }
 
+/** Corpus, indexing and search: the search runs on the data the indexing runs leave. */
+interface IndexingPart {
+  corpus: Corpus;
+  indexing: IndexingResult[];
+  searches: SearchFigures[];
+  queryCount: number;
+  warmupCount: number;
+}
+
 async function main(cleanup: Cleanup): Promise<void> {
   const began = performance.now();
+  const indexingPart = ONLY === null || ONLY === 'indexing' ? await measureIndexingAndSearch(cleanup) : null;
+  const webhooks = ONLY === null || ONLY === 'webhooks' ? await runWebhookBenchmark(cleanup) : null;
+  const seconds = (performance.now() - began) / 1000;
+  const report = render(indexingPart, webhooks, seconds);
+  // A run of one part does not overwrite the figures of a whole run.
+  const output = path.join(os.tmpdir(), 'ragworks-bench', ONLY === null ? 'latest.json' : `latest-${ONLY}.json`);
+  fs.mkdirSync(path.dirname(output), { recursive: true });
+  fs.writeFileSync(output, `${JSON.stringify(figures(indexingPart, webhooks, seconds), null, 2)}\n`);
+  process.stdout.write(`${report}\n\nFigures as JSON: ${output}\n`);
+}
+
+async function measureIndexingAndSearch(cleanup: Cleanup): Promise<IndexingPart> {
   log(`reading the corpus under ${path.join(REPO_ROOT, 'node_modules')}`);
   const corpus = loadCorpus({ root: path.join(REPO_ROOT, 'node_modules'), target: DOCUMENTS, minBytes: 500, maxBytes: 200 * 1024 });
   if (corpus.documents.length === 0) throw new Error('no README files found under node_modules: run npm ci first');
@@ -91,12 +125,7 @@ async function main(cleanup: Cleanup): Promise<void> {
     }
   }
 
-  const seconds = (performance.now() - began) / 1000;
-  const report = render(corpus, indexing, searches, queries.length, warmup.length, seconds);
-  const output = path.join(os.tmpdir(), 'ragworks-bench', 'latest.json');
-  fs.mkdirSync(path.dirname(output), { recursive: true });
-  fs.writeFileSync(output, `${JSON.stringify(figures(corpus, indexing, searches, queries.length, warmup.length, seconds), null, 2)}\n`);
-  process.stdout.write(`${report}\n\nFigures as JSON: ${output}\n`);
+  return { corpus, indexing, searches, queryCount: queries.length, warmupCount: warmup.length };
 }
 
 async function measureSearch(deployment: Deployment, modes: SearchMode[], queries: string[], warmup: string[]): Promise<SearchFigures> {
@@ -128,12 +157,19 @@ function latencyCells(summary: Summary): string[] {
   return [fixed(summary.p50), fixed(summary.p95), fixed(summary.p99), fixed(summary.mean)];
 }
 
-function render(corpus: Corpus, indexing: IndexingResult[], searches: SearchFigures[], queryCount: number, warmupCount: number, seconds: number): string {
+function render(indexingPart: IndexingPart | null, webhooks: WebhookFigures | null, seconds: number): string {
   const out: string[] = [];
-  out.push(`ragworks benchmark — ${new Date().toISOString()}`);
+  out.push(`ragworks benchmark — ${new Date().toISOString()}${ONLY ? ` (BENCH_ONLY=${ONLY})` : ''}`);
   out.push(environmentLine());
   out.push('');
+  if (indexingPart) out.push(renderIndexingAndSearch(indexingPart), '');
+  if (webhooks) out.push(renderWebhooks(webhooks, indexingPart ? 4 : 1), '');
+  out.push(`Run time ${fixed(seconds, 0)} s. Other work on this machine shows up in these figures: compare runs made under like load.`);
+  return out.join('\n');
+}
 
+function renderIndexingAndSearch({ corpus, indexing, searches, queryCount, warmupCount }: IndexingPart): string {
+  const out: string[] = [];
   out.push('1. Corpus: README files under node_modules');
   out.push(
     table(
@@ -211,8 +247,6 @@ function render(corpus: Corpus, indexing: IndexingResult[], searches: SearchFigu
       ),
     );
   }
-  out.push('');
-  out.push(`Run time ${fixed(seconds, 0)} s. Other work on this machine shows up in these figures: compare runs made under like load.`);
   return out.join('\n');
 }
 
@@ -223,10 +257,19 @@ function indent(text: string, spaces: number): string {
     .join('\n');
 }
 
-function figures(corpus: Corpus, indexing: IndexingResult[], searches: SearchFigures[], queryCount: number, warmupCount: number, seconds: number) {
+function figures(indexingPart: IndexingPart | null, webhooks: WebhookFigures | null, seconds: number) {
   return {
     generated_at: new Date().toISOString(),
+    only: ONLY,
     environment: { node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model.trim() ?? null, platform: os.platform(), loadavg_start: LOAD_AT_START, loadavg_end: os.loadavg() },
+    ...(indexingPart ? indexingFigures(indexingPart) : {}),
+    webhooks: webhooks ? webhookFiguresJson(webhooks) : null,
+    run_seconds: seconds,
+  };
+}
+
+function indexingFigures({ corpus, indexing, searches, queryCount, warmupCount }: IndexingPart) {
+  return {
     settings: { documents: DOCUMENTS, queries: queryCount, warmup_queries: warmupCount, batch_size: BATCH_SIZE, worker_concurrency: WORKER_CONCURRENCY, search_limit: LIMIT },
     corpus: {
       documents: corpus.documents.length,
@@ -265,7 +308,6 @@ function figures(corpus: Corpus, indexing: IndexingResult[], searches: SearchFig
         };
       }),
     })),
-    run_seconds: seconds,
   };
 }
 
