@@ -127,6 +127,11 @@ export const configSchema = z
 
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
 
+    CACHE_ENABLED: booleanFlag.default(true),
+    CACHE_L1_MAX_ITEMS: positiveInt.default(10_000),
+    CACHE_TTL_SECONDS: positiveInt.default(300),
+    CACHE_REDIS_TIMEOUT_MS: positiveInt.default(50),
+
     WEBHOOK_TIMEOUT_MS: positiveInt.default(15_000),
     WEBHOOK_RETRY_SCHEDULE: retrySchedule.default([0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]),
     WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600),

@@ -50,6 +50,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly cacheEvents = new Counter({
+    name: 'ragworks_cache_events_total',
+    help: 'Search cache hits, misses, sets and evictions per tier (l1: in-process, l2: Redis)',
+    labelNames: ['tier', 'event'] as const,
+    registers: [this.registry],
+  });
+
   readonly webhookAttempts = new Counter({
     name: 'ragworks_webhook_attempts_total',
     help: 'Webhook delivery attempts by outcome: delivered, retry, gone (410), given_up',

@@ -14,6 +14,7 @@ import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
 import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
 import { EndpointSlots } from './domain/webhooks/fairness';
+import { SearchCache } from './domain/cache/search-cache';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
@@ -43,6 +44,8 @@ export interface Platform {
   events: EventSink;
   /** Per-endpoint limit on webhook deliveries in flight. */
   endpointSlots: EndpointSlots;
+  /** Search results and query embeddings, in process and in Redis. */
+  cache: SearchCache;
   /** Queues deliveries with one attempt per WEBHOOK_RETRY_SCHEDULE entry; `spacingMs` paces them (replays). */
   enqueueDeliveries(work: DeliveryWork[], spacingMs?: number): Promise<void>;
   startedAt: Date;
@@ -85,6 +88,12 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const queryEmbedder = createEmbedder(config, 'queries');
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
+  const cache = new SearchCache(
+    redis,
+    config.QUEUE_PREFIX,
+    { enabled: config.CACHE_ENABLED, l1MaxItems: config.CACHE_L1_MAX_ITEMS, ttlSeconds: config.CACHE_TTL_SECONDS, redisTimeoutMs: config.CACHE_REDIS_TIMEOUT_MS },
+    { onEvent: (tier, event) => metrics.cacheEvents.inc({ tier, event }) },
+  );
   const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
     logger.warn({ err: error }, 'could not record API key usage; will retry'),
   );
@@ -118,6 +127,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     },
     events,
     endpointSlots: new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY),
+    cache,
     enqueueDeliveries: async (work, spacingMs = 0) => {
       await queues.enqueueMany(webhooksQueue, work, (index) => ({ attempts: config.WEBHOOK_RETRY_SCHEDULE.length, delay: index * spacingMs }));
     },

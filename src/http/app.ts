@@ -10,6 +10,7 @@ import { requestScope } from '../request-scope';
 import { isOperatorToken, presentedSecret } from './auth';
 import { BOARD_PATH, bullBoardRouter } from './board';
 import { Api } from './route';
+import { cacheRoutes } from './routes/cache';
 import { documentRoutes } from './routes/documents';
 import { healthRoutes } from './routes/health';
 import { indexingRoutes } from './routes/indexing';
@@ -56,6 +57,7 @@ export function createApp(platform: Platform): express.Express {
   searchRoutes(api);
   jobRoutes(api);
   webhookRoutes(api);
+  cacheRoutes(api);
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', platform.metrics.registry.contentType);

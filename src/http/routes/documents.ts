@@ -2,6 +2,7 @@ import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocu
 import { tenantStats } from '../../domain/documents/stats';
 import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
+import type { Platform } from '../../platform';
 import type { Api } from '../route';
 import {
   documentBatch,
@@ -32,6 +33,11 @@ function assertContentSize(documents: unknown[]): void {
   });
 }
 
+
+/** The change is committed either way; a cache that cannot be told waits out its TTL, and the log says so. */
+async function invalidateCache(platform: Platform, tenantId: string): Promise<void> {
+  await platform.cache.invalidate(tenantId).catch((error) => platform.logger.warn({ err: error, tenant_id: tenantId }, 'could not invalidate the search cache'));
+}
 
 export function documentRoutes(api: Api): void {
   api.add({
@@ -86,6 +92,8 @@ export function documentRoutes(api: Api): void {
     handler: async ({ params, body, ctx, platform, req }) => {
       assertContentSize([req.body]);
       const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body);
+      // Tags and metadata are in results and filters: cached searches must not outlive them.
+      if (!reindexed) await invalidateCache(platform, ctx.tenant!.id);
       return { status: reindexed ? 202 : 200, body: document };
     },
   });
@@ -95,6 +103,7 @@ export function documentRoutes(api: Api): void {
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
     handler: async ({ params, ctx, platform }) => {
       await deleteDocument(platform.documentDeps(), ctx.tenant!.id, params.id);
+      await invalidateCache(platform, ctx.tenant!.id);
       return { status: 204 };
     },
   });

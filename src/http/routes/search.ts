@@ -1,5 +1,6 @@
 import { countSearch } from '../../domain/search/counter';
-import { search, type SearchRequest } from '../../domain/search/search';
+import { cachedSearch } from '../../domain/search/cached-search';
+import type { SearchRequest } from '../../domain/search/search';
 import type { Platform } from '../../platform';
 import type { RequestContext } from '../context';
 import type { Api } from '../route';
@@ -10,10 +11,10 @@ const auth = { scope: 'search', tenant: 'required' } as const;
 
 async function runSearch(platform: Platform, ctx: RequestContext, request: SearchRequest) {
   const tenantId = ctx.tenant!.id;
-  const response = await search(platform.searchDeps(), tenantId, request);
+  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request);
   platform.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
   countSearch(platform.redis, platform.config.QUEUE_PREFIX, tenantId);
-  return { status: 200, body: { ...response, cached: false } };
+  return { status: 200, body: response };
 }
 
 export function searchRoutes(api: Api): void {

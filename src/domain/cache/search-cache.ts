@@ -1,0 +1,193 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { LRUCache } from 'lru-cache';
+import { CircuitBreaker } from './breaker';
+
+export interface CacheSettings {
+  enabled: boolean;
+  l1MaxItems: number;
+  ttlSeconds: number;
+  /** How long a cache call may wait on Redis before the in-process tier answers alone. */
+  redisTimeoutMs: number;
+}
+
+export type Tier = 'l1' | 'l2';
+
+interface TierStats {
+  hits: number;
+  misses: number;
+  sets: number;
+  evictions: number;
+}
+
+export interface CacheStats {
+  enabled: boolean;
+  breaker: { state: string; opened: number };
+  l1: TierStats & { hit_ratio: number | null; size: number; max: number };
+  l2: TierStats & { hit_ratio: number | null };
+  overall_hit_ratio: number | null;
+  single_flight_joins: number;
+}
+
+/** Counters the metrics exporter mirrors. */
+export interface CacheObserver {
+  onEvent(tier: Tier, event: keyof TierStats): void;
+}
+
+const ratio = (stats: TierStats) => (stats.hits + stats.misses > 0 ? stats.hits / (stats.hits + stats.misses) : null);
+
+/**
+ * Two tiers — an in-process LRU and Redis — for search results and query
+ * embeddings. Every key carries the tenant and the tenant's index
+ * generation; bumping the generation (one INCR) makes every older entry
+ * unreachable in every process at once, because each request reads the
+ * current generation from Redis. While Redis misbehaves a circuit breaker
+ * skips it, and the in-process tier answers with the last generation seen.
+ */
+export class SearchCache {
+  private readonly l1: LRUCache<string, { value: unknown }>;
+  private readonly breaker: CircuitBreaker;
+  private readonly knownGenerations = new LRUCache<string, number>({ max: 100_000 });
+  private readonly inFlight = new Map<string, Promise<unknown>>();
+  private readonly tierStats: Record<Tier, TierStats> = {
+    l1: { hits: 0, misses: 0, sets: 0, evictions: 0 },
+    l2: { hits: 0, misses: 0, sets: 0, evictions: 0 },
+  };
+  private singleFlightJoins = 0;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    private readonly settings: CacheSettings,
+    private readonly observer?: CacheObserver,
+  ) {
+    this.l1 = new LRUCache({
+      max: settings.l1MaxItems,
+      ttl: settings.ttlSeconds * 1000,
+      dispose: (_value, _key, reason) => {
+        if (reason === 'evict') this.count('l1', 'evictions');
+      },
+    });
+    this.breaker = new CircuitBreaker(3, 5_000, settings.redisTimeoutMs);
+  }
+
+  private count(tier: Tier, event: keyof TierStats): void {
+    this.tierStats[tier][event] += 1;
+    this.observer?.onEvent(tier, event);
+  }
+
+  private generationKey(tenantId: string): string {
+    return `${this.prefix}:cache:generation:${tenantId}`;
+  }
+
+  private static hash(request: unknown): string {
+    return createHash('sha256').update(JSON.stringify(request)).digest('base64url');
+  }
+
+  /** The tenant's current generation, or the last one seen while Redis is away; null when neither is known. */
+  async generation(tenantId: string): Promise<number | null> {
+    const current = await this.breaker.run(() => this.redis.get(this.generationKey(tenantId)));
+    if (current !== undefined) {
+      const generation = Number(current ?? 0);
+      this.knownGenerations.set(tenantId, generation);
+      return generation;
+    }
+    return this.knownGenerations.get(tenantId) ?? null;
+  }
+
+  /**
+   * Returns the cached value for this tenant and request, or computes it —
+   * once per process however many identical requests arrive together — and
+   * stores it in both tiers.
+   */
+  async getOrCompute<T>(tenantId: string, namespace: string, request: unknown, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
+    if (!this.settings.enabled) return { value: await compute(), cached: false };
+    const generation = await this.generation(tenantId);
+    if (generation === null) return { value: await compute(), cached: false };
+    const key = `${this.prefix}:cache:${namespace}:${tenantId}:g${generation}:${SearchCache.hash(request)}`;
+    return this.lookup(key, compute);
+  }
+
+  /** Like getOrCompute for values that do not depend on the index (query embeddings): no generation in the key. */
+  async getOrComputeStable<T>(tenantId: string, namespace: string, request: unknown, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
+    if (!this.settings.enabled) return { value: await compute(), cached: false };
+    return this.lookup(`${this.prefix}:cache:${namespace}:${tenantId}:${SearchCache.hash(request)}`, compute);
+  }
+
+  private async lookup<T>(key: string, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
+    const local = this.l1.get(key);
+    if (local) {
+      this.count('l1', 'hits');
+      return { value: local.value as T, cached: true };
+    }
+    this.count('l1', 'misses');
+    const shared = await this.breaker.run(() => this.redis.get(key));
+    if (shared !== undefined) {
+      if (shared !== null) {
+        this.count('l2', 'hits');
+        const value = JSON.parse(shared) as T;
+        this.l1.set(key, { value });
+        this.count('l1', 'sets');
+        return { value, cached: true };
+      }
+      this.count('l2', 'misses');
+    }
+    const pending = this.inFlight.get(key);
+    if (pending) {
+      this.singleFlightJoins += 1;
+      return { value: (await pending) as T, cached: true };
+    }
+    const computation = compute();
+    this.inFlight.set(key, computation);
+    try {
+      const value = await computation;
+      this.l1.set(key, { value });
+      this.count('l1', 'sets');
+      void this.breaker.run(() => this.redis.set(key, JSON.stringify(value), 'EX', this.settings.ttlSeconds)).then((stored) => {
+        if (stored !== undefined) this.count('l2', 'sets');
+      });
+      return { value, cached: false };
+    } finally {
+      this.inFlight.delete(key);
+    }
+  }
+
+  /** Makes every cached result of the tenant unreachable, in every process. */
+  async invalidate(tenantId: string): Promise<number> {
+    const generation = await this.redis.incr(this.generationKey(tenantId));
+    this.knownGenerations.set(tenantId, generation);
+    return generation;
+  }
+
+  /** Every tenant at once: SCAN for generation keys (never KEYS), bump each, and drop this process's tier. */
+  async invalidateAll(): Promise<number> {
+    let cursor = '0';
+    let tenants = 0;
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}:cache:generation:*`, 'COUNT', 1000);
+      cursor = next;
+      for (const key of keys) {
+        await this.redis.incr(key);
+        tenants += 1;
+      }
+    } while (cursor !== '0');
+    this.l1.clear();
+    this.knownGenerations.clear();
+    return tenants;
+  }
+
+  stats(): CacheStats {
+    const { l1, l2 } = this.tierStats;
+    const hits = l1.hits + l2.hits;
+    // Every request misses L1 before it tries L2, so L1's lookups are all of them.
+    const lookups = l1.hits + l1.misses;
+    return {
+      enabled: this.settings.enabled,
+      breaker: { state: this.breaker.state, opened: this.breaker.opened },
+      l1: { ...l1, hit_ratio: ratio(l1), size: this.l1.size, max: this.settings.l1MaxItems },
+      l2: { ...l2, hit_ratio: ratio(l2) },
+      overall_hit_ratio: lookups > 0 ? hits / lookups : null,
+      single_flight_joins: this.singleFlightJoins,
+    };
+  }
+}
