@@ -116,14 +116,19 @@ const requireJsonBodies: RequestHandler = (req, _res, next) => {
   next();
 };
 
+/** Requests that need only PostgreSQL: reads, and searches (whose cache falls back to this process). */
+const readsWithoutRedis = (req: Request) => req.method === 'GET' || req.path === '/search' || req.path === '/search/click';
+
 /**
- * Answers 503 at once while PostgreSQL or Redis is known to be down, so
- * nothing is half done. Health routes live outside /api or answer anyway.
+ * Answers 503 at once while a store the request needs is known to be down,
+ * so nothing is half done. Reads and searches go on without Redis; a read
+ * that does touch Redis (queue views, counters) fails fast and answers 503
+ * through the error handler. Health routes answer anyway.
  */
 function rejectWhileDependenciesDown(platform: Platform): RequestHandler {
   return (req, _res, next) => {
     if (req.path === '/health' || req.path === '/openapi.json') return next();
-    if (!platform.health.isUp('redis')) return next(dependencyUnavailable('redis'));
+    if (!platform.health.isUp('redis') && !readsWithoutRedis(req)) return next(dependencyUnavailable('redis'));
     if (!platform.health.isUp('database')) return next(dependencyUnavailable('database'));
     next();
   };
