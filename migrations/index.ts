@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import * as core from './20261126000001_core';
 import * as webhooks from './20261126000002_webhooks';
 import * as reconcileIndexes from './20261126000003_reconcile_indexes';
+import * as analytics from './20261126000004_analytics';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -11,4 +12,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000001_core', migration: core },
   { name: '20261126000002_webhooks', migration: webhooks },
   { name: '20261126000003_reconcile_indexes', migration: reconcileIndexes },
+  { name: '20261126000004_analytics', migration: analytics },
 ];

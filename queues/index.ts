@@ -2,17 +2,26 @@ import { Queue, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { z } from 'zod';
 import type { QueueDefinition } from './definition';
+import { analyticsQueue } from './analytics';
 import { indexingQueue } from './indexing';
 import { reconcileQueue } from './reconcile';
+import { retentionQueue } from './retention';
 import { webhookFanoutQueue } from './webhook-fanout';
 import { webhooksQueue } from './webhooks';
 
-export { indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue };
+export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, webhookFanoutQueue, webhooksQueue };
 export { WEBHOOK_BACKOFF } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
 
 /** Every queue ragworks runs. */
-export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue];
+export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [
+  indexingQueue,
+  reconcileQueue,
+  webhookFanoutQueue,
+  webhooksQueue,
+  analyticsQueue,
+  retentionQueue,
+];
 export const QUEUE_NAMES = QUEUE_DEFINITIONS.map((definition) => definition.name);
 
 export function queueDefinition(name: string): QueueDefinition | undefined {

@@ -123,9 +123,17 @@ export const configSchema = z
     SEARCH_EXACT_SCAN_MAX_CHUNKS: z.coerce.number().int().min(0).default(20_000),
 
     SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *'),
+    SCHEDULE_ANALYTICS: cronExpression.default('0 * * * * *'),
+    SCHEDULE_RETENTION: cronExpression.default('0 30 3 * * *'),
     RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120),
 
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
+
+    ANALYTICS_ENABLED: booleanFlag.default(true),
+    ANALYTICS_RETENTION_DAYS: positiveInt.default(90),
+    ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400),
+    ANALYTICS_TRENDING_MIN_VOLUME: positiveInt.default(5),
+    WEBHOOK_LOG_RETENTION_DAYS: positiveInt.default(30),
 
     CACHE_ENABLED: booleanFlag.default(true),
     CACHE_L1_MAX_ITEMS: positiveInt.default(10_000),

@@ -50,6 +50,25 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly analyticsDropped = new Counter({
+    name: 'ragworks_analytics_events_dropped_total',
+    help: 'Search events not recorded because Redis refused them (the searches themselves answered)',
+    registers: [this.registry],
+  });
+
+  readonly analyticsAggregated = new Counter({
+    name: 'ragworks_analytics_events_aggregated_total',
+    help: 'Search events moved from the stream into PostgreSQL',
+    registers: [this.registry],
+  });
+
+  readonly retentionDeleted = new Counter({
+    name: 'ragworks_retention_deleted_rows_total',
+    help: 'Rows deleted by the retention job, by table',
+    labelNames: ['table'] as const,
+    registers: [this.registry],
+  });
+
   readonly cacheEvents = new Counter({
     name: 'ragworks_cache_events_total',
     help: 'Search cache hits, misses, sets and evictions per tier (l1: in-process, l2: Redis)',

@@ -1,6 +1,8 @@
+import { analyticsProcessor } from './analytics';
 import { indexingProcessor } from './indexing';
 import type { Processor } from './processor';
 import { reconcileProcessor } from './reconcile';
+import { retentionProcessor } from './retention';
 import { webhookFanoutProcessor } from './webhook-fanout';
 import { webhooksProcessor } from './webhooks';
 
@@ -10,4 +12,6 @@ export const PROCESSORS: readonly Processor[] = [
   reconcileProcessor as Processor,
   webhookFanoutProcessor as Processor,
   webhooksProcessor as Processor,
+  analyticsProcessor as Processor,
+  retentionProcessor as Processor,
 ];

@@ -13,6 +13,9 @@ export const indexingProcessor = defineProcessor({
       );
       if (result.outcome === 'indexed') platform.metrics.documentsIndexed.inc();
       else logger.info({ reason: result.reason }, 'indexing skipped');
+      // Also after a skip: if a run committed but died before this line, its re-run must still invalidate.
+      // A failure here fails the job, which is retried and invalidates then.
+      await platform.cache.invalidate(payload.tenantId);
       return result;
     } catch (error) {
       // A provider that refuses the input will refuse it again: do not retry.

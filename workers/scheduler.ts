@@ -1,5 +1,5 @@
 import cron, { type ScheduledTask } from 'node-cron';
-import { reconcileQueue } from '../queues';
+import { analyticsQueue, reconcileQueue, retentionQueue } from '../queues';
 import type { Platform } from '../src/platform';
 
 export interface Schedule {
@@ -14,6 +14,16 @@ export const SCHEDULES: readonly Schedule[] = [
     name: 'reconcile',
     expression: (platform) => platform.config.SCHEDULE_RECONCILE,
     enqueue: (platform, tick) => platform.queues.enqueue(reconcileQueue, { tick }),
+  },
+  {
+    name: 'analytics',
+    expression: (platform) => platform.config.SCHEDULE_ANALYTICS,
+    enqueue: (platform, tick) => platform.queues.enqueue(analyticsQueue, { tick }),
+  },
+  {
+    name: 'retention',
+    expression: (platform) => platform.config.SCHEDULE_RETENTION,
+    enqueue: (platform, tick) => platform.queues.enqueue(retentionQueue, { tick }),
   },
 ];
 

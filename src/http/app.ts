@@ -10,6 +10,7 @@ import { requestScope } from '../request-scope';
 import { isOperatorToken, presentedSecret } from './auth';
 import { BOARD_PATH, bullBoardRouter } from './board';
 import { Api } from './route';
+import { analyticsRoutes } from './routes/analytics';
 import { cacheRoutes } from './routes/cache';
 import { documentRoutes } from './routes/documents';
 import { healthRoutes } from './routes/health';
@@ -58,6 +59,7 @@ export function createApp(platform: Platform): express.Express {
   jobRoutes(api);
   webhookRoutes(api);
   cacheRoutes(api);
+  analyticsRoutes(api);
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', platform.metrics.registry.contentType);

@@ -14,6 +14,8 @@ export interface Reply {
   status: number;
   body?: unknown;
   headers?: Record<string, string>;
+  /** Writes the body itself, for replies streamed rather than built in memory. */
+  stream?: (res: Response) => Promise<void>;
 }
 
 export interface RouteInput<B, Q, P> {
@@ -87,7 +89,11 @@ export class Api {
         req,
       });
       for (const [name, value] of Object.entries(reply.headers ?? {})) res.setHeader(name, value);
-      if (reply.body === undefined) res.status(reply.status).end();
+      if (reply.stream) {
+        res.status(reply.status);
+        await reply.stream(res);
+        res.end();
+      } else if (reply.body === undefined) res.status(reply.status).end();
       else res.status(reply.status).json(reply.body);
     });
   }

@@ -263,4 +263,5 @@ export const searchResponseSchema = z.object({
   query: z.string(),
   took_ms: z.number(),
   cached: z.boolean(),
+  query_id: z.uuid().describe('Send it with POST /api/search/click when the user opens a result'),
 });

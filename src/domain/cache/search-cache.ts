@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { CircuitBreaker } from './breaker';
@@ -84,11 +84,27 @@ export class SearchCache {
     return createHash('sha256').update(JSON.stringify(request)).digest('base64url');
   }
 
+  /**
+   * A tenant's first generation: time-based rather than 0. A generation key
+   * lost with Redis's data (a restart without persistence, an eviction) starts
+   * again far above the values it held, so entries cached under those values —
+   * in Redis or in any process's memory — never become reachable again.
+   */
+  private static seedGeneration(): string {
+    return String(Date.now() * 1000 + randomInt(1000));
+  }
+
   /** The tenant's current generation, or the last one seen while Redis is away; null when neither is known. */
   async generation(tenantId: string): Promise<number | null> {
-    const current = await this.breaker.run(() => this.redis.get(this.generationKey(tenantId)));
-    if (current !== undefined) {
-      const generation = Number(current ?? 0);
+    const key = this.generationKey(tenantId);
+    const current = await this.breaker.run(async () => {
+      const value = await this.redis.get(key);
+      if (value !== null) return value;
+      await this.redis.set(key, SearchCache.seedGeneration(), 'NX');
+      return this.redis.get(key);
+    });
+    if (current !== undefined && current !== null) {
+      const generation = Number(current);
       this.knownGenerations.set(tenantId, generation);
       return generation;
     }
@@ -154,7 +170,12 @@ export class SearchCache {
 
   /** Makes every cached result of the tenant unreachable, in every process. */
   async invalidate(tenantId: string): Promise<number> {
-    const generation = await this.redis.incr(this.generationKey(tenantId));
+    const key = this.generationKey(tenantId);
+    // A missing key is seeded first: INCR alone would restart it at 1.
+    const replies = await this.redis.multi().set(key, SearchCache.seedGeneration(), 'NX').incr(key).exec();
+    const [error, bumped] = replies?.[1] ?? [new Error('the generation bump was discarded'), null];
+    if (error) throw error;
+    const generation = Number(bumped);
     this.knownGenerations.set(tenantId, generation);
     return generation;
   }

@@ -1,3 +1,8 @@
+import type { Request } from 'express';
+import { z } from 'zod';
+import { recordClick } from '../../domain/analytics/reports';
+import { recordSearchEvent } from '../../domain/analytics/stream';
+import { newId } from '../../domain/ids';
 import { countSearch } from '../../domain/search/counter';
 import { cachedSearch } from '../../domain/search/cached-search';
 import type { SearchRequest } from '../../domain/search/search';
@@ -9,12 +14,40 @@ import { searchBody, searchQuery, searchResponseSchema } from '../schemas';
 const tag = 'Search';
 const auth = { scope: 'search', tenant: 'required' } as const;
 
-async function runSearch(platform: Platform, ctx: RequestContext, request: SearchRequest) {
+/** The user a search is attributed to: `user_id` in the body, else the X-User-Id header. */
+function userOf(req: Request, fromBody: string | undefined): string | null {
+  const header = req.get('x-user-id')?.trim();
+  const user = fromBody ?? (header && header.length <= 200 && !header.includes('\u0000') ? header : undefined);
+  return user ?? null;
+}
+
+async function runSearch(platform: Platform, ctx: RequestContext, request: SearchRequest, userId: string | null) {
   const tenantId = ctx.tenant!.id;
   const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request);
+  const queryId = newId();
   platform.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
   countSearch(platform.redis, platform.config.QUEUE_PREFIX, tenantId);
-  return { status: 200, body: response };
+  if (platform.config.ANALYTICS_ENABLED) {
+    // Recorded without waiting: analytics must cost the search nothing.
+    recordSearchEvent(
+      platform.redis,
+      platform.config.QUEUE_PREFIX,
+      {
+        tenantId,
+        queryId,
+        query: request.query,
+        mode: request.mode,
+        filters: request.filters ?? {},
+        resultCount: response.total_results,
+        tookMs: response.took_ms,
+        cached: response.cached,
+        userId,
+        at: new Date().toISOString(),
+      },
+      () => platform.metrics.analyticsDropped.inc(),
+    );
+  }
+  return { status: 200, body: { ...response, query_id: queryId } };
 }
 
 export function searchRoutes(api: Api): void {
@@ -25,7 +58,7 @@ export function searchRoutes(api: Api): void {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
       501: { description: 'Semantic or hybrid search without pgvector' },
     },
-    handler: ({ body, ctx, platform }) => runSearch(platform, ctx, body),
+    handler: ({ body, ctx, platform, req }) => runSearch(platform, ctx, body, userOf(req, body.user_id)),
   });
   api.add({
     method: 'get', path: '/api/search', summary: 'Search with query parameters', tag, auth,
@@ -34,12 +67,21 @@ export function searchRoutes(api: Api): void {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
       501: { description: 'Semantic or hybrid search without pgvector' },
     },
-    handler: ({ query, ctx, platform }) =>
+    handler: ({ query, ctx, platform, req }) =>
       runSearch(platform, ctx, {
         query: query.q,
         mode: query.mode,
         limit: query.limit,
         filters: { content_type: query.content_type, tags: query.tags, created_from: query.created_from, created_to: query.created_to },
-      }),
+      }, userOf(req, undefined)),
+  });
+  api.add({
+    method: 'post', path: '/api/search/click', summary: 'Record a click on a search result (for click-through rate)', tag, auth,
+    body: z.object({ query_id: z.uuid(), document_id: z.uuid(), position: z.number().int().min(1).max(1000) }).strict(),
+    responses: { 202: { description: 'Recorded (the same click twice counts once)' } },
+    handler: async ({ body, ctx, platform }) => {
+      await recordClick(platform.db.knex, ctx.tenant!.id, body);
+      return { status: 202 };
+    },
   });
 }

@@ -1,0 +1,45 @@
+import type { Redis } from 'ioredis';
+
+/** One search as the analytics stream carries it. */
+export interface SearchEvent {
+  tenantId: string;
+  queryId: string;
+  query: string;
+  mode: string;
+  filters: unknown;
+  resultCount: number;
+  tookMs: number;
+  cached: boolean;
+  userId: string | null;
+  at: string;
+}
+
+/** The stream holds at most about this many entries; older ones go when aggregation falls this far behind. */
+const STREAM_MAX_LENGTH = 1_000_000;
+export const CONSUMER_GROUP = 'aggregator';
+
+export const streamKey = (prefix: string) => `${prefix}:analytics:searches`;
+
+/** Lower case, single spaces: "Redis  Persistence" and "redis persistence" are one query. */
+export function normaliseQuery(query: string): string {
+  return query.normalize('NFKC').toLowerCase().trim().replace(/\s+/g, ' ');
+}
+
+/**
+ * Appends the event to the stream without waiting: the search has already
+ * answered. When Redis refuses, the event is dropped and `onDropped` counts it.
+ */
+export function recordSearchEvent(redis: Redis, prefix: string, event: SearchEvent, onDropped: () => void): void {
+  redis
+    .xadd(streamKey(prefix), 'MAXLEN', '~', STREAM_MAX_LENGTH, '*', 'event', JSON.stringify(event))
+    .catch(onDropped);
+}
+
+/** Creates the consumer group (from the start of the stream) if it does not exist yet. */
+export async function ensureConsumerGroup(redis: Redis, prefix: string): Promise<void> {
+  try {
+    await redis.xgroup('CREATE', streamKey(prefix), CONSUMER_GROUP, '0', 'MKSTREAM');
+  } catch (error) {
+    if (!/BUSYGROUP/.test((error as Error).message)) throw error;
+  }
+}

@@ -1,0 +1,51 @@
+import type { Knex } from 'knex';
+
+export interface RetentionPolicy {
+  searchEventsDays: number;
+  rollupDays: number;
+  webhookLogDays: number;
+}
+
+/** Rows per DELETE: small enough that no statement holds its locks for long. */
+const BATCH = 5_000;
+
+/**
+ * Deletes, in batches, raw search events and clicks older than their
+ * retention, hourly rollups older than theirs, and finished webhook
+ * deliveries (with their attempts) older than the delivery-log retention.
+ * Returns the rows removed per table.
+ */
+export async function applyRetention(db: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
+  const removed: Record<string, number> = {};
+  const sweep = async (table: string, where: string, days: number) => {
+    let total = 0;
+    for (;;) {
+      const result = await db.raw(
+        `delete from ${table} where ctid in (select ctid from ${table} where ${where} < now() - make_interval(days => ?) limit ${BATCH})`,
+        [days],
+      );
+      const count = Number(result.rowCount ?? result.affectedRows ?? 0);
+      total += count;
+      if (count < BATCH) break;
+    }
+    removed[table] = total;
+  };
+  await sweep('search_events', 'created_at', policy.searchEventsDays);
+  await sweep('search_clicks', 'created_at', policy.searchEventsDays);
+  await sweep('search_query_hourly', 'hour', policy.rollupDays);
+  await sweep('webhook_attempts', 'created_at', policy.webhookLogDays);
+  // A pending delivery is still being retried: only finished ones go.
+  let deliveries = 0;
+  for (;;) {
+    const result = await db.raw(
+      `delete from webhook_deliveries where id in (
+         select id from webhook_deliveries where status <> 'pending' and updated_at < now() - make_interval(days => ?) limit ${BATCH})`,
+      [policy.webhookLogDays],
+    );
+    const count = Number(result.rowCount ?? 0);
+    deliveries += count;
+    if (count < BATCH) break;
+  }
+  removed.webhook_deliveries = deliveries;
+  return removed;
+}

@@ -1,0 +1,113 @@
+import { once } from 'node:events';
+import type { Response } from 'express';
+import { z } from 'zod';
+import {
+  EXPORT_COLUMNS,
+  exportEvents,
+  noResultQueries,
+  popularQueries,
+  searchStats,
+  searchTimeseries,
+  trendingQueries,
+  userActivity,
+} from '../../domain/analytics/reports';
+import type { Api } from '../route';
+import { safeString } from '../schemas';
+
+const tag = 'Analytics';
+const auth = { scope: 'analytics:read', tenant: 'required' } as const;
+
+const limit = z.coerce.number().int().min(1).max(100).default(10);
+const days = z.coerce.number().int().min(1).max(400).default(30);
+const instant = z.iso.datetime({ offset: true }).refine((value) => {
+  const year = new Date(value).getUTCFullYear();
+  return year >= 1970 && year <= 9999;
+}, 'must be between 1970 and 9999');
+
+/** One CSV field: quoted when it holds a comma, quote or line break, quotes doubled (RFC 4180). */
+export function csvField(value: unknown): string {
+  if (value === null || value === undefined) return '';
+  const text = value instanceof Date ? value.toISOString() : String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/** Writes respecting back-pressure: a slow client slows the export, memory stays flat. */
+async function write(res: Response, chunk: string): Promise<void> {
+  if (!res.write(chunk)) await once(res, 'drain');
+}
+
+export function analyticsRoutes(api: Api): void {
+  api.add({
+    method: 'get', path: '/api/admin/analytics/popular', summary: 'Most searched queries', tag, auth,
+    query: z.object({ limit, days }),
+    responses: { 200: { description: 'Queries with their search counts' } },
+    handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await popularQueries(platform.db.knex, ctx.tenant!.id, query) } }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/trending', summary: 'Week-over-week growth; the formula is in the reply', tag, auth,
+    query: z.object({ limit }),
+    responses: { 200: { description: 'Growing queries, with this and last week’s counts' } },
+    handler: async ({ query, ctx, platform }) => ({
+      status: 200,
+      body: await trendingQueries(platform.db.knex, ctx.tenant!.id, { limit: query.limit, minVolume: platform.config.ANALYTICS_TRENDING_MIN_VOLUME }),
+    }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/no-results', summary: 'Queries that found nothing', tag, auth,
+    query: z.object({ limit, days }),
+    responses: { 200: { description: 'Queries with their counts of empty searches' } },
+    handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await noResultQueries(platform.db.knex, ctx.tenant!.id, query) } }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/stats', summary: 'Totals: searches, unique queries and users, latency, results, modes, cache hit ratio, click-through rate', tag, auth,
+    query: z.object({ days }),
+    responses: { 200: { description: 'Totals' } },
+    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await searchStats(platform.db.knex, ctx.tenant!.id, query.days) }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/timeseries', summary: 'Searches per hour or day, empty buckets included', tag, auth,
+    query: z.object({ start: instant, end: instant, interval: z.enum(['hour', 'day']).default('hour') }),
+    responses: { 200: { description: 'Buckets' } },
+    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await searchTimeseries(platform.db.knex, ctx.tenant!.id, query) }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/users/:user_id', summary: "One user's searching", tag, auth,
+    params: z.object({ user_id: safeString({ min: 1, max: 200 }) }),
+    query: z.object({ days }),
+    responses: { 200: { description: 'Totals, favourite mode and top terms' } },
+    handler: async ({ params, query, ctx, platform }) => ({
+      status: 200,
+      body: await userActivity(platform.db.knex, ctx.tenant!.id, params.user_id, query.days),
+    }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/export', summary: 'Raw search events as CSV or JSON, streamed', tag, auth,
+    query: z.object({ format: z.enum(['csv', 'json']).default('json'), start: instant, end: instant }),
+    responses: { 200: { description: 'The events (text/csv or application/json)' } },
+    handler: async ({ query, ctx, platform }) => {
+      const rows = exportEvents(platform.db.knex, ctx.tenant!.id, query);
+      const filename = `search-events-${query.start.slice(0, 10)}-${query.end.slice(0, 10)}.${query.format}`;
+      return {
+        status: 200,
+        headers: {
+          'Content-Type': query.format === 'csv' ? 'text/csv; charset=utf-8' : 'application/json; charset=utf-8',
+          'Content-Disposition': `attachment; filename="${filename}"`,
+        },
+        stream: async (res) => {
+          if (query.format === 'csv') {
+            await write(res, `${EXPORT_COLUMNS.join(',')}\r\n`);
+            for await (const row of rows) await write(res, `${EXPORT_COLUMNS.map((column) => csvField(row[column])).join(',')}\r\n`);
+            return;
+          }
+          await write(res, '[');
+          let first = true;
+          for await (const row of rows) {
+            await write(res, `${first ? '' : ','}\n${JSON.stringify(row)}`);
+            first = false;
+          }
+          await write(res, '\n]\n');
+        },
+      };
+    },
+  });
+}
