@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
 import type { Config } from './config';
@@ -94,6 +95,18 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     { enabled: config.CACHE_ENABLED, l1MaxItems: config.CACHE_L1_MAX_ITEMS, ttlSeconds: config.CACHE_TTL_SECONDS, redisTimeoutMs: config.CACHE_REDIS_TIMEOUT_MS },
     { onEvent: (tier, event) => metrics.cacheEvents.inc({ tier, event }) },
   );
+  new Gauge({
+    name: 'ragworks_cache_hit_ratio',
+    help: "Hits / lookups of this process's search cache, per tier and overall",
+    labelNames: ['tier'] as const,
+    registers: [metrics.registry],
+    collect() {
+      const stats = cache.stats();
+      for (const [tier, value] of [['l1', stats.l1.hit_ratio], ['l2', stats.l2.hit_ratio], ['overall', stats.overall_hit_ratio]] as const) {
+        this.set({ tier }, value ?? 0);
+      }
+    },
+  });
   const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
     logger.warn({ err: error }, 'could not record API key usage; will retry'),
   );

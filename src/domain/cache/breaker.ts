@@ -32,7 +32,9 @@ export class CircuitBreaker {
       const result = await Promise.race([
         call(),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+          // Timers run before I/O in each turn of the event loop: after a stall of this process (not of
+          // the dependency) the answer may be waiting already. One more I/O turn lets it win the race.
+          timer = setTimeout(() => setImmediate(() => reject(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
         }),
       ]);
       this.failures = 0;

@@ -1,6 +1,7 @@
 import { createHash, randomInt } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
+import { withTimeout } from '../../async';
 import { CircuitBreaker } from './breaker';
 
 export interface CacheSettings {
@@ -34,6 +35,13 @@ export interface CacheObserver {
   onEvent(tier: Tier, event: keyof TierStats): void;
 }
 
+/**
+ * How long an invalidation may wait on Redis. More than a read gets — a lost
+ * bump leaves entries to their TTL — but bounded: a hung Redis must not hold
+ * the request that changed the index (it is committed already).
+ */
+const INVALIDATION_TIMEOUT_MS = 1_000;
+
 const ratio = (stats: TierStats) => (stats.hits + stats.misses > 0 ? stats.hits / (stats.hits + stats.misses) : null);
 
 /**
@@ -49,6 +57,8 @@ export class SearchCache {
   private readonly breaker: CircuitBreaker;
   private readonly knownGenerations = new LRUCache<string, number>({ max: 100_000 });
   private readonly inFlight = new Map<string, Promise<unknown>>();
+  /** Tenants whose index changed while their generation could not be bumped. */
+  private readonly missedInvalidations = new Set<string>();
   private readonly tierStats: Record<Tier, TierStats> = {
     l1: { hits: 0, misses: 0, sets: 0, evictions: 0 },
     l2: { hits: 0, misses: 0, sets: 0, evictions: 0 },
@@ -118,6 +128,10 @@ export class SearchCache {
    */
   async getOrCompute<T>(tenantId: string, namespace: string, request: unknown, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
     if (!this.settings.enabled) return { value: await compute(), cached: false };
+    // An index change whose bump was lost: retry it; until it lands, nothing cached for the tenant is trusted.
+    if (this.missedInvalidations.has(tenantId) && !(await this.invalidate(tenantId).then(() => true, () => false))) {
+      return { value: await compute(), cached: false };
+    }
     const generation = await this.generation(tenantId);
     if (generation === null) return { value: await compute(), cached: false };
     const key = `${this.prefix}:cache:${namespace}:${tenantId}:g${generation}:${SearchCache.hash(request)}`;
@@ -170,9 +184,26 @@ export class SearchCache {
 
   /** Makes every cached result of the tenant unreachable, in every process. */
   async invalidate(tenantId: string): Promise<number> {
+    try {
+      const generation = await this.bump(tenantId);
+      this.missedInvalidations.delete(tenantId);
+      return generation;
+    } catch (error) {
+      // Remembered: this tenant skips the cache here until a later bump gets through.
+      this.missedInvalidations.add(tenantId);
+      throw error;
+    }
+  }
+
+  private async bump(tenantId: string): Promise<number> {
     const key = this.generationKey(tenantId);
     // A missing key is seeded first: INCR alone would restart it at 1.
-    const replies = await this.redis.multi().set(key, SearchCache.seedGeneration(), 'NX').incr(key).exec();
+    const timeoutMs = Math.max(this.settings.redisTimeoutMs, INVALIDATION_TIMEOUT_MS);
+    const replies = await withTimeout(
+      this.redis.multi().set(key, SearchCache.seedGeneration(), 'NX').incr(key).exec(),
+      timeoutMs,
+      `Redis did not confirm the cache invalidation within ${timeoutMs} ms`,
+    );
     const [error, bumped] = replies?.[1] ?? [new Error('the generation bump was discarded'), null];
     if (error) throw error;
     const generation = Number(bumped);
