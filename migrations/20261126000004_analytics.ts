@@ -19,6 +19,8 @@ export async function up(knex: Knex): Promise<void> {
     t.index(['tenant_id', 'created_at']);
     t.index(['tenant_id', 'user_id', 'created_at']);
     t.index(['query_id']);
+    // For retention, which deletes by age across tenants.
+    t.index(['created_at']);
   });
 
   await knex.schema.createTable('search_query_hourly', (t) => {
@@ -31,6 +33,7 @@ export async function up(knex: Knex): Promise<void> {
     t.integer('total_results').notNullable().defaultTo(0);
     t.primary(['tenant_id', 'hour', 'query_normalized']);
     t.index(['tenant_id', 'hour']);
+    t.index(['hour']);
   });
 
   await knex.schema.createTable('search_clicks', (t) => {
@@ -40,9 +43,13 @@ export async function up(knex: Knex): Promise<void> {
     t.uuid('document_id').notNullable();
     t.integer('position').notNullable();
     t.timestamp('created_at', { useTz: true }).notNullable().defaultTo(knex.fn.now());
-    t.unique(['query_id', 'document_id', 'position']);
+    t.unique(['tenant_id', 'query_id', 'document_id', 'position']);
     t.index(['tenant_id', 'created_at']);
+    t.index(['created_at']);
   });
+  // Retention deletes webhook attempts and events by age too.
+  await knex.raw('create index webhook_attempts_created_at on webhook_attempts (created_at)');
+  await knex.raw('create index webhook_events_created_at on webhook_events (created_at)');
 }
 
 export async function down(knex: Knex): Promise<void> {

@@ -3,6 +3,7 @@ import * as core from './20261126000001_core';
 import * as webhooks from './20261126000002_webhooks';
 import * as reconcileIndexes from './20261126000003_reconcile_indexes';
 import * as analytics from './20261126000004_analytics';
+import * as webhookIndexes from './20261126000005_webhook_indexes';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -13,4 +14,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000002_webhooks', migration: webhooks },
   { name: '20261126000003_reconcile_indexes', migration: reconcileIndexes },
   { name: '20261126000004_analytics', migration: analytics },
+  { name: '20261126000005_webhook_indexes', migration: webhookIndexes },
 ];

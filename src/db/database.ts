@@ -46,7 +46,15 @@ function openPostgres(url: string, poolMax: number, logger: Logger): Database {
     },
     client: 'pg',
     connection: { connectionString: url, connectionTimeoutMillis: 5_000 },
-    pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
+    pool: {
+      min: 0,
+      max: poolMax,
+      idleTimeoutMillis: 30_000,
+      // Hour and day buckets are UTC whatever the server's own time zone.
+      afterCreate: (connection: pg.Client, done: (error: Error | null, connection: pg.Client) => void) => {
+        connection.query('set time zone utc', (error: Error | null) => done(error, connection));
+      },
+    },
     acquireConnectionTimeout: 10_000,
   });
   const healthPool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 2_000, query_timeout: 2_000, idleTimeoutMillis: 0 });

@@ -12,7 +12,8 @@ const BATCH = 5_000;
 /**
  * Deletes, in batches, raw search events and clicks older than their
  * retention, hourly rollups older than theirs, and finished webhook
- * deliveries (with their attempts) older than the delivery-log retention.
+ * deliveries (with their attempts) and events older than the delivery-log
+ * retention.
  * Returns the rows removed per table.
  */
 export async function applyRetention(db: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
@@ -47,5 +48,21 @@ export async function applyRetention(db: Knex, policy: RetentionPolicy): Promise
     if (count < BATCH) break;
   }
   removed.webhook_deliveries = deliveries;
+  // Events go once nothing is still delivering them; their deliveries and attempts go with them. Replay reaches back this far.
+  let events = 0;
+  for (;;) {
+    const result = await db.raw(
+      `delete from webhook_events where id in (
+         select e.id from webhook_events e
+          where e.created_at < now() - make_interval(days => ?)
+            and not exists (select 1 from webhook_deliveries d where d.event_id = e.id and d.status = 'pending')
+          limit ${BATCH})`,
+      [policy.webhookLogDays],
+    );
+    const count = Number(result.rowCount ?? 0);
+    events += count;
+    if (count < BATCH) break;
+  }
+  removed.webhook_events = events;
   return removed;
 }

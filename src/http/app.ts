@@ -153,7 +153,11 @@ const errorHandler: ErrorRequestHandler = (error: unknown, req: Request, res: Re
     } else if (appError.code === 'dependency_unavailable') {
       req.log?.warn({ err: error }, 'dependency unavailable');
     }
-    if (res.headersSent) return;
+    // A streamed reply that fails half-way cannot change its status: cut it, so the client sees it broken.
+    if (res.headersSent) {
+      res.destroy(error instanceof Error ? error : undefined);
+      return;
+    }
     for (const [name, value] of Object.entries(appError.headers)) res.setHeader(name, value);
     res.status(appError.status).json({
       error: {

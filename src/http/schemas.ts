@@ -5,9 +5,13 @@ import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
 import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
 import { TIERS } from '../domain/tenants/tenants';
 
-/** PostgreSQL text cannot hold NUL, so it is refused at the door rather than failing in SQL. */
-const withoutNul = (value: string) => !value.includes('\u0000');
-const NUL_MESSAGE = 'must not contain NUL characters';
+/**
+ * PostgreSQL text cannot hold NUL and its jsonb refuses unpaired surrogates,
+ * so both are refused at the door rather than failing later in SQL (or in an
+ * event, an analytics batch, a webhook payload).
+ */
+const withoutNul = (value: string) => !value.includes('\u0000') && value.isWellFormed();
+const NUL_MESSAGE = 'must be well-formed text without NUL characters';
 
 export const safeString = (options: { min?: number; max: number; trim?: boolean }) => {
   const base = options.trim ? z.string().trim() : z.string();

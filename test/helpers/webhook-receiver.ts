@@ -24,13 +24,21 @@
  *   method, path, headers (lower-case names), rawBody, json (parsed body or
  *   null), receivedAt (ms since epoch, when the body was complete), verified,
  *   verifiedWith (the secret that verified, or null), webhookId, eventType (json.type),
- *   and response (the ScriptedResponse served for it).
+ *   response (the ScriptedResponse served for it), and — updated while the
+ *   answer is written — bytesSent (body bytes written) and hungUp (the client
+ *   closed the connection before the response was complete).
  * - `receiver.respond(...responses)` — appends to a queue of scripted responses
  *   {status, headers?, body?, delayMs?, destroy?}; each request consumes one, in
  *   order; when the queue is empty `receiver.defaultResponse` is used
  *   (initially {status: 200, body: 'ok'}). `delayMs` waits before answering (a
  *   slow receiver); `destroy: true` drops the connection without an answer.
- *   A string body is sent as is; any other body is sent as JSON.
+ *   A string body is sent as is; any other body is sent as JSON. Misbehaving
+ *   receivers, each after sending the status line and headers:
+ *   `trickle: {chunk, intervalMs, count}` writes `chunk` every intervalMs,
+ *   count times, then ends; `endless: true` writes 16 KB chunks for as long as
+ *   the client reads; `cutAfter: {body, reset?}` promises a longer body
+ *   (Content-Length), writes `body` and closes the connection (FIN), or resets
+ *   it (RST) with `reset: true`.
  * - `receiver.pendingResponses()` — how many scripted responses are still queued.
  * - `receiver.down()` — stops listening and drops every open connection
  *   (including keep-alive ones), so the next delivery fails to connect
@@ -57,6 +65,12 @@ export interface ScriptedResponse {
   delayMs?: number;
   /** Drop the connection instead of answering (after delayMs, if set). */
   destroy?: boolean;
+  /** After the headers, write `chunk` every `intervalMs`, `count` times, then end. */
+  trickle?: { chunk: string; intervalMs: number; count: number };
+  /** After the headers, write 16 KB chunks until the client hangs up. */
+  endless?: boolean;
+  /** Promise a longer body, write `body`, then close the connection (or reset it, with `reset`). */
+  cutAfter?: { body: string; reset?: boolean };
 }
 
 export interface ReceivedRequest {
@@ -75,6 +89,10 @@ export interface ReceivedRequest {
   /** `type` of the JSON body, when there is one. */
   eventType: string | undefined;
   response: ScriptedResponse;
+  /** Body bytes written so far. */
+  bytesSent: number;
+  /** The client closed the connection before the response was complete. */
+  hungUp: boolean;
 }
 
 export interface WaitForRequestsOptions {
@@ -156,7 +174,7 @@ export async function startWebhookReceiver(options: { secrets?: string[] } = {})
       const verifiedWith = verify(rawBody, headers);
       const response = scripted.shift() ?? receiver.defaultResponse;
       const eventType = json !== null && typeof json === 'object' && typeof (json as { type?: unknown }).type === 'string' ? (json as { type: string }).type : undefined;
-      receiver.requests.push({
+      const record: ReceivedRequest = {
         method: req.method ?? '',
         path: req.url ?? '',
         headers,
@@ -168,8 +186,18 @@ export async function startWebhookReceiver(options: { secrets?: string[] } = {})
         webhookId: headers['webhook-id'],
         eventType,
         response,
-      });
+        bytesSent: 0,
+        hungUp: false,
+      };
+      receiver.requests.push(record);
       for (const wake of [...waiters]) wake();
+      res.on('close', () => {
+        if (!res.writableFinished) record.hungUp = true;
+      });
+      const write = (data: string | Buffer) => {
+        record.bytesSent += Buffer.byteLength(data);
+        return res.write(data);
+      };
 
       const answer = () => {
         if (response.destroy) {
@@ -180,6 +208,42 @@ export async function startWebhookReceiver(options: { secrets?: string[] } = {})
         const headersOut: Record<string, string> = { ...(response.headers ?? {}) };
         if (response.body !== undefined && typeof response.body !== 'string' && !Object.keys(headersOut).some((h) => h.toLowerCase() === 'content-type')) {
           headersOut['Content-Type'] = 'application/json';
+        }
+        if (response.trickle) {
+          const { chunk, intervalMs, count } = response.trickle;
+          res.writeHead(response.status, headersOut);
+          let written = 0;
+          const next = () => {
+            if (res.destroyed) return;
+            if (written === count) {
+              res.end();
+              return;
+            }
+            written += 1;
+            write(chunk);
+            later(intervalMs, next);
+          };
+          next();
+          return;
+        }
+        if (response.endless) {
+          res.writeHead(response.status, headersOut);
+          const block = Buffer.alloc(16 * 1024, 'x');
+          // Honours backpressure: writes again only when the client has read what was sent.
+          const pump = () => {
+            while (!res.destroyed && write(block));
+            if (!res.destroyed) res.once('drain', pump);
+          };
+          pump();
+          return;
+        }
+        if (response.cutAfter) {
+          const { body: partial, reset } = response.cutAfter;
+          res.writeHead(response.status, { ...headersOut, 'Content-Length': String(Buffer.byteLength(partial) + 10_000) });
+          write(partial);
+          // Let the headers and the partial body leave first.
+          later(50, () => (reset ? req.socket.resetAndDestroy() : req.socket.destroy()));
+          return;
         }
         res.writeHead(response.status, headersOut);
         res.end(body);

@@ -435,7 +435,7 @@ describe('search on PGlite (pgvector)', () => {
 
   describe('GET /api/search', () => {
     // The second of two identical searches may come from the cache: only its timing and `cached` differ.
-    const withoutTiming = (reply: SearchReply) => ({ ...reply, took_ms: undefined, cached: undefined });
+    const withoutTiming = (reply: SearchReply) => ({ ...reply, took_ms: undefined, cached: undefined, query_id: undefined });
 
     it.each([
       ['keyword', 'compost', 5],

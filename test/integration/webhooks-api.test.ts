@@ -362,14 +362,37 @@ describe('with workers, delivering to 127.0.0.1 (postgres)', () => {
       expect(verifies(delivered, newSecret)).toBe(true);
       expect(verifies(delivered, `whsec_${Buffer.alloc(32, 9).toString('base64')}`)).toBe(false);
 
-      // A second rotation retires the first secret at once.
-      const again = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`).expect(200);
+      // A second rotation within the grace period would retire the old secret early: refused, saying when it is allowed.
+      const again = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`);
+      expectError(again, 409, 'conflict');
+      expect(again.body.error.details).toEqual({ rotate_again_at: rotated.body.previous_secret_expires_at });
+      expect(again.body.error.message).toContain(rotated.body.previous_secret_expires_at);
+      expect(JSON.stringify(again.body)).not.toContain('whsec_');
+      // Nothing changed: both secrets still sign.
+      expect((await hooks(tenant, 'get', `/${endpoint.id}`).expect(200)).body.previous_secret_expires_at).toBe(rotated.body.previous_secret_expires_at);
       await hooks(tenant, 'post', `/${endpoint.id}/test`).expect(200);
       const latest = target.requests[target.requests.length - 1];
       expect(latest.headers['webhook-signature'].split(' ')).toHaveLength(2);
-      expect(verifies(latest, again.body.secret)).toBe(true);
       expect(verifies(latest, newSecret)).toBe(true);
-      expect(verifies(latest, oldSecret)).toBe(false);
+      expect(verifies(latest, oldSecret)).toBe(true);
+    });
+
+    it('allows the next rotation once the grace period is over, and it retires the previous secret', async () => {
+      const tenant = await stack.createTenant();
+      const target = await receiver();
+      const endpoint = await addEndpoint(tenant, target);
+      const first = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`).expect(200);
+      // As if the 24 hours had passed.
+      await stack.platform.db.knex('webhook_endpoints').where({ id: endpoint.id }).update({ previous_secret_expires_at: new Date(Date.now() - 1_000) });
+      const second = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`).expect(200);
+      expect(Date.parse(second.body.previous_secret_expires_at) - Date.now()).toBeGreaterThan(23 * 3_600_000);
+      await hooks(tenant, 'post', `/${endpoint.id}/test`).expect(200);
+      const [sent] = target.requests;
+      expect(sent.headers['webhook-signature'].split(' ')).toHaveLength(2);
+      expect(verifies(sent, second.body.secret)).toBe(true);
+      expect(verifies(sent, first.body.secret)).toBe(true);
+      expect(verifies(sent, endpoint.secret)).toBe(false);
+      expectError(await hooks(tenant, 'post', `/${UNKNOWN_ID}/rotate-secret`), 404, 'not_found');
     });
   });
 
@@ -402,6 +425,14 @@ describe('with workers, delivering to 127.0.0.1 (postgres)', () => {
 
       const health = (await hooks(tenant, 'get', `/${endpoint.id}`).expect(200)).body.health;
       expect(health).toMatchObject({ status: 'failing', consecutive_failures: 1, attempts_24h: 2, success_rate_24h: 0.5 });
+      expect(health.failing_since).not.toBeNull();
+
+      // The same URL again keeps the streak; a new URL starts afresh (the old address's failures say nothing about it).
+      const same = await hooks(tenant, 'patch', `/${endpoint.id}`).send({ url: endpoint.url, description: 'unchanged address' }).expect(200);
+      expect(same.body.health).toMatchObject({ status: 'failing', consecutive_failures: 1, failing_since: health.failing_since });
+      const moved = await hooks(tenant, 'patch', `/${endpoint.id}`).send({ url: target.url('/moved') }).expect(200);
+      expect(moved.body).toMatchObject({ url: target.url('/moved'), enabled: true });
+      expect(moved.body.health).toMatchObject({ status: 'healthy', consecutive_failures: 0, failing_since: null });
 
       // A disabled endpoint is not tested; an unknown one is not found.
       await hooks(tenant, 'patch', `/${endpoint.id}`).send({ enabled: false }).expect(200);
@@ -684,6 +715,7 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
     'http://169.254.169.254/',
     'http://[::1]/',
     'http://[::ffff:127.0.0.1]/',
+    'http://[::127.0.0.1]/',
     'http://100.64.0.1/',
     'ftp://example.com/',
   ])('refuses %s with 400 and stores nothing', async (url) => {
@@ -722,6 +754,58 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
     // Each tenant has its own quota.
     const other = await stack.createTenant();
     await hooks(other, 'post').send({ url: 'https://example.com/1' }).expect(201);
+  });
+
+  it('records a batch\'s document.created events in bulk: one insert per slice, not one per document', async () => {
+    const subscribed = await stack.createTenant();
+    await hooks(subscribed, 'post').send({ url: 'https://example.com/hook', event_types: ['document.created'] }).expect(201);
+    const unsubscribed = await stack.createTenant();
+    const knex = stack.platform.db.knex;
+    // Every statement this process sends that inserts events, by tenant.
+    const inserts = new Map<string, number>();
+    const onQuery = (query: { sql: string; bindings?: unknown[] }) => {
+      if (!/^insert into "?webhook_events"?/i.test(query.sql)) return;
+      for (const tenant of [subscribed, unsubscribed]) {
+        if (query.bindings?.includes(tenant.id)) inserts.set(tenant.id, (inserts.get(tenant.id) ?? 0) + 1);
+      }
+    };
+    knex.on('query', onQuery);
+    const documents = Array.from({ length: 250 }, (_, i) => ({ title: `Note ${i}`, content: `# Note ${i}\n\nWords ${i}.` }));
+    try {
+      for (const tenant of [subscribed, unsubscribed]) await stack.as(tenant.key, 'post', '/api/documents/batch').send({ documents }).expect(202);
+    } finally {
+      knex.off('query', onQuery);
+    }
+    // 250 events in slices of 200: two statements per batch.
+    expect(inserts.get(subscribed.id)).toBe(2);
+    expect(inserts.get(unsubscribed.id)).toBe(2);
+
+    const events = async (tenantId: string) =>
+      knex('webhook_events').select('id', 'type', 'payload', 'fanned_out_at').where({ tenant_id: tenantId }) as Promise<
+        Array<{ id: string; type: string; payload: Envelope; fanned_out_at: Date | null }>
+      >;
+    const documentIds = async (key: string) => {
+      const ids: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const page: { body: { items: Array<{ id: string }>; next_cursor: string | null } } = await stack.as(key, 'get', `/api/documents?limit=100${cursor ? `&cursor=${cursor}` : ''}`).expect(200);
+        ids.push(...page.body.items.map((item) => item.id));
+        cursor = page.body.next_cursor;
+      } while (cursor);
+      return ids.sort();
+    };
+    for (const tenant of [subscribed, unsubscribed]) {
+      const stored = await events(tenant.id);
+      // One envelope per document, each naming its own document, as recordEvent would store it.
+      expect(stored).toHaveLength(250);
+      expect(stored.every((event) => event.type === 'document.created' && event.payload.id === event.id && event.payload.tenant_id === tenant.id)).toBe(true);
+      expect(stored.map((event) => event.payload.data.id as string).sort()).toEqual(await documentIds(tenant.key));
+      expect(stored[0].payload.data).toMatchObject({ status: 'queued', version: 1 });
+      expect(stored[0].payload.data).not.toHaveProperty('content');
+    }
+    // Only the tenant with an enabled endpoint has events left to fan out.
+    expect((await events(subscribed.id)).every((event) => event.fanned_out_at === null)).toBe(true);
+    expect((await events(unsubscribed.id)).every((event) => event.fanned_out_at !== null)).toBe(true);
   });
 
   it('never lets concurrent creations pass the quota', async () => {

@@ -1,9 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
+import net from 'node:net';
 import os from 'node:os';
 import ipaddr from 'ipaddr.js';
+import type { Knex } from 'knex';
 import { webhooksQueue } from '../../queues';
-import { sendSigned } from '../../src/domain/webhooks/sender';
+import { attemptDelivery, fanOut, findStuckWebhookWork, getDelivery, replay, type DeliveryDeps } from '../../src/domain/webhooks/deliveries';
+import { createEndpoint, deleteEndpoint } from '../../src/domain/webhooks/endpoints';
+import { recordEvent, type EventSink } from '../../src/domain/webhooks/events';
+import { sendSigned, type SendResult } from '../../src/domain/webhooks/sender';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 import { startWebhookReceiver, type ReceivedRequest, type WebhookReceiver } from '../helpers/webhook-receiver';
@@ -461,7 +466,9 @@ describe('SSRF defence at connect time (private targets refused)', () => {
 
     const response = await tenant.call('post', `/api/admin/webhooks/${endpoint.id}/test`).expect(200);
     expect(response.body).toMatchObject({ event_type: 'webhook.test', status: 'failed', attempts: [{ attempt: 1, outcome: 'failed', status_code: null }] });
-    expect(response.body.attempts[0].error).toMatch(/not allowed/);
+    // The log names the configured host only, never the address the name resolved to (internal DNS answers stay private).
+    expect(response.body.attempts[0].error).toBe(`refused: ${name} does not resolve to a public address`);
+    expect(response.body.attempts[0].error).not.toMatch(/127\.|::1|family/);
     expect(target.requests).toHaveLength(0);
     // The same literal address is refused outright when the endpoint is created.
     const refused = await tenant.call('post', '/api/admin/webhooks').send({ url: target.url('/hook') }).expect(400);
@@ -479,6 +486,8 @@ describe('SSRF defence at connect time (private targets refused)', () => {
       `http://127.0.0.1:${target.port}/`,
       `http://[::1]:${target.port}/`,
       `http://[::ffff:127.0.0.1]:${target.port}/`,
+      // IPv4-compatible IPv6 (::/96): the filter would take it for a public unicast address.
+      `http://[::127.0.0.1]:${target.port}/`,
       `http://localhost:${target.port}/`,
       `http://${await loopbackName()}:${target.port}/`,
       'http://10.0.0.1/',
@@ -488,11 +497,11 @@ describe('SSRF defence at connect time (private targets refused)', () => {
     ];
     const outcomes = await Promise.all(refusedUrls.map(async (url) => ({ url, result: await send(url, false) })));
     for (const { url, result } of outcomes) {
-      expect({ url, ok: result.ok, statusCode: result.statusCode, refused: /not allowed/.test(result.error ?? '') }).toEqual({
+      expect({ url, ok: result.ok, statusCode: result.statusCode, error: result.error }).toEqual({
         url,
         ok: false,
         statusCode: null,
-        refused: true,
+        error: `refused: ${new URL(url).hostname} does not resolve to a public address`,
       });
     }
     expect(target.requests).toHaveLength(0);
@@ -501,5 +510,221 @@ describe('SSRF defence at connect time (private targets refused)', () => {
     expect(allowed).toMatchObject({ ok: true, statusCode: 200, error: null, responseBody: 'ok' });
     expect(target.requests).toHaveLength(1);
     expect(target.requests[0]).toMatchObject({ verified: true, webhookId: 'msg_ssrf' });
+  });
+
+  it('a URL that would redirect to a loopback receiver reaches neither: refused at connect time, and redirects are never followed', async () => {
+    // No public server can be reached offline, so the first hop is a name that resolves to loopback; both layers are shown.
+    const target = await receiver();
+    const redirecting = await receiver();
+    redirecting.defaultResponse = { status: 307, headers: { Location: target.url('/internal') } };
+    const send = (url: string, allowPrivate: boolean) =>
+      sendSigned({ url, messageId: 'msg_redirect', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate });
+    const name = await loopbackName();
+
+    const refused = await send(`http://${name}:${redirecting.port}/hook`, false);
+    expect(refused).toMatchObject({ ok: false, statusCode: null, error: `refused: ${name} does not resolve to a public address` });
+    expect(redirecting.requests).toHaveLength(0);
+
+    // Even where the first hop may be reached, its redirect to the loopback receiver is only reported.
+    const notFollowed = await send(`http://${name}:${redirecting.port}/hook`, true);
+    expect(notFollowed).toMatchObject({ ok: false, statusCode: 307 });
+    expect(notFollowed.error).toMatch(/redirects are not followed/);
+    expect(redirecting.requests).toHaveLength(1);
+    expect(target.requests).toHaveLength(0);
+  });
+
+  it('an https URL to a loopback address is refused before any connection, so before any TLS', async () => {
+    // A bare TCP listener: any connection attempt, TLS or not, is counted (and dropped).
+    const connections: net.Socket[] = [];
+    const listener = net.createServer((socket) => {
+      connections.push(socket);
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (listener.address() as net.AddressInfo).port;
+      const send = (allowPrivate: boolean) =>
+        sendSigned({ url: `https://127.0.0.1:${port}/hook`, messageId: 'msg_tls', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate });
+      expect(await send(false)).toMatchObject({ ok: false, statusCode: null, error: 'refused: 127.0.0.1 does not resolve to a public address' });
+      expect(connections).toHaveLength(0);
+      // The listener is reachable: allowed, the same send does connect (and fails in the TLS handshake).
+      const allowed = await send(true);
+      expect(allowed).toMatchObject({ ok: false, statusCode: null });
+      expect(connections).toHaveLength(1);
+    } finally {
+      await new Promise((resolve) => listener.close(resolve));
+    }
+  });
+});
+
+/**
+ * Fails with a clear message when a send has not settled long after its own
+ * deadline (a hung promise would otherwise only show as a jest timeout).
+ */
+async function settled(send: Promise<SendResult>, what: string): Promise<SendResult> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: sendSigned still pending 20 s later`)), 20_000);
+  });
+  try {
+    return await Promise.race([send, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe('sendSigned against receivers that misbehave after the headers', () => {
+  const secret = `whsec_${randomBytes(32).toString('base64')}`;
+  const send = (target: WebhookReceiver, timeoutMs: number) =>
+    sendSigned({ url: target.url('/hook'), messageId: 'msg_misbehave', body: '{"type":"webhook.test"}', secrets: [secret], userAgent: 'ragworks-webhooks/test', timeoutMs, allowPrivate: true });
+
+  it.each([
+    ['closed', false],
+    ['reset', true],
+  ])('a connection %s in the middle of the body settles as a failed attempt that names the status', async (how, reset) => {
+    const target = await receiver();
+    target.respond({ status: 200, cutAfter: { body: 'partial body', reset } });
+    const result = await settled(send(target, 10_000), `connection ${how} mid-body`);
+    expect(result).toMatchObject({ ok: false, statusCode: 200, responseBody: 'partial body' });
+    expect(result.error).toMatch(/^HTTP 200, but .* before the response ended$/);
+    expect(target.requests).toHaveLength(1);
+  });
+
+  it('WEBHOOK_TIMEOUT_MS bounds the whole response: a receiver trickling its body a byte at a time fails at the deadline', async () => {
+    const target = await receiver();
+    // 30 bytes over about 6 s; an idle timeout of 1 s would never fire.
+    target.respond({ status: 200, trickle: { chunk: '.', intervalMs: 200, count: 30 } });
+    const result = await settled(send(target, 1_000), 'trickling body');
+    expect(result).toMatchObject({ ok: false, statusCode: 200 });
+    expect(result.error).toBe('HTTP 200, but the response did not end within 1000 ms');
+    // The connection was dropped, not read to its end.
+    await waitFor(() => target.requests[0]?.hungUp, { what: 'the receiver to see the client hang up' });
+    expect(target.requests[0].bytesSent).toBeLessThan(30);
+  });
+
+  it('an endless body is read only as far as the 4 KB kept: the attempt ends with the status, not at the deadline', async () => {
+    const target = await receiver();
+    target.respond({ status: 200, endless: true }, { status: 503, headers: { 'Retry-After': '7' }, endless: true });
+    const ok = await settled(send(target, 30_000), 'endless 200 body');
+    expect(ok).toMatchObject({ ok: true, statusCode: 200, error: null, responseBody: 'x'.repeat(4096) });
+    await waitFor(() => target.requests[0]?.hungUp, { what: 'the receiver to see the client hang up' });
+
+    const unavailable = await settled(send(target, 30_000), 'endless 503 body');
+    expect(unavailable).toMatchObject({ ok: false, statusCode: 503, error: 'HTTP 503', retryAfterMs: 7_000, responseBody: 'x'.repeat(4096) });
+    await waitFor(() => target.requests[1]?.hungUp, { what: 'the receiver to see the client hang up' });
+  });
+});
+
+describe('delivery bookkeeping, driven directly (no workers)', () => {
+  let stack: TestStack;
+  let db: Knex;
+  let deps: DeliveryDeps;
+  const silent: EventSink = { announce: async () => undefined };
+
+  beforeAll(async () => {
+    stack = await startStack({ database: 'postgres', workers: false });
+    db = stack.platform.db.knex;
+    // Private targets allowed for these calls only: the receivers are on 127.0.0.1.
+    const platformDeps = stack.platform.deliveryDeps();
+    deps = { ...platformDeps, settings: { ...platformDeps.settings, allowPrivate: true, timeoutMs: 10_000 } };
+  });
+  afterAll(async () => {
+    await stack?.close();
+  });
+
+  /** A tenant, an endpoint on `target`, and one pending delivery of a fresh event to it. */
+  async function pendingDelivery(target: WebhookReceiver) {
+    const tenant = await stack.createTenant();
+    const { endpoint, secret } = await createEndpoint(db, tenant.id, { url: target.url('/hook') }, { allowPrivate: true, maxEndpoints: 10 });
+    target.secrets = [secret];
+    const event = await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id: 'doc-1' }));
+    const [work] = await fanOut(db, tenant.id, event.id);
+    return { tenant, endpoint, event, work };
+  }
+
+  it('a late attempt overlapping one that succeeded does not turn the delivery back to pending', async () => {
+    const target = await receiver();
+    const { tenant, endpoint, work } = await pendingDelivery(target);
+    // The first request is answered late and badly, the second at once and well.
+    target.respond({ status: 500, body: 'late', delayMs: 1_500 }, { status: 200, body: 'ok' });
+    const late = attemptDelivery(deps, tenant.id, work.deliveryId, false);
+    await target.waitForRequests(1);
+    const prompt = await attemptDelivery(deps, tenant.id, work.deliveryId, false);
+    expect(prompt).toMatchObject({ kind: 'delivered' });
+    // Its failure came after the delivery succeeded: no retry is asked for.
+    expect(await late).toMatchObject({ kind: 'skipped' });
+
+    const delivery = await getDelivery(db, tenant.id, endpoint.id, work.deliveryId);
+    expect(delivery).toMatchObject({ status: 'succeeded', last_status_code: 200, last_error: null, next_attempt_at: null });
+    expect(delivery.delivered_at).not.toBeNull();
+    // Both attempts happened and both are logged.
+    expect(delivery.attempts.map(({ attempt, outcome, status_code }) => ({ attempt, outcome, status_code }))).toEqual([
+      { attempt: 1, outcome: 'succeeded', status_code: 200 },
+      { attempt: 2, outcome: 'failed', status_code: 500 },
+    ]);
+    expect(target.requests.every((request) => request.verified)).toBe(true);
+  });
+
+  it.each([
+    ['failed', { status: 500, body: 'no' }],
+    ['succeeded', { status: 200, body: 'ok' }],
+  ])('an endpoint deleted while a %s attempt is in flight: the attempt is skipped, nothing is recorded, nothing throws', async (_outcome, answer) => {
+    const target = await receiver();
+    const { tenant, endpoint, work } = await pendingDelivery(target);
+    target.respond({ ...answer, delayMs: 1_000 });
+    const attempt = attemptDelivery(deps, tenant.id, work.deliveryId, false);
+    await target.waitForRequests(1);
+    await deleteEndpoint(db, tenant.id, endpoint.id);
+    expect(await attempt).toEqual({ kind: 'skipped', reason: expect.stringMatching(/deleted/) });
+    expect(await db('webhook_deliveries').where({ id: work.deliveryId }).first()).toBeUndefined();
+    expect(await db('webhook_attempts').where({ delivery_id: work.deliveryId }).first()).toBeUndefined();
+  });
+
+  it('a paced replay stamps each delivery with its due time, and the stuck-work scan passes over waits that are due later', async () => {
+    const target = await receiver();
+    const { tenant, endpoint, event } = await pendingDelivery(target);
+    for (const id of ['doc-2', 'doc-3']) await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
+    const before = Date.now();
+    const replayed = await replay(db, tenant.id, endpoint.id, { since: new Date(before - 3_600_000).toISOString(), dry_run: false }, { spacingMs: 60_000 });
+    expect(replayed.matched).toBe(3);
+    const rows: Array<{ id: string; next_attempt_at: Date | null }> = await db('webhook_deliveries')
+      .select('id', 'next_attempt_at')
+      .whereIn('id', replayed.work.map((work) => work.deliveryId));
+    const dueAt = new Map(rows.map((row) => [row.id, row.next_attempt_at]));
+    // In the order the route enqueues them: the first at once, then one spacing apart.
+    const [first, second, third] = replayed.work.map((work) => dueAt.get(work.deliveryId) ?? null);
+    expect(first).toBeNull();
+    expect(second!.getTime() - before).toBeGreaterThanOrEqual(60_000);
+    expect(third!.getTime() - second!.getTime()).toBe(60_000);
+
+    // Make every delivery of this tenant look old, as the reconcile tick would see them an hour on.
+    await db('webhook_deliveries').where({ tenant_id: tenant.id }).update({ updated_at: db.raw(`now() - interval '1 hour'`) });
+    const [fanned] = await db('webhook_deliveries').select('id').where({ tenant_id: tenant.id, event_id: event.id, origin: 'event' });
+    const stuck = new Set((await findStuckWebhookWork(db, 60)).deliveries.filter((work) => work.tenantId === tenant.id).map((work) => work.deliveryId));
+    // Due now (no time set, or the first replayed): found. Due later: left to their delayed jobs.
+    expect(stuck).toEqual(new Set([fanned.id, replayed.work[0].deliveryId]));
+  });
+
+  it('replay refuses a window holding more events than its limit, and creates nothing', async () => {
+    const target = await receiver();
+    const { tenant, endpoint } = await pendingDelivery(target);
+    for (const id of ['doc-2', 'doc-3']) await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
+    const request = { since: new Date(Date.now() - 3_600_000).toISOString(), dry_run: false };
+    const deliveries = async () => (await db('webhook_deliveries').where({ tenant_id: tenant.id }).count({ n: '*' }))[0].n;
+    const existing = await deliveries();
+    await expect(replay(db, tenant.id, endpoint.id, request, { limit: 2 })).rejects.toMatchObject({ status: 400, code: 'validation_failed', details: { limit: 2 } });
+    await expect(replay(db, tenant.id, endpoint.id, { ...request, dry_run: true }, { limit: 2 })).rejects.toMatchObject({ status: 400 });
+    expect(await deliveries()).toBe(existing);
+    // At the limit exactly, it goes ahead.
+    expect((await replay(db, tenant.id, endpoint.id, request, { limit: 3 })).matched).toBe(3);
+  });
+
+  it('webhook_deliveries has indexes on event_id and tenant_id for the cascades from events and tenants', async () => {
+    const { rows } = await db.raw(`select indexdef from pg_indexes where tablename = 'webhook_deliveries'`);
+    const definitions: string[] = rows.map((row: { indexdef: string }) => row.indexdef);
+    // A plain (non-partial) index leading with the column: the only kind a cascade's lookup can use.
+    for (const column of ['event_id', 'tenant_id']) {
+      expect(definitions.some((definition) => new RegExp(`\\(${column}[,)]`).test(definition) && !/ WHERE /.test(definition))).toBe(true);
+    }
   });
 });

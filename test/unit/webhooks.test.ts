@@ -1,3 +1,7 @@
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import { Webhook } from 'standardwebhooks';
 import { nextAttemptDelayMs } from '../../src/domain/webhooks/retry';
 import { parseRetryAfter, RESPONSE_BODY_LIMIT, signatureHeader, storableResponseBody } from '../../src/domain/webhooks/sender';
@@ -36,16 +40,31 @@ describe('nextAttemptDelayMs', () => {
     }
   });
 
-  it('honours Retry-After instead of the schedule', () => {
-    expect(nextAttemptDelayMs(SCHEDULE, 2, 42_000, HOUR_MS, middle)).toBe(42_000);
+  it('waits for a Retry-After longer than the scheduled delay', () => {
     expect(nextAttemptDelayMs(SCHEDULE, 0, 3_000, HOUR_MS, middle)).toBe(3_000);
+    expect(nextAttemptDelayMs(SCHEDULE, 1, 42_000, HOUR_MS, middle)).toBe(42_000);
+    expect(nextAttemptDelayMs(SCHEDULE, 2, 600_000, HOUR_MS, middle)).toBe(600_000);
   });
 
-  it('clamps Retry-After to at least one second and at most the configured maximum', () => {
-    expect(nextAttemptDelayMs(SCHEDULE, 1, 0, HOUR_MS, middle)).toBe(1_000);
-    expect(nextAttemptDelayMs(SCHEDULE, 1, 10, HOUR_MS, middle)).toBe(1_000);
+  it('never lets a short Retry-After cut the schedule: a receiver answering Retry-After: 1 cannot burn every attempt in seconds', () => {
+    expect(nextAttemptDelayMs(SCHEDULE, 1, 1_000, HOUR_MS, middle)).toBe(5_000);
+    expect(nextAttemptDelayMs(SCHEDULE, 2, 1_000, HOUR_MS, middle)).toBe(300_000);
+    expect(nextAttemptDelayMs(SCHEDULE, 3, 42_000, HOUR_MS, middle)).toBe(1_800_000);
+    // The schedule's jitter still applies when it is the longer wait.
+    expect(nextAttemptDelayMs(SCHEDULE, 2, 1_000, HOUR_MS, () => 0)).toBe(240_000);
+    // Over the default schedule, Retry-After: 1 on every answer waits as long as the schedule does.
+    const spec = [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400];
+    const total = spec.reduce((sum, _, attempt) => sum + nextAttemptDelayMs(spec, attempt, 1_000, HOUR_MS, middle), 0);
+    expect(total).toBeGreaterThanOrEqual(spec.reduce((sum, seconds) => sum + seconds * 1000, 0));
+  });
+
+  it('takes Retry-After as at least one second and at most the configured maximum', () => {
+    expect(nextAttemptDelayMs(SCHEDULE, 0, 0, HOUR_MS, middle)).toBe(1_000);
+    expect(nextAttemptDelayMs(SCHEDULE, 0, 10, HOUR_MS, middle)).toBe(1_000);
     expect(nextAttemptDelayMs(SCHEDULE, 1, 7 * 24 * HOUR_MS, HOUR_MS, middle)).toBe(HOUR_MS);
     expect(nextAttemptDelayMs(SCHEDULE, 1, 90_000, 60_000, middle)).toBe(60_000);
+    // The maximum bounds the receiver's wish, not the schedule: a longer scheduled step stays as it is.
+    expect(nextAttemptDelayMs(SCHEDULE, 3, 7 * 24 * HOUR_MS, 60_000, middle)).toBe(1_800_000);
   });
 });
 
@@ -166,6 +185,12 @@ describe('unsafeUrlReason', () => {
     ['http://[::ffff:a9fe:a9fe]/', /169\.254\.169\.254/],
     ['http://[fd00::1]/', /fd00::1/],
     ['http://[fe80::1]/', /fe80::1/],
+    // IPv4-compatible IPv6 (::/96, deprecated): ipaddr.js calls these unicast whatever they embed.
+    ['http://[::127.0.0.1]/', /IPv4-compatible/],
+    ['http://[0:0:0:0:0:0:127.0.0.1]/', /IPv4-compatible/],
+    ['http://[::7f00:1]/', /IPv4-compatible/],
+    ['http://[::10.0.0.1]/', /IPv4-compatible/],
+    ['http://[::169.254.169.254]/', /IPv4-compatible/],
   ];
 
   it.each(refusedUnlessAllowed)('refuses %s', (url, reason) => {
@@ -192,5 +217,83 @@ describe('unsafeUrlReason', () => {
   ])('refuses %s whatever the setting', (url, reason) => {
     expect(unsafeUrlReason(url, false)).toMatch(reason);
     expect(unsafeUrlReason(url, true)).toMatch(reason);
+  });
+});
+
+describe('the README\'s receiver example', () => {
+  /** The Node example under "Verifying in a receiver", as published. */
+  function readmeReceiverCode(): string {
+    const readme = readFileSync(path.join(__dirname, '../../README.md'), 'utf8');
+    const start = readme.indexOf('**Verifying in a receiver**');
+    expect(start).toBeGreaterThan(-1);
+    const block = /```js\n([\s\S]*?)```/.exec(readme.slice(start));
+    expect(block).not.toBeNull();
+    return block![1];
+  }
+
+  /** Runs the example with its own `require`, on a free port instead of 3000; resolves once it listens. */
+  async function runExample(secret: string): Promise<{ server: http.Server; logged: unknown[][] }> {
+    let server: http.Server | undefined;
+    const listening: Promise<void>[] = [];
+    const patchedHttp = {
+      ...http,
+      createServer: (...args: Parameters<typeof http.createServer>) => {
+        const created = http.createServer(...args);
+        server = created;
+        const listen = created.listen.bind(created);
+        created.listen = ((): http.Server => {
+          listening.push(new Promise((resolve) => listen(0, '127.0.0.1', () => resolve())));
+          return created;
+        }) as typeof created.listen;
+        return created;
+      },
+    };
+    const logged: unknown[][] = [];
+    const exampleRequire = (name: string): unknown => (name === 'node:http' || name === 'http' ? patchedHttp : require(name));
+    const run = new Function('require', 'process', 'console', readmeReceiverCode()) as (req: typeof exampleRequire, proc: unknown, out: unknown) => void;
+    run(exampleRequire, { env: { RAGWORKS_WEBHOOK_SECRET: secret } }, { log: (...args: unknown[]) => logged.push(args) });
+    expect(server).toBeDefined();
+    await Promise.all(listening);
+    return { server: server!, logged };
+  }
+
+  it('verifies a signed body whose multi-byte characters are split between chunks', async () => {
+    const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+    const { server, logged } = await runExample(secret);
+    try {
+      const body = JSON.stringify({ id: 'msg_1', type: 'document.indexed', data: { id: 'doc_é', title: 'Café 😀' } });
+      const bytes = Buffer.from(body);
+      // Cut inside a character: 'é' is two bytes in UTF-8.
+      const cut = bytes.indexOf(Buffer.from('é')) + 1;
+      const timestamp = new Date();
+      const status = await new Promise<number>((resolve, reject) => {
+        const request = http.request(
+          {
+            host: '127.0.0.1',
+            port: (server.address() as AddressInfo).port,
+            method: 'POST',
+            // No Content-Length: chunked encoding, and each HTTP chunk reaches the server as its own 'data' event.
+            headers: {
+              'Content-Type': 'application/json',
+              'webhook-id': 'msg_1',
+              'webhook-timestamp': String(Math.floor(timestamp.getTime() / 1000)),
+              'webhook-signature': new Webhook(secret).sign('msg_1', timestamp, body),
+            },
+          },
+          (response) => {
+            response.resume();
+            response.on('end', () => resolve(response.statusCode ?? 0));
+          },
+        );
+        request.on('error', reject);
+        request.write(bytes.subarray(0, cut));
+        request.end(bytes.subarray(cut));
+      });
+      expect(status).toBe(204);
+      expect(logged).toEqual([['document.indexed', 'doc_é']]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

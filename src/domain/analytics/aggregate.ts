@@ -67,6 +67,8 @@ async function processBatch(db: Knex, redis: Redis, stream: string, entries: Str
   });
   if (rows.length > 0) {
     await db.transaction(async (trx) => {
+      // Rollup hours are UTC hours: date_trunc on timestamptz follows the session's time zone.
+      await trx.raw(`set local time zone 'UTC'`);
       // Events of tenants deleted meanwhile are skipped by the join.
       const inserted = await trx.raw(
         `insert into search_events (id, tenant_id, query_id, query, query_normalized, mode, filters, result_count, took_ms, cached, user_id, created_at)
@@ -102,7 +104,11 @@ function parseEvent(fields: string[]): SearchEvent | null {
   const index = fields.indexOf('event');
   if (index < 0) return null;
   try {
-    return JSON.parse(fields[index + 1]) as SearchEvent;
+    // A lone surrogate in the query or a filter (JSON.stringify keeps it as
+    // \udXXX) is refused by jsonb and would fail the whole batch on every
+    // retry, stalling aggregation for everyone; U+FFFD stands in for it, as
+    // it did when the search itself sent the text to PostgreSQL.
+    return JSON.parse(fields[index + 1], (_key, value: unknown) => (typeof value === 'string' ? value.toWellFormed() : value)) as SearchEvent;
   } catch {
     return null;
   }

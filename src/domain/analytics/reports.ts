@@ -84,7 +84,8 @@ export async function searchStats(db: Knex, tenantId: string, days: number) {
       db.raw('coalesce(avg(took_ms), 0)::float8 as average_latency_ms'),
       db.raw('coalesce(avg(result_count), 0)::float8 as average_results'),
       db.raw('count(*) filter (where cached)::int as cached_searches'),
-      db.raw(`count(*) filter (where exists (select 1 from search_clicks c where c.query_id = search_events.query_id))::int as searches_with_clicks`),
+      // Only the tenant's own clicks: a click is stored under the tenant that sent it, whatever query_id it names.
+      db.raw(`count(*) filter (where exists (select 1 from search_clicks c where c.query_id = search_events.query_id and c.tenant_id = search_events.tenant_id))::int as searches_with_clicks`),
     );
   const modes = await db('search_events').select('mode').count('* as searches').where({ tenant_id: tenantId }).where('created_at', '>=', since).groupBy('mode');
   const total = Number(totals.total_searches);
@@ -112,22 +113,27 @@ export async function searchTimeseries(db: Knex, tenantId: string, options: { st
   const buckets = (end.getTime() - start.getTime()) / (options.interval === 'hour' ? 3_600_000 : 86_400_000);
   if (buckets > MAX_BUCKETS) throw badRequest(`At most ${MAX_BUCKETS} buckets; use a shorter range or interval=day.`, { buckets: Math.ceil(buckets) });
   const step = options.interval === 'hour' ? '1 hour' : '1 day';
-  const result = await db.raw(
-    `select b.bucket, count(e.id)::int as searches, coalesce(avg(e.took_ms), 0)::float8 as average_latency_ms,
-            count(distinct e.query_normalized)::int as unique_queries
-       from generate_series(date_trunc(?, ?::timestamptz), ?::timestamptz - interval '1 microsecond', ?::interval) as b(bucket)
-       left join search_events e
-         on e.tenant_id = ? and e.created_at >= b.bucket and e.created_at < b.bucket + ?::interval
-        and e.created_at >= ?::timestamptz and e.created_at < ?::timestamptz
-      group by b.bucket
-      order by b.bucket`,
-    [options.interval, start.toISOString(), end.toISOString(), step, tenantId, step, start.toISOString(), end.toISOString()],
-  );
+  // Buckets are UTC hours and days whatever the server's time zone: date_trunc
+  // and interval arithmetic on timestamptz follow the session's TimeZone.
+  const result = await db.transaction(async (trx): Promise<{ rows: Array<{ bucket: Date; searches: number; average_latency_ms: number; unique_queries: number }> }> => {
+    await trx.raw(`set local time zone 'UTC'`);
+    return await trx.raw(
+      `select b.bucket, count(e.id)::int as searches, coalesce(avg(e.took_ms), 0)::float8 as average_latency_ms,
+              count(distinct e.query_normalized)::int as unique_queries
+         from generate_series(date_trunc(?, ?::timestamptz), ?::timestamptz - interval '1 microsecond', ?::interval) as b(bucket)
+         left join search_events e
+           on e.tenant_id = ? and e.created_at >= b.bucket and e.created_at < b.bucket + ?::interval
+          and e.created_at >= ?::timestamptz and e.created_at < ?::timestamptz
+        group by b.bucket
+        order by b.bucket`,
+      [options.interval, start.toISOString(), end.toISOString(), step, tenantId, step, start.toISOString(), end.toISOString()],
+    );
+  });
   return {
     interval: options.interval,
     start: start.toISOString(),
     end: end.toISOString(),
-    items: result.rows.map((row: { bucket: Date; searches: number; average_latency_ms: number; unique_queries: number }) => ({
+    items: result.rows.map((row) => ({
       bucket: new Date(row.bucket).toISOString(),
       searches: Number(row.searches),
       average_latency_ms: Number(row.average_latency_ms),
@@ -159,7 +165,7 @@ export async function userActivity(db: Knex, tenantId: string, userId: string, d
 export async function recordClick(db: Knex, tenantId: string, click: { query_id: string; document_id: string; position: number }) {
   await db('search_clicks')
     .insert({ id: newId(), tenant_id: tenantId, ...click })
-    .onConflict(['query_id', 'document_id', 'position'])
+    .onConflict(['tenant_id', 'query_id', 'document_id', 'position'])
     .ignore();
 }
 

@@ -6,7 +6,7 @@ import { newId } from '../ids';
 import { createIndexJobRows, refreshIndexJob } from '../indexing/jobs';
 import type { DispatchIndexing, IndexingWork } from '../indexing/dispatch';
 import { paginate, type Page, type PageRequest } from '../pagination';
-import { recordDocumentEvent } from '../webhooks/document-events';
+import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-events';
 import type { EventSink } from '../webhooks/events';
 
 export const CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
@@ -149,7 +149,7 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
         created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
       }
       await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false, deps.events);
-      for (const row of created) await recordDocumentEvent(trx, deps.events, tenantId, 'document.created', row);
+      await recordDocumentEvents(trx, deps.events, tenantId, 'document.created', created);
       return created;
     } catch (error) {
       if (isUniqueViolation(error, 'documents_external_id_unique')) {

@@ -157,51 +157,81 @@ export async function attemptDelivery(deps: DeliveryDeps, tenantId: string, deli
     allowPrivate: deps.settings.allowPrivate,
   });
   const kind = result.ok ? 'delivered' : result.statusCode === 410 ? 'gone' : final ? 'given_up' : 'retry';
-  const endpointDisabled = await recordAttempt(deps, delivery, endpoint, result, kind);
+  const recorded = await recordAttempt(deps, delivery, endpoint, result, kind);
+  if (recorded === 'vanished') return { kind: 'skipped', reason: 'the delivery or its endpoint was deleted during the attempt' };
+  // Another attempt finished the delivery meanwhile: no retry for this one.
+  if (recorded.superseded && kind === 'retry') return { kind: 'skipped', reason: 'the delivery was finished by another attempt' };
   // An endpoint disabled by this very failure gets no retry.
-  return { kind: kind === 'retry' && endpointDisabled ? 'given_up' : kind, result, endpointDisabled };
+  return { kind: kind === 'retry' && recorded.endpointDisabled ? 'given_up' : kind, result, endpointDisabled: recorded.endpointDisabled };
 }
 
-/** Stores the attempt and its effect on the delivery and the endpoint's health; true if the endpoint got disabled. */
-async function recordAttempt(deps: DeliveryDeps, delivery: DeliveryRow, endpoint: EndpointRow, result: SendResult, verdict: AttemptVerdict['kind']): Promise<boolean> {
-  return deps.db.transaction(async (trx) => {
-    const endpointDisabled = result.ok ? false : await recordFailureHealth(trx, deps, endpoint, verdict);
-    if (result.ok) {
-      await trx('webhook_endpoints')
-        .where({ id: endpoint.id })
-        .update({ consecutive_failures: 0, failing_since: null, last_success_at: trx.fn.now(), updated_at: trx.fn.now() });
-    }
-    const [{ attempts }] = await trx('webhook_deliveries')
-      .where({ id: delivery.id })
-      .increment('attempts', 1)
-      .returning('attempts');
-    await trx('webhook_attempts').insert({
-      id: newId(),
-      tenant_id: delivery.tenant_id,
-      delivery_id: delivery.id,
-      endpoint_id: endpoint.id,
-      event_id: delivery.event_id,
-      event_type: delivery.event_type,
-      attempt: attempts,
-      outcome: result.ok ? 'succeeded' : 'failed',
-      status_code: result.statusCode,
-      duration_ms: result.durationMs,
-      error: result.error,
-      response_body: result.responseBody,
-    });
-    await trx('webhook_deliveries')
-      .where({ id: delivery.id })
-      .update({
-        status: verdict === 'delivered' ? 'succeeded' : verdict === 'retry' && !endpointDisabled ? 'pending' : 'failed',
-        last_status_code: result.statusCode,
-        last_error: result.error,
-        delivered_at: verdict === 'delivered' ? trx.fn.now() : null,
-        // The attempt that was due has happened; a retry sets the next time again (scheduleNextAttempt).
-        next_attempt_at: null,
-        updated_at: trx.fn.now(),
+/** Thrown inside recordAttempt's transaction to roll it back when a row it needs was deleted mid-attempt. */
+class Vanished extends Error {}
+
+/**
+ * Stores the attempt and its effect on the delivery and the endpoint's
+ * health. `superseded`: the delivery was no longer pending (another attempt
+ * overlapping this one finished it), so its status was left alone.
+ * 'vanished': the endpoint or the delivery was deleted while the request was
+ * in flight, and nothing was recorded.
+ */
+async function recordAttempt(
+  deps: DeliveryDeps,
+  delivery: DeliveryRow,
+  endpoint: EndpointRow,
+  result: SendResult,
+  verdict: AttemptVerdict['kind'],
+): Promise<{ endpointDisabled: boolean; superseded: boolean } | 'vanished'> {
+  try {
+    return await deps.db.transaction(async (trx) => {
+      // The endpoint row first, then the delivery: the order deleting an endpoint cascades in, so the two cannot deadlock.
+      const endpointDisabled = result.ok ? false : await recordFailureHealth(trx, deps, endpoint, verdict);
+      if (result.ok) {
+        const updated = await trx('webhook_endpoints')
+          .where({ id: endpoint.id })
+          .update({ consecutive_failures: 0, failing_since: null, last_success_at: trx.fn.now(), updated_at: trx.fn.now() });
+        if (updated === 0) throw new Vanished();
+      }
+      // The attempt happened, so it is counted and logged whatever the delivery's state now.
+      const [counted] = await trx('webhook_deliveries')
+        .where({ id: delivery.id })
+        .increment('attempts', 1)
+        .returning(['attempts', 'status']);
+      if (!counted) throw new Vanished();
+      const attempts: number = counted.attempts;
+      await trx('webhook_attempts').insert({
+        id: newId(),
+        tenant_id: delivery.tenant_id,
+        delivery_id: delivery.id,
+        endpoint_id: endpoint.id,
+        event_id: delivery.event_id,
+        event_type: delivery.event_type,
+        attempt: attempts,
+        outcome: result.ok ? 'succeeded' : 'failed',
+        status_code: result.statusCode,
+        duration_ms: result.durationMs,
+        error: result.error,
+        response_body: result.responseBody,
       });
-    return endpointDisabled;
-  });
+      // Only a pending delivery changes: a late attempt overlapping one that already finished it must not undo its outcome.
+      if (counted.status !== 'pending') return { endpointDisabled, superseded: true };
+      await trx('webhook_deliveries')
+        .where({ id: delivery.id, status: 'pending' })
+        .update({
+          status: verdict === 'delivered' ? 'succeeded' : verdict === 'retry' && !endpointDisabled ? 'pending' : 'failed',
+          last_status_code: result.statusCode,
+          last_error: result.error,
+          delivered_at: verdict === 'delivered' ? trx.fn.now() : null,
+          // The attempt that was due has happened; a retry sets the next time again (scheduleNextAttempt).
+          next_attempt_at: null,
+          updated_at: trx.fn.now(),
+        });
+      return { endpointDisabled, superseded: false };
+    });
+  } catch (error) {
+    if (error instanceof Vanished) return 'vanished';
+    throw error;
+  }
 }
 
 /** Counts a failure against the endpoint; disables it on 410 or after failing too long. True if it got disabled. */
@@ -215,6 +245,7 @@ async function recordFailureHealth(trx: Knex.Transaction, deps: DeliveryDeps, en
       updated_at: trx.fn.now(),
     })
     .returning(['failing_since', 'enabled']);
+  if (!health) throw new Vanished();
   const failingForMs = Date.now() - new Date(health.failing_since).getTime();
   if (verdict === 'gone') return disableEndpoint(trx, deps.events, endpoint, 'The receiver answered 410 Gone.');
   if (health.enabled && failingForMs >= deps.settings.disableAfterHours * 3_600_000) {
@@ -299,11 +330,26 @@ export interface ReplayRequest {
   dry_run: boolean;
 }
 
+export interface ReplayOptions {
+  /** The gap between consecutive sends (the caller enqueues work[i] with a delay of i × spacingMs). */
+  spacingMs?: number;
+  /** The most events one request may replay; REPLAY_LIMIT unless a test wants a small one. */
+  limit?: number;
+}
+
 /**
  * Re-sends the tenant's events in a time window that the endpoint is
- * subscribed to (test events excluded). A dry run only counts them.
+ * subscribed to (test events excluded). A dry run only counts them. Each
+ * delivery's next_attempt_at is the time its paced send is due, so the
+ * reconcile tick sees it is waiting by design rather than lost.
  */
-export async function replay(db: Knex, tenantId: string, endpointId: string, request: ReplayRequest): Promise<{ matched: number; work: DeliveryWork[] }> {
+export async function replay(
+  db: Knex,
+  tenantId: string,
+  endpointId: string,
+  request: ReplayRequest,
+  { spacingMs = 0, limit = REPLAY_LIMIT }: ReplayOptions = {},
+): Promise<{ matched: number; work: DeliveryWork[] }> {
   const endpoint = await loadEndpoint(db, tenantId, endpointId);
   if (!request.dry_run && !endpoint.enabled) throw conflict('The endpoint is disabled; enable it before replaying.', { endpoint_id: endpointId });
   // Compared as instants: as text, times with different offsets sort wrongly.
@@ -315,17 +361,26 @@ export async function replay(db: Knex, tenantId: string, endpointId: string, req
   if (request.until) query.where('created_at', '<', request.until);
   if (request.event_types && request.event_types.length > 0) query.whereIn('type', request.event_types);
   if (endpoint.event_types.length > 0) query.whereIn('type', endpoint.event_types);
-  const events: Array<{ id: string; type: EventType }> = await query.clone().select('id', 'type').orderBy('created_at').limit(REPLAY_LIMIT + 1);
-  if (events.length > REPLAY_LIMIT) {
-    throw new AppError(400, 'validation_failed', `The window holds more than ${REPLAY_LIMIT} events; replay a narrower one.`, { limit: REPLAY_LIMIT });
+  const events: Array<{ id: string; type: EventType }> = await query.clone().select('id', 'type').orderBy('created_at').limit(limit + 1);
+  if (events.length > limit) {
+    throw new AppError(400, 'validation_failed', `The window holds more than ${limit} events; replay a narrower one.`, { limit });
   }
   if (request.dry_run || events.length === 0) return { matched: events.length, work: [] };
-  const rows = events.map((event) => ({ id: newId(), tenant_id: tenantId, event_id: event.id, endpoint_id: endpointId, event_type: event.type, origin: 'replay' }));
-  const inserted: DeliveryRow[] = [];
+  const now = Date.now();
+  const rows = events.map((event, index) => ({
+    id: newId(),
+    tenant_id: tenantId,
+    event_id: event.id,
+    endpoint_id: endpointId,
+    event_type: event.type,
+    origin: 'replay' as const,
+    next_attempt_at: index > 0 && spacingMs > 0 ? new Date(now + index * spacingMs) : null,
+  }));
   for (let start = 0; start < rows.length; start += 500) {
-    inserted.push(...((await db('webhook_deliveries').insert(rows.slice(start, start + 500)).returning('*')) as DeliveryRow[]));
+    await db('webhook_deliveries').insert(rows.slice(start, start + 500));
   }
-  return { matched: events.length, work: inserted.map(toWork) };
+  // In the order of `rows`, which is the order their next_attempt_at times were given in.
+  return { matched: events.length, work: rows.map(toWork) };
 }
 
 /**
@@ -347,7 +402,13 @@ export async function sendTest(deps: DeliveryDeps, tenantId: string, endpointId:
   return getDelivery(deps.db, tenantId, endpointId, deliveryId);
 }
 
-/** Events never fanned out (their announcement was lost) and deliveries pending without a live job: for the reconcile tick. */
+/**
+ * Events never fanned out (their announcement was lost) and deliveries
+ * pending without a live job: for the reconcile tick. A delivery whose
+ * next_attempt_at is still ahead has a delayed job by design (a retry, a
+ * paced replay) and is left out, so a window full of such waits cannot hide
+ * one that was really lost.
+ */
 export async function findStuckWebhookWork(db: Knex, olderThanSeconds: number, limit = 1000) {
   const cutoff = db.raw(`now() - make_interval(secs => ?)`, [olderThanSeconds]);
   const [events, deliveries] = await Promise.all([
@@ -357,6 +418,7 @@ export async function findStuckWebhookWork(db: Knex, olderThanSeconds: number, l
       .where({ status: 'pending' })
       .whereNot({ origin: 'test' })
       .where('updated_at', '<', cutoff)
+      .where((due) => due.whereNull('next_attempt_at').orWhere('next_attempt_at', '<=', db.fn.now()))
       .orderBy('updated_at')
       .limit(limit),
   ]);

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { EventSink } from './events';
-import { recordEvent } from './events';
+import { recordEvent, recordEvents } from './events';
 import type { EventType } from './event-types';
 
 /** The state of a document as events carry it: never its content. */
@@ -46,4 +46,9 @@ export function documentEventData(document: DocumentState): Record<string, unkno
 
 export function recordDocumentEvent(trx: Knex.Transaction, sink: EventSink, tenantId: string, type: EventType, document: DocumentState) {
   return recordEvent(trx, sink, tenantId, type, documentEventData(document));
+}
+
+/** The same event for many documents, stored in bulk (see recordEvents). */
+export function recordDocumentEvents(trx: Knex.Transaction, sink: EventSink, tenantId: string, type: EventType, documents: DocumentState[]) {
+  return recordEvents(trx, sink, tenantId, type, documents.map(documentEventData));
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Knex } from 'knex';
-import { AppError, badRequest, notFound } from '../../errors';
+import { AppError, badRequest, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
 import type { EventType } from './event-types';
@@ -170,11 +170,20 @@ export interface EndpointChanges {
   enabled?: boolean;
 }
 
-/** Changes an endpoint; `enabled: true` re-enables a disabled one and clears its failure streak. */
+/**
+ * Changes an endpoint; `enabled: true` re-enables a disabled one and clears
+ * its failure streak, and so does a new URL: the old address's failures say
+ * nothing about the new one (and would otherwise count towards disabling it).
+ */
 export async function updateEndpoint(db: Knex, tenantId: string, endpointId: string, changes: EndpointChanges, settings: EndpointSettings): Promise<EndpointView> {
   if (changes.url !== undefined) assertSafeUrl(changes.url, settings);
   const update: Record<string, unknown> = { updated_at: db.fn.now() };
-  if (changes.url !== undefined) update.url = changes.url;
+  if (changes.url !== undefined) {
+    update.url = changes.url;
+    // SET expressions read the row as it was, so `url` here is the old one: the same URL again keeps the streak.
+    update.consecutive_failures = db.raw('case when url = ? then consecutive_failures else 0 end', [changes.url]);
+    update.failing_since = db.raw('case when url = ? then failing_since else null end', [changes.url]);
+  }
   if (changes.description !== undefined) update.description = changes.description;
   if (changes.event_types !== undefined) update.event_types = [...new Set(changes.event_types)];
   if (changes.enabled === true) Object.assign(update, { enabled: true, disabled_reason: null, disabled_at: null, consecutive_failures: 0, failing_since: null });
@@ -189,18 +198,31 @@ export async function deleteEndpoint(db: Knex, tenantId: string, endpointId: str
   if (deleted === 0) throw notFound('Webhook endpoint');
 }
 
-/** A new secret; the old one keeps signing beside it for 24 hours so receivers can switch without losing messages. */
+/**
+ * A new secret; the old one keeps signing beside it for 24 hours so
+ * receivers can switch without losing messages. Only one old secret is
+ * kept, so a second rotation during that grace period is refused (409, with
+ * the time it is allowed again): it would silently retire a secret that
+ * receivers were promised for the rest of the 24 hours.
+ */
 export async function rotateSecret(db: Knex, tenantId: string, endpointId: string): Promise<{ endpoint: EndpointView; secret: string }> {
   const secret = newSecret();
   const updated = await db('webhook_endpoints')
     .where({ id: endpointId, tenant_id: tenantId })
+    .andWhere((graceOver) => graceOver.whereNull('previous_secret_expires_at').orWhere('previous_secret_expires_at', '<=', db.fn.now()))
     .update({
       previous_secret: db.ref('secret'),
       previous_secret_expires_at: new Date(Date.now() + PREVIOUS_SECRET_GRACE_MS),
       secret,
       updated_at: db.fn.now(),
     });
-  if (updated === 0) throw notFound('Webhook endpoint');
+  if (updated === 0) {
+    const endpoint = await loadEndpoint(db, tenantId, endpointId);
+    const allowedAt = (endpoint.previous_secret_expires_at ?? new Date()).toISOString();
+    throw conflict(`The secret was rotated less than 24 hours ago and the previous one still signs; it can be rotated again at ${allowedAt}.`, {
+      rotate_again_at: allowedAt,
+    });
+  }
   return { endpoint: await getEndpoint(db, tenantId, endpointId), secret };
 }
 

@@ -4,8 +4,9 @@ const MIN_RETRY_AFTER_MS = 1_000;
 /**
  * The wait before the next attempt after `attemptsMade` failed ones: the
  * schedule's entry with ±20% jitter (so receivers recovering from an outage
- * are not hit by every retry at once), or the receiver's Retry-After,
- * bounded to [1 s, `retryAfterMaxMs`].
+ * are not hit by every retry at once). A receiver's Retry-After, bounded to
+ * [1 s, `retryAfterMaxMs`], can only lengthen that wait: one answering
+ * `Retry-After: 1` to everything must not use up every attempt in seconds.
  */
 export function nextAttemptDelayMs(
   scheduleSeconds: readonly number[],
@@ -14,7 +15,8 @@ export function nextAttemptDelayMs(
   retryAfterMaxMs: number,
   random: () => number = Math.random,
 ): number {
-  if (retryAfterMs !== null) return Math.min(Math.max(retryAfterMs, MIN_RETRY_AFTER_MS), retryAfterMaxMs);
   const seconds = scheduleSeconds[Math.min(attemptsMade, scheduleSeconds.length - 1)] ?? 0;
-  return Math.round(seconds * 1000 * (0.8 + 0.4 * random()));
+  const scheduled = Math.round(seconds * 1000 * (0.8 + 0.4 * random()));
+  if (retryAfterMs === null) return scheduled;
+  return Math.max(scheduled, MIN_RETRY_AFTER_MS, Math.min(retryAfterMs, retryAfterMaxMs));
 }

@@ -35,10 +35,12 @@ export function signatureHeader(secrets: string[], messageId: string, timestamp:
   return secrets.map((secret) => new Webhook(secret).sign(messageId, timestamp, body)).join(' ');
 }
 
+// ipaddr.js calls IPv4-compatible IPv6 addresses (::a.b.c.d, deprecated) plain unicast, so ::127.0.0.1 would pass.
+const filterOptions = { keepAlive: true, allowPrivateIPAddress: false, allowMetaIPAddress: false, denyIPAddressList: ['::/96'] };
 // Keep-alive agents, one pair per policy: connections to a receiver are reused between deliveries.
 const filteringAgents = {
-  http: new RequestFilteringHttpAgent({ keepAlive: true, allowPrivateIPAddress: false, allowMetaIPAddress: false }),
-  https: new RequestFilteringHttpsAgent({ keepAlive: true, allowPrivateIPAddress: false, allowMetaIPAddress: false }),
+  http: new RequestFilteringHttpAgent(filterOptions),
+  https: new RequestFilteringHttpsAgent(filterOptions),
 };
 const openAgents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
@@ -46,7 +48,10 @@ const openAgents = { http: new http.Agent({ keepAlive: true }), https: new https
  * POSTs a signed event. Redirects are not followed (a 3xx is a failure), a
  * private or loopback address is refused when the connection is made —
  * after DNS, so a name that resolves or rebinds to one is caught too —
- * unless `allowPrivate`. Never throws: every outcome is a SendResult.
+ * unless `allowPrivate`. `timeoutMs` bounds the whole attempt, from the
+ * connection to the end of the response; reading stops once the status and
+ * RESPONSE_BODY_LIMIT bytes are in, so an endless body cannot hold a worker.
+ * Never throws: every outcome is a SendResult.
  */
 export function sendSigned(request: SignedRequest): Promise<SendResult> {
   const started = process.hrtime.bigint();
@@ -58,11 +63,37 @@ export function sendSigned(request: SignedRequest): Promise<SendResult> {
   const transport = secure ? https : http;
   return new Promise<SendResult>((resolve) => {
     let settled = false;
+    let incoming: http.IncomingMessage | undefined;
+    const chunks: Buffer[] = [];
+    let kept = 0;
     const finish = (result: Omit<SendResult, 'durationMs'>) => {
       if (settled) return;
       settled = true;
+      clearTimeout(deadline);
       resolve({ ...result, durationMs: elapsed() });
     };
+    /** The outcome once a response has (at least partly) arrived; `failure` overrides the status's verdict. */
+    const fromResponse = (response: http.IncomingMessage, failure: string | null): Omit<SendResult, 'durationMs'> => {
+      const statusCode = response.statusCode ?? 0;
+      const ok = failure === null && statusCode >= 200 && statusCode < 300;
+      return {
+        ok,
+        statusCode,
+        error: failure ?? (ok ? null : describeStatus(statusCode, response.headers.location)),
+        responseBody: storableResponseBody(Buffer.concat(chunks)),
+        retryAfterMs: statusCode === 429 || statusCode === 503 ? parseRetryAfter(response.headers['retry-after']) : null,
+      };
+    };
+    // One deadline for the whole exchange: a socket timeout would only measure idleness, which a receiver trickling a byte at a time never reaches.
+    const deadline = setTimeout(() => {
+      finish(
+        incoming
+          ? fromResponse(incoming, `HTTP ${incoming.statusCode}, but the response did not end within ${request.timeoutMs} ms`)
+          : { ok: false, statusCode: null, error: `no response within ${request.timeoutMs} ms`, responseBody: null, retryAfterMs: null },
+      );
+      incoming?.destroy();
+      outgoing.destroy();
+    }, request.timeoutMs);
     const outgoing = transport.request(
       url,
       {
@@ -78,36 +109,45 @@ export function sendSigned(request: SignedRequest): Promise<SendResult> {
         },
       },
       (response) => {
-        const chunks: Buffer[] = [];
-        let kept = 0;
+        incoming = response;
         response.on('data', (chunk: Buffer) => {
-          if (kept < RESPONSE_BODY_LIMIT) {
-            chunks.push(chunk);
-            kept += chunk.length;
+          if (settled) return;
+          chunks.push(chunk);
+          kept += chunk.length;
+          if (kept >= RESPONSE_BODY_LIMIT) {
+            // The status is known and the log keeps no more: the rest of the body is not worth waiting for.
+            finish(fromResponse(response, null));
+            response.destroy();
           }
         });
-        response.on('error', () => undefined);
-        response.on('end', () => {
-          const statusCode = response.statusCode ?? 0;
-          const ok = statusCode >= 200 && statusCode < 300;
-          finish({
-            ok,
-            statusCode,
-            error: ok ? null : describeStatus(statusCode, response.headers.location),
-            responseBody: storableResponseBody(Buffer.concat(chunks)),
-            retryAfterMs: statusCode === 429 || statusCode === 503 ? parseRetryAfter(response.headers['retry-after']) : null,
-          });
+        response.on('end', () => finish(fromResponse(response, null)));
+        // A connection reset after the headers ends the response with 'aborted'/'error'/'close' and never 'end'.
+        const cutShort = (reason: string) => finish(fromResponse(response, `HTTP ${response.statusCode}, but ${reason} before the response ended`));
+        response.on('aborted', () => cutShort('the connection was dropped'));
+        response.on('error', (error: NodeJS.ErrnoException) => cutShort(`the connection failed (${error.code ?? error.message})`));
+        response.on('close', () => {
+          if (!response.complete) cutShort('the connection closed');
         });
       },
     );
-    outgoing.setTimeout(request.timeoutMs, () => {
-      outgoing.destroy(new Error(`no response within ${request.timeoutMs} ms`));
-    });
     outgoing.on('error', (error: NodeJS.ErrnoException) => {
-      finish({ ok: false, statusCode: null, error: error.code ? `${error.code}: ${error.message}` : error.message, responseBody: null, retryAfterMs: null });
+      // A reset (RST) after the headers surfaces here rather than on the response: keep the status that did arrive.
+      if (incoming) finish(fromResponse(incoming, `HTTP ${incoming.statusCode}, but the connection failed (${error.code ?? error.message}) before the response ended`));
+      else finish({ ok: false, statusCode: null, error: describeRequestError(error, url, request.allowPrivate), responseBody: null, retryAfterMs: null });
     });
     outgoing.end(request.body);
   });
+}
+
+/**
+ * The error as stored in the delivery log. request-filtering-agent's refusal
+ * names the address a name resolved to ("DNS lookup 10.1.2.3(family:4,
+ * host:db.internal) is not allowed…"): a tenant must not learn internal DNS
+ * answers from it, so only the host they configured is named.
+ */
+function describeRequestError(error: NodeJS.ErrnoException, url: URL, allowPrivate: boolean): string {
+  if (!allowPrivate && /^DNS lookup .* is not allowed/.test(error.message)) return `refused: ${url.hostname} does not resolve to a public address`;
+  return error.code ? `${error.code}: ${error.message}` : error.message;
 }
 
 /**

@@ -22,6 +22,10 @@ export function unsafeUrlReason(url: string, allowPrivate: boolean): string | nu
   if (ipaddr.isValid(host)) {
     const address = ipaddr.process(host);
     if (address.range() !== 'unicast') return `points at a non-public address (${address.toString()}, ${address.range()} range)`;
+    // ipaddr.js calls the deprecated IPv4-compatible form (::a.b.c.d, ::/96) unicast, whatever IPv4 address it embeds.
+    if (address.kind() === 'ipv6' && address.match(ipaddr.IPv6.parse('::'), 96)) {
+      return `points at an IPv4-compatible IPv6 address (${address.toString()}, ::/96), which is not allowed`;
+    }
   }
   return null;
 }

@@ -1,6 +1,6 @@
-import { once } from 'node:events';
 import type { Response } from 'express';
 import { z } from 'zod';
+import { badRequest } from '../../errors';
 import {
   EXPORT_COLUMNS,
   exportEvents,
@@ -31,9 +31,26 @@ export function csvField(value: unknown): string {
   return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-/** Writes respecting back-pressure: a slow client slows the export, memory stays flat. */
-async function write(res: Response, chunk: string): Promise<void> {
-  if (!res.write(chunk)) await once(res, 'drain');
+/**
+ * Writes respecting back-pressure: a slow client slows the export, memory
+ * stays flat. Resolves false once the client has gone, so the export stops
+ * reading pages (a closed response never emits 'drain' and would leave the
+ * export waiting forever).
+ */
+async function write(res: Response, chunk: string): Promise<boolean> {
+  if (res.destroyed) return false;
+  if (res.write(chunk)) return true;
+  if (res.destroyed) return false;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+  return !res.destroyed;
 }
 
 export function analyticsRoutes(api: Api): void {
@@ -85,6 +102,8 @@ export function analyticsRoutes(api: Api): void {
     query: z.object({ format: z.enum(['csv', 'json']).default('json'), start: instant, end: instant }),
     responses: { 200: { description: 'The events (text/csv or application/json)' } },
     handler: async ({ query, ctx, platform }) => {
+      // As for the time series: an empty or reversed range is a mistake, not an empty export.
+      if (!(new Date(query.end) > new Date(query.start))) throw badRequest('`end` must be after `start`.', { field: 'end' });
       const rows = exportEvents(platform.db.knex, ctx.tenant!.id, query);
       const filename = `search-events-${query.start.slice(0, 10)}-${query.end.slice(0, 10)}.${query.format}`;
       return {
@@ -95,14 +114,16 @@ export function analyticsRoutes(api: Api): void {
         },
         stream: async (res) => {
           if (query.format === 'csv') {
-            await write(res, `${EXPORT_COLUMNS.join(',')}\r\n`);
-            for await (const row of rows) await write(res, `${EXPORT_COLUMNS.map((column) => csvField(row[column])).join(',')}\r\n`);
+            if (!(await write(res, `${EXPORT_COLUMNS.join(',')}\r\n`))) return;
+            for await (const row of rows) {
+              if (!(await write(res, `${EXPORT_COLUMNS.map((column) => csvField(row[column])).join(',')}\r\n`))) return;
+            }
             return;
           }
-          await write(res, '[');
+          if (!(await write(res, '['))) return;
           let first = true;
           for await (const row of rows) {
-            await write(res, `${first ? '' : ','}\n${JSON.stringify(row)}`);
+            if (!(await write(res, `${first ? '' : ','}\n${JSON.stringify(row)}`))) return;
             first = false;
           }
           await write(res, '\n]\n');

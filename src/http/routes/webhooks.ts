@@ -131,7 +131,11 @@ export function webhookRoutes(api: Api): void {
   api.add({
     method: 'post', path: '/api/admin/webhooks/:id/rotate-secret', summary: 'New signing secret; the old one keeps signing beside it for 24 hours', tag, auth,
     params: idParams,
-    responses: { 200: { description: 'The endpoint, with its new secret', schema: endpointWithSecret }, 404: { description: 'No such endpoint' } },
+    responses: {
+      200: { description: 'The endpoint, with its new secret', schema: endpointWithSecret },
+      404: { description: 'No such endpoint' },
+      409: { description: 'Rotated less than 24 hours ago; details.rotate_again_at says when it is allowed again' },
+    },
     handler: async ({ params, ctx, platform }) => {
       const { endpoint, secret } = await rotateSecret(platform.db.knex, ctx.tenant!.id, params.id);
       return { status: 200, body: { ...endpoint, secret } };
@@ -210,9 +214,10 @@ export function webhookRoutes(api: Api): void {
       409: { description: 'The endpoint is disabled' },
     },
     handler: async ({ params, body, ctx, platform }) => {
-      const { matched, work } = await replay(platform.db.knex, ctx.tenant!.id, params.id, body);
       const perSecond = platform.config.WEBHOOK_REPLAY_PER_SECOND;
-      await platform.enqueueDeliveries(work, 1000 / perSecond);
+      const spacingMs = 1000 / perSecond;
+      const { matched, work } = await replay(platform.db.knex, ctx.tenant!.id, params.id, body, { spacingMs });
+      await platform.enqueueDeliveries(work, spacingMs);
       return { status: 200, body: { matched, enqueued: work.length, per_second: perSecond } };
     },
   });

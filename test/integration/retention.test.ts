@@ -1,0 +1,198 @@
+import { randomUUID } from 'node:crypto';
+import { retentionQueue } from '../../queues';
+import { startStack, type TestStack } from '../helpers/harness';
+import { waitFor } from '../helpers/wait';
+
+// The retention job on constructed data: rows on both sides of every cut-off,
+// run through the real queue and worker, on PostgreSQL and on PGlite.
+
+const TABLES = ['search_events', 'search_clicks', 'search_query_hourly', 'webhook_attempts', 'webhook_deliveries'] as const;
+type Table = (typeof TABLES)[number];
+
+interface Cutoffs {
+  eventsDays: number;
+  rollupDays: number;
+  webhookDays: number;
+}
+
+/** Which rows of each table were made to survive and which to go. */
+type Seeded = Record<Table, { kept: string[]; removed: string[] }>;
+
+const idColumn = (table: Table) => (table === 'search_query_hourly' ? 'query_normalized' : 'id');
+
+/**
+ * Rows one day inside and one day past each cut-off, for one tenant.
+ * Deliveries: finished ones past the cut-off go (their attempts with them);
+ * pending ones stay however old; attempts past the cut-off go even when
+ * their delivery stays.
+ */
+async function seed(stack: TestStack, tenantId: string, cut: Cutoffs): Promise<Seeded> {
+  const knex = stack.platform.db.knex;
+  const ago = (days: number) => knex.raw(`now() - make_interval(days => ?::int)`, [days]);
+  const seeded = Object.fromEntries(TABLES.map((table) => [table, { kept: [] as string[], removed: [] as string[] }])) as Seeded;
+  const note = (table: Table, id: string, kept: boolean) => seeded[table][kept ? 'kept' : 'removed'].push(id);
+
+  for (const [days, kept] of [[cut.eventsDays - 1, true], [cut.eventsDays + 1, false]] as const) {
+    const id = `evt-${randomUUID()}`;
+    const queryId = randomUUID();
+    await knex('search_events').insert({
+      id, tenant_id: tenantId, query_id: queryId, query: 'q', query_normalized: 'q', mode: 'keyword',
+      result_count: 1, took_ms: 1, cached: false, created_at: ago(days),
+    });
+    note('search_events', id, kept);
+    const clickId = randomUUID();
+    await knex('search_clicks').insert({ id: clickId, tenant_id: tenantId, query_id: queryId, document_id: randomUUID(), position: 1, created_at: ago(days) });
+    note('search_clicks', clickId, kept);
+  }
+  for (const [days, kept] of [[cut.rollupDays - 1, true], [cut.rollupDays + 1, false]] as const) {
+    const query = `rollup-${randomUUID()}`;
+    await knex('search_query_hourly').insert({ tenant_id: tenantId, hour: knex.raw(`date_trunc('hour', now() - make_interval(days => ?::int))`, [days]), query_normalized: query, searches: 1 });
+    note('search_query_hourly', query, kept);
+  }
+
+  const endpointId = randomUUID();
+  await knex('webhook_endpoints').insert({ id: endpointId, tenant_id: tenantId, url: 'https://hooks.example.com/ragworks', secret: 'whsec_test' });
+  const delivery = async (status: string, days: number, kept: boolean, attempts: Array<{ days: number; kept: boolean }>) => {
+    const eventId = randomUUID();
+    await knex('webhook_events').insert({ id: eventId, tenant_id: tenantId, type: 'document.indexed', payload: '{}', created_at: ago(days), fanned_out_at: ago(days) });
+    const id = randomUUID();
+    await knex('webhook_deliveries').insert({
+      id, tenant_id: tenantId, event_id: eventId, endpoint_id: endpointId, event_type: 'document.indexed', origin: 'event',
+      status, attempts: attempts.length, created_at: ago(days + 1), updated_at: ago(days),
+    });
+    note('webhook_deliveries', id, kept);
+    for (const [index, attempt] of attempts.entries()) {
+      const attemptId = randomUUID();
+      await knex('webhook_attempts').insert({
+        id: attemptId, tenant_id: tenantId, delivery_id: id, endpoint_id: endpointId, event_id: eventId, event_type: 'document.indexed',
+        attempt: index + 1, outcome: status === 'succeeded' && index === attempts.length - 1 ? 'succeeded' : 'failed', duration_ms: 5, created_at: ago(attempt.days),
+      });
+      note('webhook_attempts', attemptId, attempt.kept);
+    }
+  };
+  const recent = cut.webhookDays - 1;
+  const old = cut.webhookDays + 1;
+  await delivery('succeeded', old, false, [{ days: old, kept: false }]);
+  await delivery('failed', old, false, [{ days: old + 1, kept: false }, { days: old, kept: false }]);
+  await delivery('canceled', old, false, []);
+  await delivery('succeeded', recent, true, [{ days: old, kept: false }, { days: recent, kept: true }]);
+  await delivery('pending', old + 5, true, []);
+  await delivery('pending', recent, true, [{ days: recent, kept: true }]);
+  return seeded;
+}
+
+/** 12,000 search events past the cut-off in one statement: more than two batches of 5,000. */
+async function seedManyOldEvents(stack: TestStack, tenantId: string, days: number, count: number): Promise<void> {
+  await stack.platform.db.knex.raw(
+    `insert into search_events (id, tenant_id, query_id, query, query_normalized, mode, result_count, took_ms, cached, created_at)
+     select 'bulk-' || i, ?, gen_random_uuid(), 'bulk', 'bulk', 'keyword', 0, 1, false, now() - make_interval(days => ?::int) - i * interval '1 second'
+       from generate_series(1, ?::int) as i`,
+    [tenantId, days, count],
+  );
+}
+
+async function remaining(stack: TestStack, table: Table, tenantIds: string[]): Promise<string[]> {
+  const rows = await stack.platform.db.knex(table).whereIn('tenant_id', tenantIds).select(idColumn(table));
+  return rows.map((row: Record<string, string>) => row[idColumn(table)]).sort();
+}
+
+async function runRetention(stack: TestStack): Promise<Record<string, number>> {
+  const jobId = await stack.platform.queues.enqueue(retentionQueue, { tick: new Date(Date.now() + Math.random() * 1e9).toISOString() });
+  const queue = stack.platform.queues.queue(retentionQueue.name);
+  return waitFor(async () => {
+    const job = await queue.getJob(jobId);
+    const state = await job?.getState();
+    if (state === 'failed') throw new Error(`the retention job failed: ${job?.failedReason}`);
+    return state === 'completed' ? (job!.returnvalue as Record<string, number>) : null;
+  }, { what: 'the retention job', timeoutMs: 40_000 });
+}
+
+async function deletedMetric(stack: TestStack, table: Table): Promise<number> {
+  const text: string = (await stack.operator('get', '/metrics').expect(200)).text;
+  const series = `ragworks_retention_deleted_rows_total{table="${table}"}`;
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+
+function expectExactlyOlderRowsGone(seeded: Seeded[], after: Record<Table, string[]>): void {
+  for (const table of TABLES) {
+    const kept = seeded.flatMap((tenant) => tenant[table].kept).sort();
+    expect({ table, rows: after[table] }).toEqual({ table, rows: kept });
+  }
+}
+
+const expectedRemoved = (seeded: Seeded[], extraEvents = 0): Record<Table, number> => ({
+  search_events: seeded.reduce((sum, tenant) => sum + tenant.search_events.removed.length, 0) + extraEvents,
+  search_clicks: seeded.reduce((sum, tenant) => sum + tenant.search_clicks.removed.length, 0),
+  search_query_hourly: seeded.reduce((sum, tenant) => sum + tenant.search_query_hourly.removed.length, 0),
+  webhook_attempts: seeded.reduce((sum, tenant) => sum + tenant.webhook_attempts.removed.length, 0),
+  webhook_deliveries: seeded.reduce((sum, tenant) => sum + tenant.webhook_deliveries.removed.length, 0),
+});
+
+/** Webhook events older than the delivery-log cut-off that no pending delivery still needs: what retention may remove. */
+async function removableEvents(stack: TestStack, tenantIds: string[], webhookDays: number): Promise<number> {
+  const row = await stack.platform.db.knex.raw(
+    `select count(*)::int as n from webhook_events e
+      where e.tenant_id = any(?::uuid[]) and e.created_at < now() - make_interval(days => ?)
+        and not exists (select 1 from webhook_deliveries d where d.event_id = e.id and d.status = 'pending')`,
+    [tenantIds, webhookDays],
+  );
+  return Number(row.rows[0].n);
+}
+
+async function snapshot(stack: TestStack, tenantIds: string[]): Promise<Record<Table, string[]>> {
+  const entries = await Promise.all(TABLES.map(async (table) => [table, await remaining(stack, table, tenantIds)] as const));
+  return Object.fromEntries(entries) as Record<Table, string[]>;
+}
+
+describe.each<{ database: 'postgres' | 'pglite'; env: Record<string, string>; cut: Cutoffs }>([
+  { database: 'postgres', env: {}, cut: { eventsDays: 90, rollupDays: 400, webhookDays: 30 } },
+  {
+    database: 'pglite',
+    env: { ANALYTICS_RETENTION_DAYS: '7', ANALYTICS_ROLLUP_RETENTION_DAYS: '60', WEBHOOK_LOG_RETENTION_DAYS: '3' },
+    cut: { eventsDays: 7, rollupDays: 60, webhookDays: 3 },
+  },
+])('retention on $database (events $cut.eventsDays d, rollups $cut.rollupDays d, webhook logs $cut.webhookDays d)', ({ database, env, cut }) => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({ database, env });
+  });
+  afterAll(async () => {
+    await stack?.close();
+  });
+
+  it('removes exactly the rows older than each cut-off, keeps pending deliveries, and reports rows per table in the return value and the metric', async () => {
+    const a = await stack.createTenant();
+    const b = await stack.createTenant();
+    const seeded = [await seed(stack, a.id, cut), await seed(stack, b.id, cut)];
+    const before = Object.fromEntries(await Promise.all(TABLES.map(async (table) => [table, await deletedMetric(stack, table)] as const)));
+    const oldEvents = await removableEvents(stack, [a.id, b.id], cut.webhookDays);
+    expect(oldEvents).toBeGreaterThan(0);
+
+    const removed = await runRetention(stack);
+    expect(removed).toEqual({ ...expectedRemoved(seeded), webhook_events: oldEvents });
+    expectExactlyOlderRowsGone(seeded, await snapshot(stack, [a.id, b.id]));
+    for (const table of TABLES) expect({ table, metric: await deletedMetric(stack, table) }).toEqual({ table, metric: before[table] + removed[table] });
+    // Events still wanted by a pending delivery, or younger than the cut-off, stay: replay reaches back that far.
+    expect(await stack.platform.db.knex('webhook_events').whereIn('tenant_id', [a.id, b.id]).count('* as n').first()).toEqual({ n: 12 - oldEvents });
+    expect(await removableEvents(stack, [a.id, b.id], cut.webhookDays)).toBe(0);
+
+    // A second run finds nothing more to remove.
+    expect(await runRetention(stack)).toEqual({ ...Object.fromEntries(TABLES.map((table) => [table, 0])), webhook_events: 0 });
+    expectExactlyOlderRowsGone(seeded, await snapshot(stack, [a.id, b.id]));
+  });
+
+  it('removes more old rows than one batch holds, all of them, in one run', async () => {
+    const tenant = await stack.createTenant();
+    const seeded = await seed(stack, tenant.id, cut);
+    await seedManyOldEvents(stack, tenant.id, cut.eventsDays + 2, 12_000);
+    const before = await deletedMetric(stack, 'search_events');
+    const oldEvents = await removableEvents(stack, [tenant.id], cut.webhookDays);
+
+    const removed = await runRetention(stack);
+    expect(removed).toEqual({ ...expectedRemoved([seeded], 12_000), webhook_events: oldEvents });
+    expectExactlyOlderRowsGone([seeded], await snapshot(stack, [tenant.id]));
+    expect(await deletedMetric(stack, 'search_events')).toBe(before + 12_001);
+  });
+});
