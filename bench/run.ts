@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { SearchMode } from '../src/domain/search/search';
+import { cacheFiguresJson, renderCache, runCacheBenchmark, type CacheFigures } from './cache';
 import { loadCorpus, pickQueries, type Corpus } from './corpus';
 import { Cleanup, indexCorpus, log, REPO_ROOT, startDeployment, stopAllChildren, type Deployment, type IndexingResult } from './indexing';
 import { LIMIT, timeHttpSearch, timeInProcess, type HttpTiming, type InProcessTiming } from './search';
@@ -12,10 +13,10 @@ import { renderWebhooks, runWebhookBenchmark, webhookFiguresJson, type WebhookFi
 /**
  * `npm run bench`: indexing throughput end to end and search latency by
  * layer, on README files from node_modules, then webhook delivery
- * throughput and latency. Progress goes to stderr, the report to stdout,
- * the figures as JSON to a file under the temp directory.
- * BENCH_ONLY=indexing (corpus, indexing and search) or BENCH_ONLY=webhooks
- * runs one part.
+ * throughput and latency, and the search cache and analytics recording
+ * under load. Progress goes to stderr, the report to stdout, the figures as
+ * JSON to a file under the temp directory. BENCH_ONLY=indexing (corpus,
+ * indexing and search), BENCH_ONLY=webhooks or BENCH_ONLY=cache runs one part.
  */
 
 const DOCUMENTS = positiveIntEnv('BENCH_DOCUMENTS', 2_000);
@@ -25,7 +26,7 @@ const WORKER_CONCURRENCY = positiveIntEnv('BENCH_WORKER_CONCURRENCY', 4);
 const BATCH_SIZE = 100;
 const INDEXING_TIMEOUT_MS = 5 * 60_000;
 const MODES: SearchMode[] = ['keyword', 'semantic', 'hybrid'];
-const PARTS = ['indexing', 'webhooks'] as const;
+const PARTS = ['indexing', 'webhooks', 'cache'] as const;
 type Part = (typeof PARTS)[number];
 const ONLY = onlyPart(process.env.BENCH_ONLY);
 
@@ -61,21 +62,29 @@ interface IndexingPart {
 
 async function main(cleanup: Cleanup): Promise<void> {
   const began = performance.now();
-  const indexingPart = ONLY === null || ONLY === 'indexing' ? await measureIndexingAndSearch(cleanup) : null;
-  const webhooks = ONLY === null || ONLY === 'webhooks' ? await runWebhookBenchmark(cleanup) : null;
+  const runs = (part: Part) => ONLY === null || ONLY === part;
+  const corpus = runs('indexing') || runs('cache') ? readCorpus() : null;
+  const indexingPart = runs('indexing') ? await measureIndexingAndSearch(corpus!, cleanup) : null;
+  const cache = runs('cache') ? await runCacheBenchmark(corpus!, cleanup) : null;
+  const webhooks = runs('webhooks') ? await runWebhookBenchmark(cleanup) : null;
   const seconds = (performance.now() - began) / 1000;
-  const report = render(indexingPart, webhooks, seconds);
+  const report = render(indexingPart, cache, webhooks, seconds);
   // A run of one part does not overwrite the figures of a whole run.
   const output = path.join(os.tmpdir(), 'ragworks-bench', ONLY === null ? 'latest.json' : `latest-${ONLY}.json`);
   fs.mkdirSync(path.dirname(output), { recursive: true });
-  fs.writeFileSync(output, `${JSON.stringify(figures(indexingPart, webhooks, seconds), null, 2)}\n`);
+  fs.writeFileSync(output, `${JSON.stringify(figures(indexingPart, cache, webhooks, seconds), null, 2)}\n`);
   process.stdout.write(`${report}\n\nFigures as JSON: ${output}\n`);
 }
 
-async function measureIndexingAndSearch(cleanup: Cleanup): Promise<IndexingPart> {
+/** The corpus the indexing and cache parts share. */
+function readCorpus(): Corpus {
   log(`reading the corpus under ${path.join(REPO_ROOT, 'node_modules')}`);
   const corpus = loadCorpus({ root: path.join(REPO_ROOT, 'node_modules'), target: DOCUMENTS, minBytes: 500, maxBytes: 200 * 1024 });
   if (corpus.documents.length === 0) throw new Error('no README files found under node_modules: run npm ci first');
+  return corpus;
+}
+
+async function measureIndexingAndSearch(corpus: Corpus, cleanup: Cleanup): Promise<IndexingPart> {
   const phrases = pickQueries(corpus, QUERIES + WARMUP);
   const warmup = phrases.slice(0, WARMUP);
   const queries = phrases.slice(WARMUP);
@@ -157,13 +166,22 @@ function latencyCells(summary: Summary): string[] {
   return [fixed(summary.p50), fixed(summary.p95), fixed(summary.p99), fixed(summary.mean)];
 }
 
-function render(indexingPart: IndexingPart | null, webhooks: WebhookFigures | null, seconds: number): string {
+function render(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, seconds: number): string {
   const out: string[] = [];
   out.push(`ragworks benchmark — ${new Date().toISOString()}${ONLY ? ` (BENCH_ONLY=${ONLY})` : ''}`);
   out.push(environmentLine());
   out.push('');
-  if (indexingPart) out.push(renderIndexingAndSearch(indexingPart), '');
-  if (webhooks) out.push(renderWebhooks(webhooks, indexingPart ? 4 : 1), '');
+  // Sections 1–3 are the indexing part's; the others follow in the order they ran.
+  let section = 1;
+  if (indexingPart) {
+    out.push(renderIndexingAndSearch(indexingPart), '');
+    section = 4;
+  }
+  if (cache) {
+    out.push(renderCache(cache, section), '');
+    section += 1;
+  }
+  if (webhooks) out.push(renderWebhooks(webhooks, section), '');
   out.push(`Run time ${fixed(seconds, 0)} s. Other work on this machine shows up in these figures: compare runs made under like load.`);
   return out.join('\n');
 }
@@ -257,12 +275,13 @@ function indent(text: string, spaces: number): string {
     .join('\n');
 }
 
-function figures(indexingPart: IndexingPart | null, webhooks: WebhookFigures | null, seconds: number) {
+function figures(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, seconds: number) {
   return {
     generated_at: new Date().toISOString(),
     only: ONLY,
     environment: { node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model.trim() ?? null, platform: os.platform(), loadavg_start: LOAD_AT_START, loadavg_end: os.loadavg() },
     ...(indexingPart ? indexingFigures(indexingPart) : {}),
+    cache: cache ? cacheFiguresJson(cache) : null,
     webhooks: webhooks ? webhookFiguresJson(webhooks) : null,
     run_seconds: seconds,
   };
