@@ -146,6 +146,16 @@ describe('jobs and queues admin', () => {
       expect(response.body.uptime_secs).toBeGreaterThanOrEqual(0);
     });
 
+    it('counts the jobs of a paused queue once in the platform stats', async () => {
+      await stack.operator('post', '/api/admin/queues/indexing/pause').expect(200);
+      try {
+        const paused = await stack.operator('get', '/api/admin/stats').expect(200);
+        expect(paused.body).toMatchObject({ pending_jobs: 2, queue_depth: 2 });
+      } finally {
+        await stack.operator('post', '/api/admin/queues/indexing/resume').expect(200);
+      }
+    });
+
     it("shows a jobs:manage key only its own tenant's jobs", async () => {
       const manager = (await stack.operator('post', '/api/admin/api-keys', a.id).send({ name: 'jobs', scopes: ['jobs:manage'] }).expect(201)).body.key;
       const own = await stack.as(manager, 'get', '/api/admin/jobs?queue=indexing&state=waiting').expect(200);

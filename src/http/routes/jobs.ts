@@ -111,7 +111,8 @@ export function jobRoutes(api: Api): void {
     handler: async ({ platform }) => {
       const [stats, queues] = await Promise.all([platformStats(platform.db.knex), platform.queueAdmin.overview()]);
       const sum = (pick: (queue: (typeof queues)[number]) => number) => queues.reduce((total, queue) => total + pick(queue), 0);
-      const pending = sum((queue) => queue.counts.waiting + queue.counts.delayed + queue.counts.prioritized + queue.counts.paused);
+      // A paused queue's `paused` count is its waiting jobs again: counted once, as waiting.
+      const pending = sum((queue) => queue.counts.waiting + queue.counts.delayed + queue.counts.prioritized);
       return {
         status: 200,
         body: {
