@@ -19,6 +19,7 @@ import {
 } from './indexing';
 import { LIMIT } from './search';
 import { fixed, summarize, table, type Summary } from './stats';
+import { mulberry32, positiveIntEnv } from './settings';
 
 /**
  * The search cache and analytics recording under load: autocannon drives
@@ -26,14 +27,6 @@ import { fixed, summarize, table, type Summary } from './stats';
  * processes started with the settings under test (CACHE_ENABLED,
  * ANALYTICS_ENABLED), after a worker process has indexed the corpus.
  */
-
-function positiveIntEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (!value) return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < 1) throw new Error(`${name} must be a positive integer`);
-  return parsed;
-}
 
 export const CACHE_SETTINGS = {
   distinctQueries: positiveIntEnv('BENCH_CACHE_QUERIES', 1_000),
@@ -56,18 +49,6 @@ export const CACHE_SETTINGS = {
 
 // ---------------------------------------------------------------------------
 // The query mix
-
-/** Deterministic uniform numbers in [0, 1): the same sequence on every run. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** P(rank k) ∝ 1 / k^s for k = 1..n, as a cumulative table. */
 function zipfCdf(n: number, s: number): Float64Array {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { mulberry32 } from './settings';
 
 /**
  * The benchmark corpus: README files of the packages under node_modules —
@@ -219,17 +220,6 @@ export function pickQueries(corpus: Corpus, count: number, seed = 20): string[] 
   const all = [...phrases.values()];
   shuffle(all, mulberry32(seed));
   return all.slice(0, count);
-}
-
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function shuffle<T>(items: T[], random: () => number): void {

@@ -9,6 +9,7 @@ import { Cleanup, indexCorpus, log, REPO_ROOT, startDeployment, stopAllChildren,
 import { LIMIT, timeHttpSearch, timeInProcess, type HttpTiming, type InProcessTiming } from './search';
 import { fixed, ratio, table, type Summary } from './stats';
 import { renderWebhooks, runWebhookBenchmark, webhookFiguresJson, type WebhookFigures } from './webhooks';
+import { positiveIntEnv } from './settings';
 
 /**
  * `npm run bench`: indexing throughput end to end and search latency by
@@ -34,14 +35,6 @@ function onlyPart(value: string | undefined): Part | null {
   if (!value) return null;
   if (!(PARTS as readonly string[]).includes(value)) throw new Error(`BENCH_ONLY must be one of ${PARTS.join(', ')}`);
   return value as Part;
-}
-
-function positiveIntEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (!value) return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < 1) throw new Error(`${name} must be a positive integer`);
-  return parsed;
 }
 
 interface SearchFigures {

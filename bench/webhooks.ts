@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { Webhook } from 'standardwebhooks';
 import { ADMIN_TOKEN, log, startDeployment, type Cleanup, type Deployment } from './indexing';
 import { fixed, summarize, table, type Summary } from './stats';
+import { positiveIntEnv } from './settings';
 
 /**
  * Webhook delivery measured from the outside: ragworks processes deliver
@@ -11,14 +12,6 @@ import { fixed, summarize, table, type Summary } from './stats';
  * to a receiver in this process that answers 200 at once, notes when each
  * delivery arrived and checks signatures on a sample.
  */
-
-function positiveIntEnv(name: string, fallback: number): number {
-  const value = process.env[name];
-  if (!value) return fallback;
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < 1) throw new Error(`${name} must be a positive integer`);
-  return parsed;
-}
 
 export const WEBHOOK_SETTINGS = {
   /** Documents posted in the burst: each gives document.created and document.indexed, each batch index_job.completed. */
