@@ -64,15 +64,35 @@ const concurrencyMap = z.string().transform((value, ctx) => {
 
 const unitInterval = z.coerce.number().min(0).max(1);
 
+const TIER_NAMES = ['free', 'standard', 'enterprise', 'unlimited'] as const;
+
+/** A number per tier, written `free=600,standard=6000,enterprise=60000,unlimited=0`; 0 means no limit. Every tier must be named. */
+const perTier = z.string().transform((value, ctx) => {
+  const result: Partial<Record<(typeof TIER_NAMES)[number], number>> = {};
+  for (const entry of value.split(',').map((part) => part.trim()).filter(Boolean)) {
+    const match = /^([a-z]+)=(\d+)$/.exec(entry);
+    if (!match || !(TIER_NAMES as readonly string[]).includes(match[1])) {
+      ctx.addIssue({ code: 'custom', message: `"${entry}" is not tier=number (tiers: ${TIER_NAMES.join(', ')})` });
+      continue;
+    }
+    result[match[1] as (typeof TIER_NAMES)[number]] = Number(match[2]);
+  }
+  const missing = TIER_NAMES.filter((tier) => result[tier] === undefined);
+  if (missing.length > 0) ctx.addIssue({ code: 'custom', message: `names no value for ${missing.join(', ')}` });
+  return result as Record<(typeof TIER_NAMES)[number], number>;
+});
+
+const postgresUrl = z.string().refine((value) => /^postgres(ql)?:\/\//.test(value), { message: 'must start with postgres:// or postgresql://' });
+
 export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
     PORT: z.coerce.number().int().min(0).max(65535).default(8080),
     HOST: z.string().default('0.0.0.0'),
-    DATABASE_URL: z
-      .string()
-      .refine((value) => /^postgres(ql)?:\/\//.test(value), { message: 'must start with postgres:// or postgresql://' })
-      .optional(),
+    /** The application's connection: a role that is neither owner, superuser nor BYPASSRLS, so row-level security holds. */
+    DATABASE_URL: postgresUrl.optional(),
+    /** The table owner, for migrations; defaults to DATABASE_URL. */
+    MIGRATION_DATABASE_URL: postgresUrl.optional(),
     DATABASE_POOL_MAX: positiveInt.default(10),
     DATA_DIR: z.string().default('./data'),
     REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
@@ -125,6 +145,9 @@ export const configSchema = z
     SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *'),
     SCHEDULE_ANALYTICS: cronExpression.default('0 * * * * *'),
     SCHEDULE_RETENTION: cronExpression.default('0 30 3 * * *'),
+    SCHEDULE_USAGE: cronExpression.default('0 0 * * * *'),
+    SCHEDULE_USAGE_RECONCILE: cronExpression.default('0 15 4 * * *'),
+    USAGE_DAY_CLOSE_GRACE_MINUTES: z.coerce.number().int().min(0).default(120),
     RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120),
 
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
@@ -145,13 +168,20 @@ export const configSchema = z
     WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600),
     WEBHOOK_DISABLE_AFTER_HOURS: z.coerce.number().positive().default(120),
     WEBHOOK_ALLOW_PRIVATE: booleanFlag.default(false),
-    WEBHOOK_MAX_ENDPOINTS: positiveInt.default(10),
     WEBHOOK_ENDPOINT_CONCURRENCY: positiveInt.default(2),
     WEBHOOK_REPLAY_PER_SECOND: positiveInt.default(10),
+
+    RATE_LIMIT_ENABLED: booleanFlag.default(true),
+    RATE_LIMIT_WINDOW_SECONDS: positiveInt.default(60),
+    RATE_LIMIT_TENANT: perTier.default({ free: 600, standard: 6_000, enterprise: 60_000, unlimited: 0 }),
+    RATE_LIMIT_KEY: perTier.default({ free: 300, standard: 3_000, enterprise: 30_000, unlimited: 0 }),
   })
   .superRefine((config, ctx) => {
     if (config.NODE_ENV === 'production' && !config.ADMIN_TOKEN) {
       ctx.addIssue({ code: 'custom', path: ['ADMIN_TOKEN'], message: 'is required when NODE_ENV=production' });
+    }
+    if (config.MIGRATION_DATABASE_URL && !config.DATABASE_URL) {
+      ctx.addIssue({ code: 'custom', path: ['MIGRATION_DATABASE_URL'], message: 'needs DATABASE_URL (the embedded database has no separate migrator)' });
     }
     if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
       ctx.addIssue({ code: 'custom', path: ['REDIS_SENTINEL_NAME'], message: 'is required with REDIS_SENTINELS' });

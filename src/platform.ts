@@ -4,7 +4,7 @@ import { QueueAdmin } from '../queues/admin';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
 import type { Config } from './config';
 import { openDatabase, type Database } from './db/database';
-import { migrateToLatest, type VectorSupport } from './db/migrate';
+import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
 import { createEmbedder, type Embedder } from './domain/embeddings';
 import type { DispatchIndexing } from './domain/indexing/dispatch';
@@ -30,6 +30,7 @@ export interface Platform {
   logger: Logger;
   db: Database;
   vector: VectorSupport;
+  rowLevelSecurity: RowLevelSecurity;
   /** Producer connection: fails fast while Redis is away. */
   redis: Redis;
   queues: QueueRegistry;
@@ -71,10 +72,13 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
   let db: Database | undefined;
   try {
     db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: config.DATABASE_POOL_MAX, logger });
-    const migration = await migrateToLatest(db, { databaseUrl: config.DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS });
+    const migration = await migrateToLatest(db, migrationOptions(config));
     if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
     if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);
-    return assemble(config, logger, redis, db, migration.vectorSearch);
+    if (!migration.rowLevelSecurity.enforced) {
+      logger.warn(`row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role (README, "Production database roles")`);
+    }
+    return assemble(config, logger, redis, db, migration.vectorSearch, migration.rowLevelSecurity);
   } catch (error) {
     redis.disconnect();
     await db?.close().catch(() => undefined);
@@ -82,7 +86,11 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
   }
 }
 
-function assemble(config: Config, logger: Logger, redis: Redis, db: Database, vector: VectorSupport): Platform {
+export function migrationOptions(config: Config): MigrationOptions {
+  return { databaseUrl: config.DATABASE_URL, migrationDatabaseUrl: config.MIGRATION_DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS };
+}
+
+function assemble(config: Config, logger: Logger, redis: Redis, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX);
   const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
@@ -127,6 +135,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     logger,
     db,
     vector,
+    rowLevelSecurity,
     redis,
     queues,
     queueAdmin,

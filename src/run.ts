@@ -9,7 +9,7 @@ import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
-import { createPlatform, type Platform } from './platform';
+import { createPlatform, migrationOptions, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
 
 export const ROLES = ['web', 'worker', 'scheduler', 'all', 'migrate'] as const;
@@ -94,7 +94,7 @@ async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutd
   try {
     const db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: 2, logger });
     try {
-      const report = await migrateToLatest(db, { databaseUrl: config.DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS });
+      const report = await migrateToLatest(db, migrationOptions(config));
       if (report.applied.length > 0) logger.info({ migrations: report.applied }, 'database migrated');
       logger.info({ vector_search: report.vectorSearch.available }, 'migrations are up to date');
     } finally {

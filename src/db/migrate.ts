@@ -1,4 +1,4 @@
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { migrations } from '../../migrations';
 import type { Database } from './database';
@@ -15,33 +15,104 @@ const migrationSource: Knex.MigrationSource<(typeof migrations)[number]> = {
 export interface MigrationReport {
   applied: string[];
   vectorSearch: VectorSupport;
+  rowLevelSecurity: RowLevelSecurity;
 }
 
 export type VectorSupport = { available: true; version: string } | { available: false; reason: string };
 
+/** Whether the application's role is held by the row-level security policies, and why not. */
+export type RowLevelSecurity = { enforced: true; role: string } | { enforced: false; role: string; reason: string };
+
+export interface MigrationOptions {
+  databaseUrl?: string;
+  /** The table owner's connection; without it DATABASE_URL migrates (and owns the tables). */
+  migrationDatabaseUrl?: string;
+  embeddingDimensions: number;
+}
+
+/** The role the embedded database's sessions switch to after migrating, so its policies hold as on a server. */
+export const EMBEDDED_APPLICATION_ROLE = 'ragworks_app';
+
 /**
- * Brings the schema up to date. On a PostgreSQL server, concurrent starts
- * serialise on an advisory lock held by a dedicated connection: the first
- * migrates, the others wait and then find nothing to do. PGlite serves one
- * process, so there is nobody to wait for.
+ * Brings the schema up to date as the table owner, then grants the
+ * application role (DATABASE_URL's user, when a separate migrator is
+ * configured) what it needs: rows, never DDL. On a PostgreSQL server,
+ * concurrent starts serialise on an advisory lock held by a dedicated
+ * connection: the first migrates, the others wait and then find nothing to
+ * do. PGlite serves one process, so there is nobody to wait for; its session
+ * migrates as the superuser and then sets its role to an application role.
  */
-export async function migrateToLatest(db: Database, options: { databaseUrl?: string; embeddingDimensions: number }): Promise<MigrationReport> {
-  const run = async (): Promise<MigrationReport> => {
-    const [, applied] = (await db.knex.migrate.latest({ migrationSource })) as [number, string[]];
-    const vectorSearch = await ensureVectorSupport(db.knex, options.embeddingDimensions);
+export async function migrateToLatest(db: Database, options: MigrationOptions): Promise<MigrationReport> {
+  const migrate = async (owner: Knex) => {
+    const [, applied] = (await owner.migrate.latest({ migrationSource })) as [number, string[]];
+    const vectorSearch = await ensureVectorSupport(owner, options.embeddingDimensions);
     return { applied, vectorSearch };
   };
-  if (db.kind === 'pglite' || !options.databaseUrl) return run();
+  if (db.kind === 'pglite' || !options.databaseUrl) {
+    const report = await migrate(db.knex);
+    if (db.kind === 'pglite') await becomeApplicationRole(db.knex);
+    return { ...report, rowLevelSecurity: await checkRowLevelSecurity(db.knex) };
+  }
 
-  const lockClient = new pg.Client({ connectionString: options.databaseUrl });
-  await lockClient.connect();
+  const ownerUrl = options.migrationDatabaseUrl ?? options.databaseUrl;
+  const owner = options.migrationDatabaseUrl
+    ? knexFactory({ client: 'pg', connection: { connectionString: ownerUrl, connectionTimeoutMillis: 5_000 }, pool: { min: 0, max: 1 } })
+    : db.knex;
+  const lockClient = new pg.Client({ connectionString: ownerUrl });
   try {
+    await lockClient.connect();
     await lockClient.query('select pg_advisory_lock($1)', [MIGRATION_LOCK_KEY.toString()]);
-    return await run();
+    const report = await migrate(owner);
+    if (owner !== db.knex) {
+      const { rows } = await db.knex.raw('select current_user as role');
+      await grantApplicationRole(owner, rows[0].role);
+    }
+    return { ...report, rowLevelSecurity: await checkRowLevelSecurity(db.knex) };
   } finally {
     await lockClient.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY.toString()]).catch(() => undefined);
-    await lockClient.end();
+    await lockClient.end().catch(() => undefined);
+    if (owner !== db.knex) await owner.destroy();
   }
+}
+
+/** Row access to every application table; the migration bookkeeping and the schema itself stay the owner's. */
+async function grantApplicationRole(owner: Knex, role: string): Promise<void> {
+  const { rows } = await owner.raw(`select current_user as owner`);
+  if (rows[0].owner === role) return;
+  const tables = await owner.raw(`select tablename from pg_tables where schemaname = current_schema() and tablename not like 'knex\\_%'`);
+  await owner.raw('grant usage on schema ?? to ??', [await currentSchema(owner), role]);
+  for (const { tablename } of tables.rows as Array<{ tablename: string }>) {
+    await owner.raw('grant select, insert, update, delete on ?? to ??', [tablename, role]);
+  }
+}
+
+async function currentSchema(knex: Knex): Promise<string> {
+  const { rows } = await knex.raw('select current_schema() as schema');
+  return rows[0].schema;
+}
+
+async function becomeApplicationRole(knex: Knex): Promise<void> {
+  await knex.raw(`
+    do $$ begin
+      if not exists (select 1 from pg_roles where rolname = '${EMBEDDED_APPLICATION_ROLE}') then
+        create role ${EMBEDDED_APPLICATION_ROLE} nologin nosuperuser nobypassrls;
+      end if;
+    end $$`);
+  await grantApplicationRole(knex, EMBEDDED_APPLICATION_ROLE);
+  await knex.raw(`set role ${EMBEDDED_APPLICATION_ROLE}`);
+}
+
+/** Superusers and BYPASSRLS roles skip every policy; an owner can switch them off. */
+export async function checkRowLevelSecurity(knex: Knex): Promise<RowLevelSecurity> {
+  const { rows } = await knex.raw(`
+    select current_user as role, r.rolsuper as superuser, r.rolbypassrls as bypass,
+           exists (select 1 from pg_tables where schemaname = current_schema() and tablename = 'documents' and tableowner = current_user) as owner
+      from pg_roles r where r.rolname = current_user`);
+  const { role, superuser, bypass, owner } = rows[0] as { role: string; superuser: boolean; bypass: boolean; owner: boolean };
+  if (superuser) return { enforced: false, role, reason: `the role "${role}" is a superuser` };
+  if (bypass) return { enforced: false, role, reason: `the role "${role}" has BYPASSRLS` };
+  if (owner) return { enforced: false, role, reason: `the role "${role}" owns the tables and could turn the policies off` };
+  return { enforced: true, role };
 }
 
 /**

@@ -3,6 +3,7 @@ import { SCOPES } from '../domain/apikeys/apikeys';
 import { CONTENT_TYPES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
 import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
 import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
+import { QUOTA_NAMES } from '../domain/tenants/quotas';
 import { TIERS } from '../domain/tenants/tenants';
 
 /**
@@ -83,7 +84,18 @@ export const tenantCreate = z
   })
   .strict();
 
-export const tenantPatch = tenantCreate.partial().strict();
+const quotaLimit = z.union([z.number().int().min(0).max(Number.MAX_SAFE_INTEGER), z.literal('unlimited')]);
+
+/** Per-quota overrides: a number, `"unlimited"`, or `null` to fall back to the tier's value. Quotas not named keep their override. */
+const quotaOverridesPatch = z
+  .object(Object.fromEntries(QUOTA_NAMES.map((name) => [name, quotaLimit.nullable().optional()])) as Record<(typeof QUOTA_NAMES)[number], z.ZodOptional<z.ZodNullable<typeof quotaLimit>>>)
+  .strict();
+
+export const tenantPatch = tenantCreate.partial().extend({ quotas: quotaOverridesPatch.optional() }).strict();
+
+const quotasSchema = z
+  .object(Object.fromEntries(QUOTA_NAMES.map((name) => [name, z.number().int().nullable()])) as Record<(typeof QUOTA_NAMES)[number], z.ZodNullable<z.ZodNumber>>)
+  .describe('Effective limits (tier, then overrides); null: no limit');
 
 export const tenantSchema = z.object({
   id: z.uuid(),
@@ -92,6 +104,9 @@ export const tenantSchema = z.object({
   tier: z.enum(TIERS),
   custom_domain: z.string().nullable(),
   status: z.enum(['active', 'suspended']),
+  quota_overrides: z.record(z.string(), quotaLimit),
+  quotas: quotasSchema,
+  retention_days: z.number().int().nullable().describe('Days of raw history kept; null: kept for good'),
   created_at: z.string(),
   updated_at: z.string(),
 });

@@ -2,9 +2,10 @@ import type { Knex } from 'knex';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
 import { isUuid, newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
+import { effectiveQuotas, QUOTA_NAMES, TIER_QUOTAS, TIER_RETENTION_DAYS, type QuotaOverrides, type Quotas, type Tier } from './quotas';
 
-export const TIERS = ['free', 'standard', 'enterprise', 'unlimited'] as const;
-export type Tier = (typeof TIERS)[number];
+export const TIERS = Object.keys(TIER_QUOTAS) as [Tier, ...Tier[]];
+export type { Tier };
 export type TenantStatus = 'active' | 'suspended';
 
 export interface Tenant {
@@ -14,11 +15,15 @@ export interface Tenant {
   tier: Tier;
   custom_domain: string | null;
   status: TenantStatus;
+  quota_overrides: QuotaOverrides;
+  /** The limits in force: the tier's, then the overrides. */
+  quotas: Quotas;
+  retention_days: number | null;
   created_at: string;
   updated_at: string;
 }
 
-interface TenantRow extends Omit<Tenant, 'created_at' | 'updated_at'> {
+interface TenantRow extends Omit<Tenant, 'created_at' | 'updated_at' | 'quotas' | 'retention_days'> {
   created_at: Date;
   updated_at: Date;
 }
@@ -30,10 +35,15 @@ export interface NewTenant {
   custom_domain?: string | null;
 }
 
-export type TenantChanges = Partial<Pick<Tenant, 'name' | 'tier' | 'custom_domain' | 'slug'>>;
+export interface TenantChanges extends Partial<Pick<Tenant, 'name' | 'tier' | 'custom_domain' | 'slug'>> {
+  /** Merged into the overrides; `null` removes one. */
+  quotas?: Partial<Record<keyof Quotas, number | 'unlimited' | null>>;
+}
 
-const toTenant = (row: TenantRow): Tenant => ({
+export const toTenant = (row: TenantRow): Tenant => ({
   ...row,
+  quotas: effectiveQuotas(row.tier, row.quota_overrides),
+  retention_days: TIER_RETENTION_DAYS[row.tier],
   created_at: row.created_at.toISOString(),
   updated_at: row.updated_at.toISOString(),
 });
@@ -70,14 +80,15 @@ function findTenantRow(db: Knex, idOrSlug: string): Promise<TenantRow | undefine
   return isUuid(idOrSlug) ? query.where({ id: idOrSlug }) : query.where({ slug: idOrSlug });
 }
 
+/** Applies changes; a new tier or quota override is in force for the next request. */
 export async function updateTenant(db: Knex, idOrSlug: string, changes: TenantChanges): Promise<Tenant> {
   const tenant = await getTenant(db, idOrSlug);
   if (Object.keys(changes).length === 0) return tenant;
+  const { quotas, ...columns } = changes;
+  const update: Record<string, unknown> = { ...columns, updated_at: db.fn.now() };
+  if (quotas) update.quota_overrides = JSON.stringify(mergeOverrides(tenant.quota_overrides, quotas));
   try {
-    const [row] = await db<TenantRow>('tenants')
-      .where({ id: tenant.id })
-      .update({ ...changes, updated_at: db.fn.now() as unknown as Date })
-      .returning('*');
+    const [row] = await db<TenantRow>('tenants').where({ id: tenant.id }).update(update).returning('*');
     return toTenant(row);
   } catch (error) {
     throw translateUnique(error);
@@ -104,6 +115,16 @@ export async function deleteTenant(db: Knex, idOrSlug: string): Promise<void> {
     await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
     await trx('tenants').where({ id: tenant.id }).delete();
   });
+}
+
+function mergeOverrides(current: QuotaOverrides, changes: NonNullable<TenantChanges['quotas']>): QuotaOverrides {
+  const merged: QuotaOverrides = { ...current };
+  for (const name of QUOTA_NAMES) {
+    const change = changes[name];
+    if (change === null) delete merged[name];
+    else if (change !== undefined) merged[name] = change;
+  }
+  return merged;
 }
 
 function translateUnique(error: unknown): unknown {

@@ -8,6 +8,7 @@ export const EVENT_TYPES = {
   'index_job.failed': 'An index job finished with at least one document failed.',
   'webhook.test': 'Sent by POST /api/admin/webhooks/:id/test.',
   'webhook.endpoint_disabled': 'An endpoint was disabled after failing for too long or answering 410 Gone.',
+  'quota.exceeded': 'An operation was refused by a quota (sent at most once per quota and UTC day); `data` names the quota, limit and use.',
 } as const;
 
 export type EventType = keyof typeof EVENT_TYPES;

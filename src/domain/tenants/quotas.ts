@@ -1,0 +1,103 @@
+import type { Knex } from 'knex';
+import { AppError } from '../../errors';
+import { withTenant } from '../../db/tenant-scope';
+import { recordEvent, type EventSink } from '../webhooks/events';
+
+export const QUOTA_NAMES = ['documents', 'storage_mb', 'searches_per_day', 'api_keys', 'webhook_endpoints'] as const;
+export type QuotaName = (typeof QUOTA_NAMES)[number];
+/** A limit per quota; `null` means none. */
+export type Quotas = Record<QuotaName, number | null>;
+/** What a tenant overrides: a number, `'unlimited'`, or nothing (the tier's value). */
+export type QuotaOverrides = Partial<Record<QuotaName, number | 'unlimited'>>;
+
+export const TIER_QUOTAS = {
+  free: { documents: 100, storage_mb: 100, searches_per_day: 1_000, api_keys: 2, webhook_endpoints: 1 },
+  standard: { documents: 10_000, storage_mb: 10_240, searches_per_day: 100_000, api_keys: 10, webhook_endpoints: 5 },
+  enterprise: { documents: 1_000_000, storage_mb: 1_048_576, searches_per_day: 10_000_000, api_keys: 100, webhook_endpoints: 50 },
+  unlimited: { documents: null, storage_mb: null, searches_per_day: null, api_keys: null, webhook_endpoints: null },
+} as const satisfies Record<string, Quotas>;
+
+export type Tier = keyof typeof TIER_QUOTAS;
+
+/** Days of raw history (search events and clicks, webhook attempts) the retention job keeps per tier; `null`: kept for good. */
+export const TIER_RETENTION_DAYS: Record<Tier, number | null> = { free: 7, standard: 90, enterprise: 365, unlimited: null };
+
+export function effectiveQuotas(tier: Tier, overrides: QuotaOverrides): Quotas {
+  const quotas: Quotas = { ...TIER_QUOTAS[tier] };
+  for (const name of QUOTA_NAMES) {
+    const override = overrides[name];
+    if (override !== undefined) quotas[name] = override === 'unlimited' ? null : override;
+  }
+  return quotas;
+}
+
+export const BYTES_PER_MB = 1024 * 1024;
+
+/**
+ * Refusal of an operation that would pass a quota. Capacity quotas answer
+ * 403 (waiting will not help); the daily search quota answers 429 with
+ * Retry-After until the next UTC midnight.
+ */
+export class QuotaExceededError extends AppError {
+  constructor(
+    readonly quota: QuotaName,
+    readonly limit: number,
+    readonly used: number,
+    retryAfterSeconds?: number,
+  ) {
+    super(
+      retryAfterSeconds === undefined ? 403 : 429,
+      'quota_exceeded',
+      `The tenant's ${quota.replace(/_/g, ' ')} quota (${limit}) is used up.`,
+      { quota, limit, used },
+      retryAfterSeconds === undefined ? {} : { 'Retry-After': String(retryAfterSeconds) },
+    );
+  }
+}
+
+/** Throws when `used` (after the operation) is beyond the limit. */
+export function assertWithin(quotas: Quotas, quota: QuotaName, used: number): void {
+  const limit = quotas[quota];
+  if (limit !== null && used > limit) throw new QuotaExceededError(quota, limit, used);
+}
+
+/**
+ * Documents and storage after the caller's inserts or updates in `trx`.
+ * The counter row is kept by triggers and stays locked by this transaction
+ * from its first change on, so concurrent writers of the same tenant check
+ * one after another: the limits hold exactly.
+ */
+export async function assertDocumentCapacity(trx: Knex.Transaction, tenantId: string, quotas: Quotas): Promise<void> {
+  const usage = await trx('tenant_usage').first('documents', 'storage_bytes').where({ tenant_id: tenantId });
+  if (!usage) return;
+  assertWithin(quotas, 'documents', usage.documents);
+  const limit = quotas.storage_mb;
+  if (limit !== null && usage.storage_bytes > limit * BYTES_PER_MB) {
+    throw new QuotaExceededError('storage_mb', limit, Math.ceil((usage.storage_bytes / BYTES_PER_MB) * 1000) / 1000);
+  }
+}
+
+/**
+ * Serialises a tenant's creations of a counted resource (keys, endpoints):
+ * the tenant's counter row is locked for the rest of the transaction, then
+ * the count is taken. Exact under any concurrency.
+ */
+export async function lockTenantCounters(trx: Knex.Transaction, tenantId: string): Promise<void> {
+  await trx.raw(`insert into tenant_usage (tenant_id) values (?) on conflict (tenant_id) do update set documents = tenant_usage.documents`, [tenantId]);
+}
+
+export const utcDay = (at = new Date()): string => at.toISOString().slice(0, 10);
+
+/**
+ * Sends `quota.exceeded` at most once per tenant, quota and UTC day: the
+ * notice row's primary key decides, in the transaction that stores the event.
+ */
+export async function noticeQuotaExceeded(db: Knex, events: EventSink, tenantId: string, error: QuotaExceededError, at = new Date()): Promise<boolean> {
+  return withTenant(db, tenantId, async (trx) => {
+    const day = utcDay(at);
+    const inserted = await trx('quota_notices').insert({ tenant_id: tenantId, quota: error.quota, day }).onConflict(['tenant_id', 'quota', 'day']).ignore().returning('quota');
+    if (inserted.length === 0) return false;
+    await recordEvent(trx, events, tenantId, 'quota.exceeded', { quota: error.quota, limit: error.limit, used: error.used, day });
+    return true;
+  });
+}

@@ -1,0 +1,48 @@
+import type { Redis } from 'ioredis';
+import { QuotaExceededError, utcDay } from './quotas';
+
+/**
+ * Searches per tenant and UTC day, counted in Redis so every API instance
+ * draws on one allowance. The check and the increment are one script, so
+ * concurrent searches at the boundary can never pass the limit together.
+ */
+const TAKE = `
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[1] ~= '' and used >= tonumber(ARGV[1]) then return -used - 1 end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return used`;
+
+/** Counters outlive their day by one, so "used yesterday" stays readable until the day is rolled up. */
+const KEEP_SECONDS = 2 * 24 * 3600;
+
+export class DailySearchQuota {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  private key(tenantId: string, day: string): string {
+    return `${this.prefix}:quota:searches:${tenantId}:${day}`;
+  }
+
+  /**
+   * Counts one search, or throws QuotaExceededError (429, Retry-After until
+   * the next UTC midnight) when `limit` are used today. `limit` null counts
+   * without limiting. Redis errors propagate: the caller decides.
+   */
+  async take(tenantId: string, limit: number | null, now = new Date()): Promise<number> {
+    const result = Number(await this.redis.eval(TAKE, 1, this.key(tenantId, utcDay(now)), limit === null ? '' : String(limit), KEEP_SECONDS));
+    if (result < 0) throw new QuotaExceededError('searches_per_day', limit!, -result - 1, secondsUntilNextUtcDay(now));
+    return result;
+  }
+
+  async used(tenantId: string, now = new Date()): Promise<number> {
+    return Number((await this.redis.get(this.key(tenantId, utcDay(now)))) ?? 0);
+  }
+}
+
+export function secondsUntilNextUtcDay(now: Date): number {
+  const next = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
+  return Math.max(1, Math.ceil((next - now.getTime()) / 1000));
+}
