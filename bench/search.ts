@@ -74,7 +74,7 @@ export async function timeInProcess(
       const request = (query: string): SearchRequest => ({ query, mode, limit: LIMIT });
       for (const query of warmup) {
         await search(deps, tenantId, request(query));
-        await runStatement(deps.db, await prepareSearch(deps, tenantId, request(query)));
+        await runStatement(deps.db, tenantId, await prepareSearch(deps, tenantId, request(query)));
       }
       const searchMs: number[] = [];
       const sqlMs: number[] = [];
@@ -91,7 +91,7 @@ export async function timeInProcess(
         };
         const timeSql = async () => {
           const started = performance.now();
-          await runStatement(deps.db, statement);
+          await runStatement(deps.db, tenantId, statement);
           sqlMs.push(performance.now() - started);
         };
         if (index % 2 === 0) {

@@ -8,6 +8,8 @@ export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
   readonly jobOptions: JobsOptions;
   /** Deterministic job id, so enqueueing the same work twice is a no-op. */
   jobId(payload: z.output<Schema>): string;
+  /** Work done for a tenant (payload `tenantId`) that waits, delayed, while the tenant is suspended. */
+  readonly holdsWhileSuspended?: boolean;
 }
 
 export type PayloadOf<D extends QueueDefinition> = z.output<D['payload']>;

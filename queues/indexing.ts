@@ -16,5 +16,6 @@ export const indexingQueue = defineQueue({
     ...RETENTION_DEFAULTS,
   },
   // The index job is part of the id: a forced re-index of the same version is new work.
+  holdsWhileSuspended: true,
   jobId: (payload) => `doc-${payload.documentId}-v${payload.version}-${payload.indexJobId}`,
 });

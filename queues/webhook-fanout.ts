@@ -10,5 +10,6 @@ export const webhookFanoutQueue = defineQueue({
     backoff: { type: 'exponential', delay: 1_000 },
     ...RETENTION_DEFAULTS,
   },
+  holdsWhileSuspended: true,
   jobId: (payload) => `fanout-${payload.eventId}`,
 });

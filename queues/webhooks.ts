@@ -25,5 +25,6 @@ export const webhooksQueue = defineQueue({
     ...RETENTION_DEFAULTS,
   },
   // A fan-out that runs twice enqueues nothing twice; an asked-for redelivery is new work.
+  holdsWhileSuspended: true,
   jobId: (payload) => (payload.origin === 'event' ? `${payload.eventId}-${payload.endpointId}` : `delivery-${payload.deliveryId}`),
 });

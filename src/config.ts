@@ -153,7 +153,6 @@ export const configSchema = z
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
 
     ANALYTICS_ENABLED: booleanFlag.default(true),
-    ANALYTICS_RETENTION_DAYS: positiveInt.default(90),
     ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400),
     ANALYTICS_TRENDING_MIN_VOLUME: positiveInt.default(5),
     WEBHOOK_LOG_RETENTION_DAYS: positiveInt.default(30),

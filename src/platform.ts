@@ -16,6 +16,8 @@ import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
 import { EndpointSlots } from './domain/webhooks/fairness';
 import { SearchCache } from './domain/cache/search-cache';
+import { DailySearchQuota } from './domain/tenants/search-quota';
+import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
@@ -48,6 +50,10 @@ export interface Platform {
   endpointSlots: EndpointSlots;
   /** Search results and query embeddings, in process and in Redis. */
   cache: SearchCache;
+  /** Each tenant's searches today, against its daily quota. */
+  searchQuota: DailySearchQuota;
+  /** Holds a suspended tenant's jobs and releases them when it is resumed. */
+  suspension: SuspensionHold;
   /** Queues deliveries with one attempt per WEBHOOK_RETRY_SCHEDULE entry; `spacingMs` paces them (replays). */
   enqueueDeliveries(work: DeliveryWork[], spacingMs?: number): Promise<void>;
   startedAt: Date;
@@ -150,6 +156,8 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     events,
     endpointSlots: new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY),
     cache,
+    searchQuota: new DailySearchQuota(redis, config.QUEUE_PREFIX),
+    suspension: new SuspensionHold(redis, config.QUEUE_PREFIX),
     enqueueDeliveries: async (work, spacingMs = 0) => {
       await queues.enqueueMany(webhooksQueue, work, (index) => ({ attempts: config.WEBHOOK_RETRY_SCHEDULE.length, delay: index * spacingMs }));
     },
@@ -178,7 +186,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
         disableAfterHours: config.WEBHOOK_DISABLE_AFTER_HOURS,
       },
     }),
-    endpointSettings: () => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE, maxEndpoints: config.WEBHOOK_MAX_ENDPOINTS }),
+    endpointSettings: () => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE }),
     indexerDeps: () => ({
       db: db.knex,
       events,

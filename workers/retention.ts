@@ -7,7 +7,6 @@ export const retentionProcessor = defineProcessor({
   async process(_payload, { platform, logger }) {
     const { config } = platform;
     const removed = await applyRetention(platform.db.knex, {
-      searchEventsDays: config.ANALYTICS_RETENTION_DAYS,
       rollupDays: config.ANALYTICS_ROLLUP_RETENTION_DAYS,
       webhookLogDays: config.WEBHOOK_LOG_RETENTION_DAYS,
     });

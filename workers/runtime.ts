@@ -1,4 +1,5 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { SUSPENDED_RECHECK_MS } from '../src/domain/tenants/suspension';
 import { unavailableDependency } from '../src/errors';
 import type { Platform } from '../src/platform';
 import { redisOptions } from '../src/redis';
@@ -91,6 +92,12 @@ export class WorkerRuntime {
     const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
     this.active += 1;
     try {
+      if (processor.definition.holdsWhileSuspended && tenantId && token && (await platform.suspension.isSuspended(platform.db.knex, tenantId))) {
+        // Not failed, not run: it waits for the tenant's resumption, which promotes it.
+        await platform.suspension.note(tenantId, queue, String(job.id));
+        await job.moveToDelayed(Date.now() + SUSPENDED_RECHECK_MS, token);
+        throw new DelayedError();
+      }
       const result = await untilAborted(processor.process(parsed.data, context), abort);
       platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
       return result;

@@ -50,7 +50,7 @@ export const webhooksProcessor = defineProcessor({
             verdict.result.retryAfterMs,
             config.WEBHOOK_RETRY_AFTER_MAX_SECONDS * 1000,
           );
-          await scheduleNextAttempt(platform.db.knex, payload.deliveryId, new Date(Date.now() + delayMs));
+          await scheduleNextAttempt(platform.db.knex, payload.tenantId, payload.deliveryId, new Date(Date.now() + delayMs));
           throw new RetryLater(summary, delayMs);
         }
       }

@@ -1,22 +1,31 @@
 import type { Knex } from 'knex';
+import { acrossTenants } from '../db/tenant-scope';
+import { TIER_RETENTION_DAYS } from './tenants/quotas';
 
 export interface RetentionPolicy {
-  searchEventsDays: number;
   rollupDays: number;
   webhookLogDays: number;
 }
+
+/** `tier → days` as SQL rows, for joining each event to its tenant's retention; tiers that keep for good are left out. */
+const tierRetention = Object.entries(TIER_RETENTION_DAYS)
+  .filter(([, days]) => days !== null)
+  .map(([tier, days]) => `('${tier}', ${Number(days)})`)
+  .join(', ');
 
 /** Rows per DELETE: small enough that no statement holds its locks for long. */
 const BATCH = 5_000;
 
 /**
  * Deletes, in batches, raw search events and clicks older than their
- * retention, hourly rollups older than theirs, and finished webhook
- * deliveries (with their attempts) and events older than the delivery-log
- * retention.
+ * tenant's tier retention, hourly rollups older than theirs, and finished
+ * webhook deliveries (with their attempts) and events older than the
+ * delivery-log retention. Retention is cross-tenant by nature; each batch is
+ * its own short transaction.
  * Returns the rows removed per table.
  */
-export async function applyRetention(db: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
+export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
+  const db = { raw: (sql: string, bindings: Knex.RawBinding[]) => acrossTenants(knex, (trx) => trx.raw(sql, bindings)) };
   const removed: Record<string, number> = {};
   const sweep = async (table: string, where: string, days: number) => {
     let total = 0;
@@ -31,8 +40,26 @@ export async function applyRetention(db: Knex, policy: RetentionPolicy): Promise
     }
     removed[table] = total;
   };
-  await sweep('search_events', 'created_at', policy.searchEventsDays);
-  await sweep('search_clicks', 'created_at', policy.searchEventsDays);
+  const sweepByTier = async (table: string) => {
+    let total = 0;
+    for (;;) {
+      const result = await db.raw(
+        `delete from ${table} where ctid in (
+           select r.ctid from ${table} r
+             join tenants t on t.id = r.tenant_id
+             join (values ${tierRetention}) as keep(tier, days) on keep.tier = t.tier
+            where r.created_at < now() - make_interval(days => keep.days)
+            limit ${BATCH})`,
+        [],
+      );
+      const count = Number(result.rowCount ?? 0);
+      total += count;
+      if (count < BATCH) break;
+    }
+    removed[table] = total;
+  };
+  await sweepByTier('search_events');
+  await sweepByTier('search_clicks');
   await sweep('search_query_hourly', 'hour', policy.rollupDays);
   await sweep('webhook_attempts', 'created_at', policy.webhookLogDays);
   // A pending delivery is still being retried: only finished ones go.

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Request } from 'express';
 import { verifyApiKey, type Scope } from '../domain/apikeys/apikeys';
-import { findTenant } from '../domain/tenants/tenants';
+import { findTenant, findTenantByDomain } from '../domain/tenants/tenants';
 import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
 import type { Platform } from '../platform';
 import { hasScope, type Principal, type RequestContext } from './context';
@@ -30,9 +30,24 @@ export function presentedSecret(req: Request): string | undefined {
   return req.get('x-api-key')?.trim() || undefined;
 }
 
+/**
+ * Finds who is calling, and the tenant whose custom domain the request came
+ * in on (Host, or X-Forwarded-Host from a trusted proxy), side by side.
+ */
 export async function authenticate(platform: Platform, req: Request): Promise<Principal> {
   const secret = presentedSecret(req);
   if (!secret) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
+  const domainTenant = findTenantByDomain(platform.db.knex, req.hostname);
+  domainTenant.catch(() => undefined); // awaited below; a rejection must not go unhandled meanwhile
+  const principal = await identify(platform, secret);
+  const onDomain = await domainTenant;
+  if (onDomain && principal.kind === 'key' && principal.tenant.id !== onDomain.id) {
+    throw forbidden(`This API key belongs to another tenant than ${req.hostname}.`);
+  }
+  return onDomain ? { ...principal, domainTenant: onDomain } : principal;
+}
+
+async function identify(platform: Platform, secret: string): Promise<Principal> {
   if (isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return { kind: 'operator' };
   const verdict = await verifyApiKey(platform.db.knex, secret);
   if (!verdict.ok) {
@@ -40,7 +55,7 @@ export async function authenticate(platform: Platform, req: Request): Promise<Pr
     throw unauthenticated(messages[verdict.reason]);
   }
   platform.keyUsage.record(verdict.apiKey.id);
-  return { kind: 'key', apiKey: verdict.apiKey };
+  return { kind: 'key', apiKey: verdict.apiKey, tenant: verdict.tenant };
 }
 
 /** Applies a route's rule to an authenticated caller and finds the tenant it acts on. */
@@ -51,17 +66,19 @@ export async function authorize(platform: Platform, req: Request, principal: Pri
   }
   if (!hasScope(principal, rule.scope)) throw forbidden(`This API key lacks the "${rule.scope}" scope.`);
   if (principal.kind === 'key') {
-    const tenant = await findTenant(platform.db.knex, principal.apiKey.tenant_id);
-    if (!tenant) throw unauthenticated('The API key is not valid.');
-    if (tenant.status === 'suspended') throw new AppError(403, 'tenant_suspended', 'This tenant is suspended.');
-    return { principal, tenant, requestId };
+    if (principal.tenant.status === 'suspended') throw new AppError(403, 'tenant_suspended', 'This tenant is suspended.');
+    return { principal, tenant: principal.tenant, requestId };
   }
   const named = req.get('x-tenant-id')?.trim();
   if (!named) {
+    if (principal.domainTenant) return { principal, tenant: principal.domainTenant, requestId };
     if (rule.tenant === 'optional') return { principal, requestId };
     throw badRequest('The operator must name a tenant with the X-Tenant-Id header (id or slug).', { header: 'X-Tenant-Id' });
   }
   const tenant = await findTenant(platform.db.knex, named);
   if (!tenant) throw notFound('Tenant');
+  if (principal.domainTenant && principal.domainTenant.id !== tenant.id) {
+    throw forbidden(`X-Tenant-Id names another tenant than ${req.hostname}.`);
+  }
   return { principal, tenant, requestId };
 }

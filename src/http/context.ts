@@ -2,8 +2,11 @@ import type { Response } from 'express';
 import type { ApiKey, Scope } from '../domain/apikeys/apikeys';
 import type { Tenant } from '../domain/tenants/tenants';
 
-/** Who is calling: the operator (ADMIN_TOKEN) or a tenant's API key. */
-export type Principal = { kind: 'operator' } | { kind: 'key'; apiKey: ApiKey };
+/**
+ * Who is calling: the operator (ADMIN_TOKEN) or a tenant's API key, and the
+ * tenant whose custom domain the request arrived on, if any.
+ */
+export type Principal = ({ kind: 'operator' } | { kind: 'key'; apiKey: ApiKey; tenant: Tenant }) & { domainTenant?: Tenant };
 
 export interface RequestContext {
   /** Absent on public routes, which authenticate nobody. */

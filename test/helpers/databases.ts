@@ -15,19 +15,53 @@ export function databaseUrl(name: string): string {
   return url.toString();
 }
 
-/** A new empty database on the local server; drop it with the returned function. */
-export async function createTestDatabase(): Promise<{ url: string; name: string; drop(): Promise<void> }> {
+/** The role ragworks connects as in tests: neither superuser, owner nor BYPASSRLS, so row-level security holds. */
+export const APPLICATION_ROLE = 'ragworks_test_app';
+
+/** A table owner that is no superuser, as a production migrator role would be. */
+export const OWNER_ROLE = 'ragworks_test_owner';
+
+/** Creates a login role once per server; parallel test files may race to it. */
+async function ensureRole(admin: pg.Client, role: string): Promise<void> {
+  try {
+    await admin.query(`do $$ begin
+      if not exists (select 1 from pg_roles where rolname = '${role}') then
+        create role ${role} login nosuperuser nobypassrls;
+      end if;
+    end $$`);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code !== '23505' && code !== '42710') throw error;
+  }
+}
+
+/**
+ * A new empty database on the local server; drop it with the returned
+ * function. `url` connects as the owner (for migrations and for tests that
+ * arrange rows past row-level security); `applicationUrl` as the
+ * application role.
+ */
+export async function createTestDatabase(options: { ownedByOwnerRole?: boolean } = {}): Promise<{ url: string; applicationUrl: string; name: string; drop(): Promise<void> }> {
   const name = uniqueName('rw_test');
   const admin = new pg.Client({ connectionString: POSTGRES_ADMIN_URL });
   await admin.connect();
   try {
-    await admin.query(`create database ${name}`);
+    await ensureRole(admin, APPLICATION_ROLE);
+    if (options.ownedByOwnerRole) await ensureRole(admin, OWNER_ROLE);
+    await admin.query(`create database ${name}${options.ownedByOwnerRole ? ` owner ${OWNER_ROLE}` : ''}`);
   } finally {
     await admin.end();
   }
+  const asRole = (role: string) => {
+    const url = new URL(databaseUrl(name));
+    url.username = role;
+    url.password = '';
+    return url.toString();
+  };
   return {
     name,
-    url: databaseUrl(name),
+    url: options.ownedByOwnerRole ? asRole(OWNER_ROLE) : databaseUrl(name),
+    applicationUrl: asRole(APPLICATION_ROLE),
     drop: async () => {
       const client = new pg.Client({ connectionString: POSTGRES_ADMIN_URL });
       await client.connect();

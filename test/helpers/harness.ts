@@ -2,9 +2,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Express } from 'express';
+import type { Knex } from 'knex';
 import request from 'supertest';
 import { QUEUE_NAMES } from '../../queues';
 import { loadConfig, type Config } from '../../src/config';
+import { acrossTenants } from '../../src/db/tenant-scope';
+import type { Tier } from '../../src/domain/tenants/quotas';
 import { createApp } from '../../src/http/app';
 import { createLogger } from '../../src/logger';
 import { createPlatform, type Platform } from '../../src/platform';
@@ -27,7 +30,10 @@ export interface TestStack {
   operator(method: 'get' | 'post' | 'patch' | 'delete', url: string, tenant?: string): request.Test;
   /** supertest with an API key. */
   as(key: string, method: 'get' | 'post' | 'patch' | 'delete', url: string): request.Test;
-  createTenant(slug?: string): Promise<{ id: string; slug: string; key: string }>;
+  /** A tenant (tier `unlimited` unless named: quotas and rate limits stay out of tests not about them) and an admin-scope key. */
+  createTenant(slug?: string, tier?: Tier): Promise<{ id: string; slug: string; key: string }>;
+  /** Runs `work` on the platform's own connection seeing every tenant's rows, to inspect or arrange them. */
+  sql<T>(work: (db: Knex.Transaction) => Promise<T>): Promise<T>;
   waitForDocument(key: string, id: string, status?: string): Promise<Record<string, unknown>>;
   close(): Promise<void>;
 }
@@ -46,7 +52,8 @@ export interface StackOptions {
  */
 export async function startStack(options: StackOptions): Promise<TestStack> {
   const prefix = uniqueName('rwtest');
-  const database = options.database === 'postgres' ? await createTestDatabase() : undefined;
+  // A test that brings its own DATABASE_URL (a proxy, a database it prepared) owns that database.
+  const database = options.database === 'postgres' && !options.env?.DATABASE_URL ? await createTestDatabase() : undefined;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ragworks-test-'));
   if (!database && !options.env?.DATABASE_URL) await seedPgliteDataDir(dataDir);
   const env: Record<string, string> = {
@@ -58,7 +65,7 @@ export async function startStack(options: StackOptions): Promise<TestStack> {
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     API_KEY_USAGE_FLUSH_MS: '100',
     SCHEDULE_RECONCILE: '0 0 1 1 *',
-    ...(database ? { DATABASE_URL: database.url } : {}),
+    ...(database ? { DATABASE_URL: database.applicationUrl, MIGRATION_DATABASE_URL: database.url } : {}),
     ...options.env,
   };
   const config = loadConfig(env);
@@ -84,11 +91,12 @@ export async function startStack(options: StackOptions): Promise<TestStack> {
     as(key, method, url) {
       return request(app)[method](url).set('Authorization', bearer(key));
     },
-    async createTenant(slug = uniqueName('t').replace(/_/g, '-')) {
-      const tenant = await stack.operator('post', '/api/admin/tenants').send({ slug, name: `Tenant ${slug}` }).expect(201);
+    async createTenant(slug = uniqueName('t').replace(/_/g, '-'), tier = 'unlimited') {
+      const tenant = await stack.operator('post', '/api/admin/tenants').send({ slug, name: `Tenant ${slug}`, tier }).expect(201);
       const key = await stack.operator('post', '/api/admin/api-keys', tenant.body.id).send({ name: 'test key', scopes: ['admin'] }).expect(201);
       return { id: tenant.body.id, slug, key: key.body.key };
     },
+    sql: (work) => acrossTenants(platform.db.knex, work),
     async waitForDocument(key, id, status = 'indexed') {
       return waitFor(
         async () => {

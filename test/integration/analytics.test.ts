@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { Knex } from 'knex';
 import pg from 'pg';
 import { analyticsQueue } from '../../queues';
 import { aggregateSearchEvents } from '../../src/domain/analytics/aggregate';
@@ -46,22 +47,24 @@ async function insertEvents(stack: TestStack, tenantId: string, events: DirectEv
     user_id: event.userId ?? null,
     created_at: new Date(event.at),
   }));
-  await stack.platform.db.knex('search_events').insert(rows);
+  await stack.sql((db) => db('search_events').insert(rows));
   return rows.map((row) => row.query_id);
 }
 
 /** Rows of search_query_hourly, `daysAgo` days back from now, truncated to the hour. */
 async function insertRollups(stack: TestStack, tenantId: string, rows: Array<{ query: string; daysAgo: number; searches: number; noResults?: number }>) {
-  await stack.platform.db.knex('search_query_hourly').insert(
-    rows.map((row) => ({
-      tenant_id: tenantId,
-      hour: new Date(Math.floor((Date.now() - row.daysAgo * DAY) / HOUR) * HOUR),
-      query_normalized: row.query,
-      searches: row.searches,
-      no_result_searches: row.noResults ?? 0,
-      total_took_ms: row.searches * 10,
-      total_results: row.searches,
-    })),
+  await stack.sql((db) =>
+    db('search_query_hourly').insert(
+      rows.map((row) => ({
+        tenant_id: tenantId,
+        hour: new Date(Math.floor((Date.now() - row.daysAgo * DAY) / HOUR) * HOUR),
+        query_normalized: row.query,
+        searches: row.searches,
+        no_result_searches: row.noResults ?? 0,
+        total_took_ms: row.searches * 10,
+        total_results: row.searches,
+      })),
+    ),
   );
 }
 
@@ -92,15 +95,33 @@ function analyticsUrls(userId: string, around: Date): Record<(typeof ANALYTICS_E
   };
 }
 
-const eventsOf = (stack: TestStack, tenantId: string) =>
-  stack.platform.db.knex('search_events').where({ tenant_id: tenantId }).orderBy([{ column: 'created_at' }, { column: 'id' }]);
+/** A row of search_events as aggregation stores it. */
+interface StoredEvent {
+  id: string;
+  tenant_id: string;
+  query_id: string;
+  query: string;
+  query_normalized: string;
+  mode: string;
+  filters: Record<string, unknown>;
+  result_count: number;
+  took_ms: number;
+  cached: boolean;
+  user_id: string | null;
+  created_at: Date;
+}
+
+/** A tenant's stored search events, oldest first; `narrow` adds conditions or picks columns. */
+const eventsOf = (stack: TestStack, tenantId: string, narrow = (query: Knex.QueryBuilder) => query) =>
+  stack.sql<StoredEvent[]>((db) => narrow(db('search_events').where({ tenant_id: tenantId }).orderBy([{ column: 'created_at' }, { column: 'id' }])));
 
 const rollupsOf = (stack: TestStack, tenantId: string) =>
-  stack.platform.db
-    .knex('search_query_hourly')
-    .where({ tenant_id: tenantId })
-    .orderBy([{ column: 'hour' }, { column: 'query_normalized' }])
-    .select('hour', 'query_normalized', 'searches', 'no_result_searches', 'total_took_ms', 'total_results');
+  stack.sql((db) =>
+    db('search_query_hourly')
+      .where({ tenant_id: tenantId })
+      .orderBy([{ column: 'hour' }, { column: 'query_normalized' }])
+      .select('hour', 'query_normalized', 'searches', 'no_result_searches', 'total_took_ms', 'total_results'),
+  );
 
 describe('search analytics', () => {
   let stack: TestStack;
@@ -194,7 +215,7 @@ describe('search analytics', () => {
     expect(events[0].cached).toBe(false);
     expect(events[1].cached).toBe(true);
     // Nothing was recorded under the other tenant.
-    expect(await eventsOf(stack, tenant.id).whereIn('query_id', ids)).toEqual([]);
+    expect(await eventsOf(stack, tenant.id, (query) => query.whereIn('query_id', ids))).toEqual([]);
   });
 
   it('aggregates a re-delivered or abandoned batch once, and a never-committed one exactly once', async () => {
@@ -371,7 +392,7 @@ describe('search analytics', () => {
     await click(owner.key, { query_id: semanticId, document_id: documentId, position: 3 }).expect(202);
     // Another tenant's click on this tenant's search does not count here.
     await click(stranger.key, { query_id: replies[2].query_id, document_id: documentId, position: 1 }).expect(202);
-    expect(await stack.platform.db.knex('search_clicks').where({ tenant_id: owner.id }).count('* as n').first()).toEqual({ n: 4 });
+    expect(await stack.sql((db) => db('search_clicks').where({ tenant_id: owner.id }).count('* as n').first())).toEqual({ n: 4 });
 
     const bad: Array<Record<string, unknown>> = [
       { query_id: replies[1].query_id, document_id: documentId },
@@ -546,7 +567,7 @@ describe('search analytics', () => {
     expect(json.headers['content-type']).toMatch(/^application\/json/);
     expect(json.headers['content-disposition']).toBe(`attachment; filename="search-events-${start.slice(0, 10)}-${end.slice(0, 10)}.json"`);
     const exported: Array<Record<string, unknown>> = json.body;
-    const stored = await eventsOf(stack, owner.id).select([...EXPORT_COLUMNS]);
+    const stored = await eventsOf(stack, owner.id, (query) => query.select([...EXPORT_COLUMNS]));
     expect(exported).toEqual(stored.map((row) => ({ ...row, created_at: new Date(row.created_at).toISOString() })));
     expect(exported.map((row) => row.query_id)).toEqual(ids);
     expect(exported.map((row) => row.query)).toEqual(typed.map((body) => body.query));
@@ -567,12 +588,14 @@ describe('search analytics', () => {
     const owner = await stack.createTenant();
     const total = 3_000;
     // 70 events share each timestamp, so pages of the export end in the middle of a run of equal times.
-    await stack.platform.db.knex.raw(
-      `insert into search_events (id, tenant_id, query_id, query, query_normalized, mode, filters, result_count, took_ms, cached, user_id, created_at)
-       select 'bulk-' || lpad(i::text, 5, '0'), ?, gen_random_uuid(), 'bulk, "query" ' || i, 'bulk, "query" ' || i, 'keyword', '{}',
-              i % 7, i / 10.0, i % 2 = 0, 'user-' || (i % 13), timestamptz '2025-06-01T00:00:00Z' + (i / 70) * interval '1 second'
-         from generate_series(0, ?::int - 1) as i`,
-      [owner.id, total],
+    await stack.sql((db) =>
+      db.raw(
+        `insert into search_events (id, tenant_id, query_id, query, query_normalized, mode, filters, result_count, took_ms, cached, user_id, created_at)
+         select 'bulk-' || lpad(i::text, 5, '0'), ?, gen_random_uuid(), 'bulk, "query" ' || i, 'bulk, "query" ' || i, 'keyword', '{}',
+                i % 7, i / 10.0, i % 2 = 0, 'user-' || (i % 13), timestamptz '2025-06-01T00:00:00Z' + (i / 70) * interval '1 second'
+           from generate_series(0, ?::int - 1) as i`,
+        [owner.id, total],
+      ),
     );
     await insertEvents(stack, owner.id, [
       { query: 'just before the start', at: '2025-05-31T23:59:59.999Z' },
@@ -681,7 +704,7 @@ describe('search analytics on a database server outside UTC, with no workers run
     } finally {
       await admin.end();
     }
-    stack = await startStack({ database: 'postgres', workers: false, env: { DATABASE_URL: own.url } });
+    stack = await startStack({ database: 'postgres', workers: false, env: { DATABASE_URL: own.applicationUrl, MIGRATION_DATABASE_URL: own.url } });
     tenant = await stack.createTenant();
   });
   afterAll(async () => {
@@ -690,7 +713,7 @@ describe('search analytics on a database server outside UTC, with no workers run
   });
 
   const aggregate = () => aggregateSearchEvents(stack.platform.db.knex, stack.platform.redis, stack.config.QUEUE_PREFIX, 'test-consumer');
-  const count = async (table: string) => Number((await stack.platform.db.knex(table).count('* as n').first())?.n);
+  const count = async (table: string) => Number((await stack.sql((db) => db(table).count('* as n').first()))?.n);
 
   it('runs on a server whose own sessions are not in UTC, while ragworks sessions are', async () => {
     const outsider = new pg.Client({ connectionString: own!.url });
@@ -716,8 +739,8 @@ describe('search analytics on a database server outside UTC, with no workers run
     expect(await aggregate()).toMatchObject({ read: 3, inserted: 3, acknowledged: 3 });
     expect(await count('search_events')).toBe(3);
     // Rolled up per UTC hour: the hour of each event, with no half-hour offset.
-    const events = await stack.platform.db.knex('search_events').select('created_at', 'query_normalized');
-    const rollups = await stack.platform.db.knex('search_query_hourly').select('hour', 'query_normalized', 'searches');
+    const events = await stack.sql((db) => db('search_events').select('created_at', 'query_normalized'));
+    const rollups = await stack.sql((db) => db('search_query_hourly').select('hour', 'query_normalized', 'searches'));
     const hourOf = (at: Date) => new Date(Math.floor(new Date(at).getTime() / HOUR) * HOUR).toISOString();
     const expected = new Map<string, number>();
     for (const event of events) {
@@ -751,7 +774,7 @@ describe('search analytics on a database server outside UTC, with no workers run
     await stack.as(tenant.key, 'post', '/api/search').set('Content-Type', 'application/json').send(raw).expect(400);
     await stack.as(tenant.key, 'post', '/api/search').send({ query: 'well formed', mode: 'keyword', user_id: 'surrogate' }).expect(200);
     expect(await aggregate()).toMatchObject({ read: 1, inserted: 1, acknowledged: 1 });
-    const stored = await stack.platform.db.knex('search_events').where({ user_id: 'surrogate' }).orderBy('created_at').select('query', 'filters');
+    const stored = await stack.sql((db) => db('search_events').where({ user_id: 'surrogate' }).orderBy('created_at').select('query', 'filters'));
     expect(stored).toEqual([{ query: 'well formed', filters: {} }]);
   });
 

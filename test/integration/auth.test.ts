@@ -205,21 +205,22 @@ describe('authentication and authorization (postgres)', () => {
       const again = await stack.operator('get', `/api/admin/api-keys?limit=100`, tenant.id).expect(200);
       expect(JSON.stringify(again.body)).not.toContain(created.key.slice(created.prefix.length));
 
-      const row = await stack.platform.db.knex('api_keys').where({ id: created.id }).first();
+      const row = await stack.sql((db) => db('api_keys').where({ id: created.id }).first());
       expect(row.key_hash).toBe(createHash('sha256').update(created.key, 'utf8').digest('hex'));
       for (const [column, value] of Object.entries(row as Record<string, unknown>)) {
         if (value === null || value === undefined) continue;
         expect({ column, contains: JSON.stringify(value).includes(created.key) }).toEqual({ column, contains: false });
         expect({ column, contains: JSON.stringify(value).includes(created.key.slice(created.prefix.length)) }).toEqual({ column, contains: false });
       }
-      // No table anywhere holds the key, in any column.
-      const knex = stack.platform.db.knex;
-      const tables = await knex('information_schema.tables').select('table_name').where({ table_schema: 'public', table_type: 'BASE TABLE' });
-      expect(tables.length).toBeGreaterThan(1);
-      for (const { table_name: table } of tables as Array<{ table_name: string }>) {
-        const hits = await knex.raw(`select count(*)::int as n from ?? t where t::text like ?`, [table, `%${created.key.slice(created.prefix.length)}%`]);
-        expect({ table, rows: hits.rows[0].n }).toEqual({ table, rows: 0 });
-      }
+      // No table anywhere holds the key, in any column, for any tenant.
+      await stack.sql(async (db) => {
+        const tables = await db('information_schema.tables').select('table_name').where({ table_schema: 'public', table_type: 'BASE TABLE' });
+        expect(tables.length).toBeGreaterThan(1);
+        for (const { table_name: table } of tables as Array<{ table_name: string }>) {
+          const hits = await db.raw(`select count(*)::int as n from ?? t where t::text like ?`, [table, `%${created.key.slice(created.prefix.length)}%`]);
+          expect({ table, rows: hits.rows[0].n }).toEqual({ table, rows: 0 });
+        }
+      });
     });
   });
 

@@ -354,7 +354,7 @@ describe('PATCH /api/documents/:id', () => {
     expect(await keywordHits(tenant, 'cucumbers')).toEqual([created.id]);
     expect(await keywordHits(tenant, 'tomatoes')).toEqual([]);
     // Every stored chunk belongs to the new version.
-    const versions = await stack.platform.db.knex('chunks').where({ document_id: created.id }).distinct('document_version');
+    const versions = await stack.sql((db) => db('chunks').where({ document_id: created.id }).distinct('document_version'));
     expect(versions.map((row: { document_version: number }) => row.document_version)).toEqual([2]);
   });
 
@@ -403,7 +403,7 @@ describe('DELETE /api/documents/:id', () => {
     const created = await createDocument(tenant, { title: 'Lanterns', content: 'Paper lanterns float down the river at night.' });
     await stack.waitForDocument(tenant.key, created.id);
     expect(await keywordHits(tenant, 'lanterns')).toEqual([created.id]);
-    const chunks = () => stack.platform.db.knex('chunks').where({ document_id: created.id }).count<Array<{ n: string }>>('* as n');
+    const chunks = () => stack.sql((db) => db('chunks').where({ document_id: created.id }).count<Array<{ n: string }>>('* as n'));
     expect(Number((await chunks())[0].n)).toBeGreaterThan(0);
 
     await stack.as(tenant.key, 'delete', `/api/documents/${created.id}`).expect(204);

@@ -3,6 +3,7 @@ import pg from 'pg';
 import request from 'supertest';
 import { indexingQueue, reconcileQueue } from '../../queues';
 import { createDocuments } from '../../src/domain/documents/documents';
+import { TIER_QUOTAS } from '../../src/domain/tenants/quotas';
 import { unavailableDependency } from '../../src/errors';
 import type { DependencyName } from '../../src/health';
 import { WorkerRuntime } from '../../workers/runtime';
@@ -40,7 +41,8 @@ describe('dependencies lost while running', () => {
       database: 'postgres',
       env: {
         REDIS_URL: throughProxy(REDIS_URL, redisProxy),
-        DATABASE_URL: throughProxy(database.url, pgProxy),
+        DATABASE_URL: throughProxy(database.applicationUrl, pgProxy),
+        MIGRATION_DATABASE_URL: database.url,
         RECONCILE_STUCK_AFTER_SECONDS: '1',
       },
     });
@@ -227,6 +229,7 @@ describe('dependencies lost while running', () => {
         stack.platform.documentDeps(),
         tenant.id,
         [{ title: uniqueName('enqueue-failed'), content: '# Tides\n\nThe tide tables are posted at the harbour office every morning.' }],
+        TIER_QUOTAS.unlimited,
       );
       neverEnqueued = created as unknown as DocumentBody;
     } finally {
@@ -250,10 +253,12 @@ describe('dependencies lost while running', () => {
       expect(current.body.status).toBe('queued');
     }
     // Older than RECONCILE_STUCK_AFTER_SECONDS without waiting for it.
-    await stack.platform.db
-      .knex('index_job_items')
-      .whereIn('document_id', [neverEnqueued.id, lost.id])
-      .update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
+    const aged = await stack.sql((db) =>
+      db('index_job_items')
+        .whereIn('document_id', [neverEnqueued.id, lost.id])
+        .update({ updated_at: db.raw(`now() - interval '1 hour'`) }),
+    );
+    expect(aged).toBe(2);
 
     const tick = new Date().toISOString();
     const reconcileJobId = await stack.platform.queues.enqueue(reconcileQueue, { tick });
@@ -267,8 +272,9 @@ describe('dependencies lost while running', () => {
   });
 
   it('recognises what a lost PostgreSQL connection fails with as the database being away', async () => {
-    const proxy = await startTcpProxy(targetOf(database.url, 5432));
-    const client = new pg.Client({ connectionString: throughProxy(database.url, proxy) });
+    // As the application role, whose sessions' queries ragworks' own connection may see in pg_stat_activity.
+    const proxy = await startTcpProxy(targetOf(database.applicationUrl, 5432));
+    const client = new pg.Client({ connectionString: throughProxy(database.applicationUrl, proxy) });
     client.on('error', () => undefined);
     try {
       await client.connect();
@@ -280,7 +286,7 @@ describe('dependencies lost while running', () => {
       proxy.cut();
       const reset = await inFlight;
       const afterwards = await client.query('select 1').then(() => null, (error: unknown) => error);
-      const refused = await new pg.Client({ connectionString: throughProxy(database.url, proxy) }).connect().then(() => null, (error: unknown) => error);
+      const refused = await new pg.Client({ connectionString: throughProxy(database.applicationUrl, proxy) }).connect().then(() => null, (error: unknown) => error);
       for (const error of [reset, afterwards, refused]) {
         expect(error).not.toBeNull();
         expect([(error as Error).message, unavailableDependency(error)]).toEqual([(error as Error).message, 'database']);

@@ -20,7 +20,7 @@ describe('hostile input never reaches a 500', () => {
     await stack?.close();
   });
 
-  const documentCount = async () => Number((await stack.platform.db.knex('documents').where({ tenant_id: tenant.id }).count('* as n').first())?.n);
+  const documentCount = async () => Number((await stack.sql((db) => db('documents').where({ tenant_id: tenant.id }).count('* as n').first()))?.n);
 
   it('answers 400 to a path it cannot decode', async () => {
     const response = await request(stack.app).get('/api/documents/%E0%A4%A').set('Authorization', `Bearer ${tenant.key}`);
@@ -86,7 +86,8 @@ describe('hostile input never reaches a 500', () => {
     } finally {
       await indexer.drain(5_000);
     }
-    await stack.platform.db.knex('index_job_items').where({ document_id: created.body.id }).update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
+    const aged = await stack.sql((db) => db('index_job_items').where({ document_id: created.body.id }).update({ updated_at: db.raw(`now() - interval '1 hour'`) }));
+    expect(aged).toBe(1);
 
     const reconciler = new WorkerRuntime(stack.platform, ['reconcile']);
     reconciler.start();

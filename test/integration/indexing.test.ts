@@ -76,7 +76,7 @@ async function waitForJob(stack: TestStack, tenant: Tenant, jobId: string, statu
 }
 
 async function chunkRows(stack: TestStack, documentId: string): Promise<Array<{ id: string; ordinal: number; document_version: number }>> {
-  return stack.platform.db.knex('chunks').select('id', 'ordinal', 'document_version').where({ document_id: documentId }).orderBy('ordinal');
+  return stack.sql((db) => db('chunks').select('id', 'ordinal', 'document_version').where({ document_id: documentId }).orderBy('ordinal'));
 }
 
 /** Exactly one set of chunks: as many rows as the document says, ordinals 0..n-1 each once. */
@@ -501,7 +501,7 @@ describe('a batch with a document the embeddings provider refuses (pglite)', () 
       expect(await getDocument(stack, tenant, good.id)).toMatchObject({ status: 'indexed', error: null });
     }
     // The provider's model and dimension are stored with the chunks.
-    const models = await stack.platform.db.knex('chunks').distinct('embedding_model', 'embedding_dims').whereIn('document_id', [good1.id, good2.id]);
+    const models = await stack.sql((db) => db('chunks').distinct('embedding_model', 'embedding_dims').whereIn('document_id', [good1.id, good2.id]));
     expect(models).toEqual([{ embedding_model: 'test-model', embedding_dims: 384 }]);
     expect(provider.models).toEqual(new Set(['test-model']));
     const failedList = await stack.as(tenant.key, 'get', '/api/index/jobs?status=failed').expect(200);

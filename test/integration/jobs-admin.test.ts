@@ -130,8 +130,7 @@ describe('jobs and queues admin', () => {
 
     it('reports the documented platform stats', async () => {
       const response = await stack.operator('get', '/api/admin/stats').expect(200);
-      const knex = stack.platform.db.knex;
-      const documents = Number((await knex('documents').count('* as n').first())?.n);
+      const documents = Number((await stack.sql((db) => db('documents').count('* as n').first()))?.n);
       expect(documents).toBe(2);
       expect(response.body).toMatchObject({
         total_documents: documents,
@@ -301,7 +300,7 @@ describe('jobs and queues admin', () => {
         failed_jobs: current.indexing.counts.failed + current.reconcile.counts.failed,
       });
       expect(stats.body.failed_jobs).toBe(1);
-      const chunks = Number((await stack.platform.db.knex('chunks').count('* as n').first())?.n);
+      const chunks = Number((await stack.sql((db) => db('chunks').count('* as n').first()))?.n);
       expect(stats.body.total_chunks).toBe(chunks);
     });
 

@@ -226,7 +226,6 @@ describe('worker processes sharing one database', () => {
   });
 
   const indexing = () => stack.platform.queues.queue(indexingQueue.name);
-  const knex = () => stack.platform.db.knex;
   const workerEnv = (extra: Record<string, string>) => ({ ...stack.env, LOG_LEVEL: 'info', WORKER_QUEUES: 'indexing', ...extra });
 
   const postBatch = async (key: string, count: number, first = 0) => {
@@ -237,7 +236,7 @@ describe('worker processes sharing one database', () => {
   const processing = async (ids: string[], count: number) =>
     waitFor(
       async () => {
-        const rows: string[] = await knex()('documents').whereIn('id', ids).where({ status: 'processing' }).pluck('id');
+        const rows: string[] = await stack.sql((db) => db('documents').whereIn('id', ids).where({ status: 'processing' }).pluck('id'));
         return rows.length === count ? rows : null;
       },
       { what: `${count} document(s) to be processing`, timeoutMs: 60_000 },
@@ -255,13 +254,15 @@ describe('worker processes sharing one database', () => {
 
   /** Every document indexed, with exactly one set of chunks that matches its chunk_count. */
   const expectIndexedOnce = async (ids: string[]) => {
-    const documents = await knex()('documents').whereIn('id', ids).select('id', 'status', 'chunk_count', 'version');
+    const documents = await stack.sql((db) => db('documents').whereIn('id', ids).select('id', 'status', 'chunk_count', 'version'));
     expect(documents.map((document) => document.status)).toEqual(ids.map(() => 'indexed'));
-    const chunks = await knex()('chunks')
-      .whereIn('document_id', ids)
-      .groupBy('document_id')
-      .select('document_id')
-      .select(knex().raw('count(*)::int as rows'), knex().raw('count(distinct ordinal)::int as ordinals'), knex().raw('max(document_version)::int as version'));
+    const chunks = await stack.sql((db) =>
+      db('chunks')
+        .whereIn('document_id', ids)
+        .groupBy('document_id')
+        .select('document_id')
+        .select(db.raw('count(*)::int as rows'), db.raw('count(distinct ordinal)::int as ordinals'), db.raw('max(document_version)::int as version')),
+    );
     const byDocument = new Map(chunks.map((row) => [row.document_id, row]));
     for (const document of documents) {
       expect(document.chunk_count).toBeGreaterThan(1);
@@ -322,7 +323,7 @@ describe('worker processes sharing one database', () => {
       expect(await worker.waitForExit()).toEqual({ code: 0, signal: null });
       expect(worker.messages('stopped')).toHaveLength(1);
 
-      const statuses = await knex()('documents').whereIn('id', batch.ids).select('id', 'status');
+      const statuses = await stack.sql((db) => db('documents').whereIn('id', batch.ids).select('id', 'status'));
       expect(Object.fromEntries(statuses.map((row) => [row.id, row.status]))).toEqual(
         Object.fromEntries(batch.ids.map((id) => [id, id === busy ? 'indexed' : 'queued'])),
       );
@@ -496,7 +497,8 @@ describe('reconcile', () => {
 
     // The lost document's job disappears from Redis, as after a Redis failover that dropped it.
     expect(await indexing.remove(jobIdOf(lost))).toBe(1);
-    await stack.platform.db.knex('index_job_items').whereIn('document_id', [lost.id, alive.id]).update({ updated_at: stack.platform.db.knex.raw(`now() - interval '1 hour'`) });
+    const aged = await stack.sql((db) => db('index_job_items').whereIn('document_id', [lost.id, alive.id]).update({ updated_at: db.raw(`now() - interval '1 hour'`) }));
+    expect(aged).toBe(2);
 
     const reconciler = new WorkerRuntime(stack.platform, ['reconcile']);
     runtimes.push(reconciler);

@@ -1,3 +1,4 @@
+import { withTenant } from '../../src/db/tenant-scope';
 import { embedText } from '../../src/domain/embeddings/hashing';
 import { prepareSearch, runStatement, type SearchStatement } from '../../src/domain/search/search';
 import { startStack, type TestStack } from '../helpers/harness';
@@ -237,9 +238,9 @@ async function expectSmallSetsServed(stack: TestStack): Promise<Crowd> {
   return { big, small, smallIds, bigTaggedIds };
 }
 
-/** The plan PostgreSQL chooses for a search statement, with the statement's session settings applied. */
-async function explain(stack: TestStack, statement: SearchStatement): Promise<string> {
-  return stack.platform.db.knex.transaction(async (trx) => {
+/** The plan PostgreSQL chooses for a tenant's search statement, with the statement's session settings applied. */
+async function explain(stack: TestStack, tenantId: string, statement: SearchStatement): Promise<string> {
+  return withTenant(stack.platform.db.knex, tenantId, async (trx) => {
     for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
     const rows: Array<Record<string, string>> = (await trx.raw(`explain ${statement.sql}`, statement.bindings)).rows;
     return rows.map((row) => Object.values(row)[0]).join('\n');
@@ -484,12 +485,12 @@ describe('search on PGlite (pgvector)', () => {
   });
 
   describe('hostile input', () => {
-    const counts = async () => {
-      const knex = stack.platform.db.knex;
-      const [documents] = await knex('documents').count<{ count: string }[]>({ count: '*' });
-      const [chunks] = await knex('chunks').count<{ count: string }[]>({ count: '*' });
-      return { documents: Number(documents.count), chunks: Number(chunks.count) };
-    };
+    const counts = () =>
+      stack.sql(async (db) => {
+        const [documents] = await db('documents').count<{ count: string }[]>({ count: '*' });
+        const [chunks] = await db('chunks').count<{ count: string }[]>({ count: '*' });
+        return { documents: Number(documents.count), chunks: Number(chunks.count) };
+      });
     const listed = async () => {
       const reply = await stack.as(tenant.key, 'get', '/api/documents?limit=100').expect(200);
       return sorted((reply.body.items as { id: string }[]).map((item) => item.id));
@@ -624,13 +625,13 @@ describe('search on PGlite with the approximate (HNSW) index forced', () => {
       const statement = await prepareSearch(stack.platform.searchDeps(), tenantId, request);
       expect(statement.settings).toContainEqual(['hnsw.iterative_scan', 'relaxed_order']);
       const onIndex = { ...statement, settings: [...statement.settings, ['enable_sort', 'off'] as [string, string]] };
-      expect(await explain(stack, onIndex)).toMatch(/Index Scan using chunks_embedding_hnsw_384/);
-      const rows = await runStatement(stack.platform.db.knex, onIndex);
+      expect(await explain(stack, tenantId, onIndex)).toMatch(/Index Scan using chunks_embedding_hnsw_384/);
+      const rows = await runStatement(stack.platform.db.knex, tenantId, onIndex);
       expect(sorted(rows.map((row) => row.document_id))).toEqual(sorted(expected));
       // The same plan without the iterative scan comes back short: these are cases that need it.
       const withoutIterative = { ...onIndex, settings: onIndex.settings.filter(([name]) => name !== 'hnsw.iterative_scan') };
-      expect(await explain(stack, withoutIterative)).toMatch(/Index Scan using chunks_embedding_hnsw_384/);
-      expect((await runStatement(stack.platform.db.knex, withoutIterative)).length).toBeLessThan(3);
+      expect(await explain(stack, tenantId, withoutIterative)).toMatch(/Index Scan using chunks_embedding_hnsw_384/);
+      expect((await runStatement(stack.platform.db.knex, tenantId, withoutIterative)).length).toBeLessThan(3);
     }
   });
 });

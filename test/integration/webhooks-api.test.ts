@@ -383,7 +383,8 @@ describe('with workers, delivering to 127.0.0.1 (postgres)', () => {
       const endpoint = await addEndpoint(tenant, target);
       const first = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`).expect(200);
       // As if the 24 hours had passed.
-      await stack.platform.db.knex('webhook_endpoints').where({ id: endpoint.id }).update({ previous_secret_expires_at: new Date(Date.now() - 1_000) });
+      const expired = await stack.sql((db) => db('webhook_endpoints').where({ id: endpoint.id }).update({ previous_secret_expires_at: new Date(Date.now() - 1_000) }));
+      expect(expired).toBe(1);
       const second = await hooks(tenant, 'post', `/${endpoint.id}/rotate-secret`).expect(200);
       expect(Date.parse(second.body.previous_secret_expires_at) - Date.now()).toBeGreaterThan(23 * 3_600_000);
       await hooks(tenant, 'post', `/${endpoint.id}/test`).expect(200);
@@ -694,17 +695,25 @@ describe('with workers, delivering to 127.0.0.1 (postgres)', () => {
   });
 });
 
-describe('without private targets, with a quota of two endpoints (postgres, no workers)', () => {
+describe('without private targets, with endpoint quotas (postgres, no workers)', () => {
   let stack: TestStack;
 
   beforeAll(async () => {
-    stack = await startStack({ database: 'postgres', workers: false, env: { WEBHOOK_MAX_ENDPOINTS: '2' } });
+    stack = await startStack({ database: 'postgres', workers: false });
   });
   afterAll(async () => {
     await stack?.close();
   });
 
   const hooks = (tenant: Tenant, method: 'get' | 'post' | 'patch', path = '') => stack.as(tenant.key, method, `/api/admin/webhooks${path}`);
+
+  /** A tenant whose webhook_endpoints quota the operator has set to two. */
+  async function tenantWithTwoEndpoints(): Promise<Tenant> {
+    const tenant = await stack.createTenant();
+    const patched = await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ quotas: { webhook_endpoints: 2 } }).expect(200);
+    expect(patched.body.quotas.webhook_endpoints).toBe(2);
+    return tenant;
+  }
 
   it.each([
     'http://127.0.0.1/',
@@ -742,7 +751,7 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
   });
 
   it('refuses a third endpoint with 403 quota_exceeded, and frees the slot on delete', async () => {
-    const tenant = await stack.createTenant();
+    const tenant = await tenantWithTwoEndpoints();
     const first = await hooks(tenant, 'post').send({ url: 'https://example.com/1' }).expect(201);
     await hooks(tenant, 'post').send({ url: 'https://example.com/2' }).expect(201);
     const third = await hooks(tenant, 'post').send({ url: 'https://example.com/3' });
@@ -752,8 +761,18 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
     await stack.as(tenant.key, 'delete', `/api/admin/webhooks/${first.body.id}`).expect(204);
     await hooks(tenant, 'post').send({ url: 'https://example.com/3' }).expect(201);
     // Each tenant has its own quota.
-    const other = await stack.createTenant();
+    const other = await tenantWithTwoEndpoints();
     await hooks(other, 'post').send({ url: 'https://example.com/1' }).expect(201);
+    await hooks(other, 'post').send({ url: 'https://example.com/2' }).expect(201);
+  });
+
+  it("holds a free tenant to its tier's one endpoint", async () => {
+    const tenant = await stack.createTenant(undefined, 'free');
+    await hooks(tenant, 'post').send({ url: 'https://example.com/1' }).expect(201);
+    const second = await hooks(tenant, 'post').send({ url: 'https://example.com/2' });
+    expectError(second, 403, 'quota_exceeded');
+    expect(second.body.error.details).toEqual({ quota: 'webhook_endpoints', limit: 1, used: 1 });
+    expect((await hooks(tenant, 'get').expect(200)).body.items).toHaveLength(1);
   });
 
   it('records a batch\'s document.created events in bulk: one insert per slice, not one per document', async () => {
@@ -781,7 +800,7 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
     expect(inserts.get(unsubscribed.id)).toBe(2);
 
     const events = async (tenantId: string) =>
-      knex('webhook_events').select('id', 'type', 'payload', 'fanned_out_at').where({ tenant_id: tenantId }) as Promise<
+      stack.sql((db) => db('webhook_events').select('id', 'type', 'payload', 'fanned_out_at').where({ tenant_id: tenantId })) as Promise<
         Array<{ id: string; type: string; payload: Envelope; fanned_out_at: Date | null }>
       >;
     const documentIds = async (key: string) => {
@@ -809,7 +828,7 @@ describe('without private targets, with a quota of two endpoints (postgres, no w
   });
 
   it('never lets concurrent creations pass the quota', async () => {
-    const tenant = await stack.createTenant();
+    const tenant = await tenantWithTwoEndpoints();
     const responses = await Promise.all(Array.from({ length: 5 }, (_, i) => hooks(tenant, 'post').send({ url: `https://example.com/${i}` })));
     expect(responses.filter((r) => r.status === 201)).toHaveLength(2);
     const refused = responses.filter((r) => r.status !== 201);

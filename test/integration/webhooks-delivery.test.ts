@@ -4,11 +4,13 @@ import net from 'node:net';
 import os from 'node:os';
 import ipaddr from 'ipaddr.js';
 import type { Knex } from 'knex';
+import { withTenant } from '../../src/db/tenant-scope';
 import { webhooksQueue } from '../../queues';
 import { attemptDelivery, fanOut, findStuckWebhookWork, getDelivery, replay, type DeliveryDeps } from '../../src/domain/webhooks/deliveries';
 import { createEndpoint, deleteEndpoint } from '../../src/domain/webhooks/endpoints';
 import { recordEvent, type EventSink } from '../../src/domain/webhooks/events';
 import { sendSigned, type SendResult } from '../../src/domain/webhooks/sender';
+import { TIER_QUOTAS } from '../../src/domain/tenants/quotas';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 import { startWebhookReceiver, type ReceivedRequest, type WebhookReceiver } from '../helpers/webhook-receiver';
@@ -635,9 +637,9 @@ describe('delivery bookkeeping, driven directly (no workers)', () => {
   /** A tenant, an endpoint on `target`, and one pending delivery of a fresh event to it. */
   async function pendingDelivery(target: WebhookReceiver) {
     const tenant = await stack.createTenant();
-    const { endpoint, secret } = await createEndpoint(db, tenant.id, { url: target.url('/hook') }, { allowPrivate: true, maxEndpoints: 10 });
+    const { endpoint, secret } = await createEndpoint(db, tenant.id, { url: target.url('/hook') }, { allowPrivate: true }, TIER_QUOTAS.unlimited);
     target.secrets = [secret];
-    const event = await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id: 'doc-1' }));
+    const event = await withTenant(db, tenant.id, (trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id: 'doc-1' }));
     const [work] = await fanOut(db, tenant.id, event.id);
     return { tenant, endpoint, event, work };
   }
@@ -676,20 +678,23 @@ describe('delivery bookkeeping, driven directly (no workers)', () => {
     await target.waitForRequests(1);
     await deleteEndpoint(db, tenant.id, endpoint.id);
     expect(await attempt).toEqual({ kind: 'skipped', reason: expect.stringMatching(/deleted/) });
-    expect(await db('webhook_deliveries').where({ id: work.deliveryId }).first()).toBeUndefined();
-    expect(await db('webhook_attempts').where({ delivery_id: work.deliveryId }).first()).toBeUndefined();
+    expect(await stack.sql((all) => all('webhook_deliveries').where({ id: work.deliveryId }).first())).toBeUndefined();
+    expect(await stack.sql((all) => all('webhook_attempts').where({ delivery_id: work.deliveryId }).first())).toBeUndefined();
   });
 
   it('a paced replay stamps each delivery with its due time, and the stuck-work scan passes over waits that are due later', async () => {
     const target = await receiver();
     const { tenant, endpoint, event } = await pendingDelivery(target);
-    for (const id of ['doc-2', 'doc-3']) await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
+    for (const id of ['doc-2', 'doc-3']) await withTenant(db, tenant.id, (trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
     const before = Date.now();
     const replayed = await replay(db, tenant.id, endpoint.id, { since: new Date(before - 3_600_000).toISOString(), dry_run: false }, { spacingMs: 60_000 });
     expect(replayed.matched).toBe(3);
-    const rows: Array<{ id: string; next_attempt_at: Date | null }> = await db('webhook_deliveries')
-      .select('id', 'next_attempt_at')
-      .whereIn('id', replayed.work.map((work) => work.deliveryId));
+    const rows: Array<{ id: string; next_attempt_at: Date | null }> = await stack.sql((all) =>
+      all('webhook_deliveries')
+        .select('id', 'next_attempt_at')
+        .whereIn('id', replayed.work.map((work) => work.deliveryId)),
+    );
+    expect(rows).toHaveLength(3);
     const dueAt = new Map(rows.map((row) => [row.id, row.next_attempt_at]));
     // In the order the route enqueues them: the first at once, then one spacing apart.
     const [first, second, third] = replayed.work.map((work) => dueAt.get(work.deliveryId) ?? null);
@@ -698,8 +703,9 @@ describe('delivery bookkeeping, driven directly (no workers)', () => {
     expect(third!.getTime() - second!.getTime()).toBe(60_000);
 
     // Make every delivery of this tenant look old, as the reconcile tick would see them an hour on.
-    await db('webhook_deliveries').where({ tenant_id: tenant.id }).update({ updated_at: db.raw(`now() - interval '1 hour'`) });
-    const [fanned] = await db('webhook_deliveries').select('id').where({ tenant_id: tenant.id, event_id: event.id, origin: 'event' });
+    const aged = await stack.sql((all) => all('webhook_deliveries').where({ tenant_id: tenant.id }).update({ updated_at: all.raw(`now() - interval '1 hour'`) }));
+    expect(aged).toBe(4);
+    const [fanned] = await stack.sql((all) => all('webhook_deliveries').select('id').where({ tenant_id: tenant.id, event_id: event.id, origin: 'event' }));
     const stuck = new Set((await findStuckWebhookWork(db, 60)).deliveries.filter((work) => work.tenantId === tenant.id).map((work) => work.deliveryId));
     // Due now (no time set, or the first replayed): found. Due later: left to their delayed jobs.
     expect(stuck).toEqual(new Set([fanned.id, replayed.work[0].deliveryId]));
@@ -708,10 +714,11 @@ describe('delivery bookkeeping, driven directly (no workers)', () => {
   it('replay refuses a window holding more events than its limit, and creates nothing', async () => {
     const target = await receiver();
     const { tenant, endpoint } = await pendingDelivery(target);
-    for (const id of ['doc-2', 'doc-3']) await db.transaction((trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
+    for (const id of ['doc-2', 'doc-3']) await withTenant(db, tenant.id, (trx) => recordEvent(trx, silent, tenant.id, 'document.created', { id }));
     const request = { since: new Date(Date.now() - 3_600_000).toISOString(), dry_run: false };
-    const deliveries = async () => (await db('webhook_deliveries').where({ tenant_id: tenant.id }).count({ n: '*' }))[0].n;
+    const deliveries = async () => Number((await stack.sql((all) => all('webhook_deliveries').where({ tenant_id: tenant.id }).count({ n: '*' })))[0].n);
     const existing = await deliveries();
+    expect(existing).toBe(1);
     await expect(replay(db, tenant.id, endpoint.id, request, { limit: 2 })).rejects.toMatchObject({ status: 400, code: 'validation_failed', details: { limit: 2 } });
     await expect(replay(db, tenant.id, endpoint.id, { ...request, dry_run: true }, { limit: 2 })).rejects.toMatchObject({ status: 400 });
     expect(await deliveries()).toBe(existing);

@@ -110,10 +110,9 @@ it('a worker killed with SIGKILL mid-delivery: another worker delivers the messa
 });
 
 it('reconcile re-enqueues a pending delivery whose job was lost and an event whose fan-out was never enqueued', async () => {
-  const knex = stack.platform.db.knex;
   const webhooks = stack.platform.queues.queue(webhooksQueue.name);
   const fanout = stack.platform.queues.queue(webhookFanoutQueue.name);
-  const backdated = knex.raw(`now() - interval '1 hour'`);
+  const hourAgo = `now() - interval '1 hour'`;
 
   // A delivery whose job disappears from Redis after the fan-out enqueued it.
   const lostDeliveryTarget = await receiver();
@@ -128,20 +127,20 @@ it('reconcile re-enqueues a pending delivery whose job was lost and an event who
   await waitFor(async () => (await webhooks.getJob(deliveryJobId)) !== undefined, { what: 'the delivery job to be enqueued' });
   await fanoutOnly.drain(5_000);
   expect(await webhooks.remove(deliveryJobId)).toBe(1);
-  await knex('webhook_deliveries').where({ id: pending.id }).update({ updated_at: backdated });
+  expect(await stack.sql((db) => db('webhook_deliveries').where({ id: pending.id }).update({ updated_at: db.raw(hourAgo) }))).toBe(1);
 
   // An event whose fan-out job is lost before any worker sees it.
   const lostEventTarget = await receiver();
   const lostEvent = await tenantWithEndpoint(lostEventTarget);
   await postDocument(lostEvent.key, 'Its fan-out is lost');
-  const event = await waitFor(() => knex('webhook_events').first('id', 'fanned_out_at').where({ tenant_id: lostEvent.id, type: 'document.created' }), {
+  const event = await waitFor(() => stack.sql((db) => db('webhook_events').first('id', 'fanned_out_at').where({ tenant_id: lostEvent.id, type: 'document.created' })), {
     what: 'the event to be stored',
   });
   expect(event.fanned_out_at).toBeNull();
   const fanoutJobId = webhookFanoutQueue.jobId({ tenantId: lostEvent.id, eventId: event.id });
   await waitFor(async () => (await fanout.getJob(fanoutJobId)) !== undefined, { what: 'the fan-out job to be enqueued' });
   expect(await fanout.remove(fanoutJobId)).toBe(1);
-  await knex('webhook_events').where({ id: event.id }).update({ fanned_out_at: null, created_at: backdated });
+  expect(await stack.sql((db) => db('webhook_events').where({ id: event.id }).update({ fanned_out_at: null, created_at: db.raw(hourAgo) }))).toBe(1);
 
   startRuntime([reconcileQueue.name, webhookFanoutQueue.name, webhooksQueue.name]);
   const tickJobId = await stack.platform.queues.enqueue(reconcileQueue, { tick: new Date().toISOString() });
@@ -156,7 +155,7 @@ it('reconcile re-enqueues a pending delivery whose job was lost and an event who
   const [lostEventRequest] = await lostEventTarget.waitForRequests(1);
   expect(lostEventRequest).toMatchObject({ verified: true, webhookId: event.id, eventType: 'document.created' });
   expect(await waitForSucceeded(lostEvent.key, lostEvent.endpointId)).toMatchObject({ message_id: event.id, attempts: 1 });
-  expect((await knex('webhook_events').first('fanned_out_at').where({ id: event.id })).fanned_out_at).not.toBeNull();
+  expect((await stack.sql((db) => db('webhook_events').first('fanned_out_at').where({ id: event.id }))).fanned_out_at).not.toBeNull();
   // Each receiver got its message once.
   expect(lostDeliveryTarget.requests).toHaveLength(1);
   expect(lostEventTarget.requests).toHaveLength(1);

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
+import { acrossTenants } from '../../db/tenant-scope';
 import { CONSUMER_GROUP, ensureConsumerGroup, normaliseQuery, streamKey, type SearchEvent } from './stream';
 
 export interface AggregationReport {
@@ -66,7 +67,8 @@ async function processBatch(db: Knex, redis: Redis, stream: string, entries: Str
     ];
   });
   if (rows.length > 0) {
-    await db.transaction(async (trx) => {
+    // A batch mixes tenants: the one cross-tenant write of analytics.
+    await acrossTenants(db, async (trx) => {
       // Rollup hours are UTC hours: date_trunc on timestamptz follows the session's time zone.
       await trx.raw(`set local time zone 'UTC'`);
       // Events of tenants deleted meanwhile are skipped by the join.

@@ -3,6 +3,9 @@ import type { Knex } from 'knex';
 import { notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
+import { acrossTenants, withTenant } from '../../db/tenant-scope';
+import { assertRoomFor, lockTenantCounters, type Quotas } from '../tenants/quotas';
+import { toTenant, type Tenant, type TenantRow } from '../tenants/tenants';
 
 export const SCOPES = [
   'documents:read',
@@ -75,10 +78,18 @@ export interface NewApiKey {
   expires_at?: string | null;
 }
 
-/** Creates a key; the plaintext is in the result and nowhere else, ever. */
-export async function createApiKey(db: Knex, tenantId: string, input: NewApiKey): Promise<{ apiKey: ApiKey; key: string }> {
+/**
+ * Creates a key; the plaintext is in the result and nowhere else, ever.
+ * Active keys are counted under the tenant's counter lock, so concurrent
+ * creations cannot pass the api_keys quota together.
+ */
+export async function createApiKey(db: Knex, tenantId: string, input: NewApiKey, quotas: Quotas): Promise<{ apiKey: ApiKey; key: string }> {
   const key = KEY_PREFIX + randomBytes(KEY_RANDOM_BYTES).toString('base64url');
-  const [row] = await db<ApiKeyRow>('api_keys')
+  const row = await withTenant(db, tenantId, async (trx) => {
+    await lockTenantCounters(trx, tenantId);
+    const { count } = (await trx('api_keys').where({ tenant_id: tenantId }).whereNull('revoked_at').count('* as count').first()) as { count: number };
+    assertRoomFor(quotas, 'api_keys', Number(count), 1);
+    const [inserted] = await trx<ApiKeyRow>('api_keys')
     .insert({
       id: newId(),
       tenant_id: tenantId,
@@ -89,39 +100,56 @@ export async function createApiKey(db: Knex, tenantId: string, input: NewApiKey)
       expires_at: input.expires_at ? new Date(input.expires_at) : null,
     })
     .returning('*');
+    return inserted;
+  });
   return { apiKey: toApiKey(row), key };
 }
 
 /** Active (not revoked) keys of a tenant; never the hash. */
 export async function listApiKeys(db: Knex, tenantId: string, page: PageRequest): Promise<Page<ApiKey>> {
-  return paginate(db<ApiKeyRow>('api_keys').select('*').where({ tenant_id: tenantId }).whereNull('revoked_at'), page, toApiKey);
+  return withTenant(db, tenantId, (trx) => paginate(trx<ApiKeyRow>('api_keys').select('*').where({ tenant_id: tenantId }).whereNull('revoked_at'), page, toApiKey));
 }
 
 export async function revokeApiKey(db: Knex, tenantId: string, keyId: string): Promise<void> {
-  const updated = await db('api_keys')
-    .where({ id: keyId, tenant_id: tenantId })
-    .whereNull('revoked_at')
-    .update({ revoked_at: db.fn.now() });
+  const updated = await withTenant(db, tenantId, (trx) =>
+    trx('api_keys').where({ id: keyId, tenant_id: tenantId }).whereNull('revoked_at').update({ revoked_at: trx.fn.now() }),
+  );
   if (updated === 0) throw notFound('API key');
 }
 
 export type KeyVerdict =
-  | { ok: true; apiKey: ApiKey }
+  | { ok: true; apiKey: ApiKey; tenant: Tenant }
   | { ok: false; reason: 'unknown' | 'revoked' | 'expired' };
 
 /**
- * Looks a presented key up by its SHA-256 and checks it is usable. The hash
- * is compared again in constant time so no early-exit comparison ever sees
+ * Looks a presented key up by its SHA-256, with its tenant, in one query,
+ * and checks it is usable. Which tenant a key belongs to is what this
+ * finds out, so it is one of the few cross-tenant reads. The hash is
+ * compared again in constant time so no early-exit comparison ever sees
  * secret-derived bytes.
  */
 export async function verifyApiKey(db: Knex, presented: string, now = new Date()): Promise<KeyVerdict> {
   if (!presented.startsWith(KEY_PREFIX)) return { ok: false, reason: 'unknown' };
   const digest = hashKey(presented);
-  const row = await db<ApiKeyRow>('api_keys').first('*').where({ key_hash: digest });
-  if (!row || !timingSafeEqual(Buffer.from(row.key_hash, 'hex'), Buffer.from(digest, 'hex'))) return { ok: false, reason: 'unknown' };
-  if (row.revoked_at) return { ok: false, reason: 'revoked' };
-  if (row.expires_at && row.expires_at <= now) return { ok: false, reason: 'expired' };
-  return { ok: true, apiKey: toApiKey(row) };
+  const row = await acrossTenants(db, (trx) =>
+    trx('api_keys as k')
+      .join('tenants as t', 't.id', 'k.tenant_id')
+      .first(trx.raw('row_to_json(k.*) as key'), trx.raw('row_to_json(t.*) as tenant'))
+      .where('k.key_hash', digest),
+  );
+  if (!row) return { ok: false, reason: 'unknown' };
+  const key = reviveDates<ApiKeyRow>(row.key, ['expires_at', 'revoked_at', 'last_used_at', 'created_at']);
+  if (!timingSafeEqual(Buffer.from(key.key_hash, 'hex'), Buffer.from(digest, 'hex'))) return { ok: false, reason: 'unknown' };
+  if (key.revoked_at) return { ok: false, reason: 'revoked' };
+  if (key.expires_at && key.expires_at <= now) return { ok: false, reason: 'expired' };
+  return { ok: true, apiKey: toApiKey(key), tenant: toTenant(reviveDates<TenantRow>(row.tenant, ['created_at', 'updated_at'])) };
+}
+
+/** row_to_json gives timestamps as strings; the row mappers expect Dates. */
+function reviveDates<Row>(row: Record<string, unknown>, columns: string[]): Row {
+  const revived = { ...row };
+  for (const column of columns) if (typeof revived[column] === 'string') revived[column] = new Date(revived[column] as string);
+  return revived as Row;
 }
 
 /**
@@ -162,11 +190,13 @@ export class KeyUsageRecorder {
       .sort(([a], [b]) => a.localeCompare(b))
       .map(([id, usage]) => ({ id, count: usage.count, last_used: usage.lastUsed.toISOString() }));
     try {
-      await this.db.raw(
+      await acrossTenants(this.db, (trx) =>
+        trx.raw(
         `update api_keys k set request_count = k.request_count + u.count, last_used_at = greatest(k.last_used_at, u.last_used)
            from jsonb_to_recordset(?::jsonb) as u(id uuid, count int, last_used timestamptz)
           where k.id = u.id`,
         [JSON.stringify(rows)],
+        ),
       );
     } catch (error) {
       // Put the counts back so a database blip loses nothing.

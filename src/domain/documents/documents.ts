@@ -3,6 +3,8 @@ import type { Logger } from '../../logger';
 import { AppError, conflict, isUniqueViolation, notFound } from '../../errors';
 import type { ContentType } from '../chunking/chunker';
 import { newId } from '../ids';
+import { withTenant } from '../../db/tenant-scope';
+import { assertDocumentCapacity, type Quotas } from '../tenants/quotas';
 import { createIndexJobRows, refreshIndexJob } from '../indexing/jobs';
 import type { DispatchIndexing, IndexingWork } from '../indexing/dispatch';
 import { paginate, type Page, type PageRequest } from '../pagination';
@@ -123,7 +125,7 @@ export interface DocumentDeps {
  * documents stay queued and the reconcile tick picks them up: an accepted
  * document is never lost.
  */
-export async function createDocuments(deps: DocumentDeps, tenantId: string, inputs: DocumentInput[]): Promise<DocumentSummary[]> {
+export async function createDocuments(deps: DocumentDeps, tenantId: string, inputs: DocumentInput[], quotas: Quotas): Promise<DocumentSummary[]> {
   const indexJobId = newId();
   const rows = inputs.map((input) => ({
     id: newId(),
@@ -141,13 +143,14 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
     last_index_job_id: indexJobId,
   }));
   assertUniqueExternalIds(rows);
-  const inserted = await deps.db.transaction(async (trx) => {
+  const inserted = await withTenant(deps.db, tenantId, async (trx) => {
     try {
       const created: SummaryRow[] = [];
       // Insert in slices: a 1000-document batch of large texts would exceed one statement's parameter limit.
       for (const slice of chunked(rows, 200)) {
         created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
       }
+      await assertDocumentCapacity(trx, tenantId, quotas, { documents: rows.length, bytes: rows.reduce((sum, row) => sum + row.content_bytes, 0) });
       await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false, deps.events);
       await recordDocumentEvents(trx, deps.events, tenantId, 'document.created', created);
       return created;
@@ -163,7 +166,7 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
 }
 
 export async function getDocument(db: Knex, tenantId: string, documentId: string): Promise<DocumentDetail> {
-  const row = await db<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId });
+  const row = await withTenant(db, tenantId, (trx) => trx<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId }));
   if (!row) throw notFound('Document');
   return { ...toSummary(row), content: row.content };
 }
@@ -175,11 +178,13 @@ export interface DocumentFilters {
 }
 
 export async function listDocuments(db: Knex, tenantId: string, filters: DocumentFilters, page: PageRequest): Promise<Page<DocumentSummary>> {
-  const query = db<DocumentRow>('documents').select([...SUMMARY_COLUMNS]).where({ tenant_id: tenantId });
-  if (filters.content_type) query.where({ content_type: filters.content_type });
-  if (filters.status) query.where({ status: filters.status });
-  if (filters.tag) query.whereRaw('tags @> ?::text[]', [[filters.tag]]);
-  return paginate(query, page, toSummary);
+  return withTenant(db, tenantId, (trx) => {
+    const query = trx<DocumentRow>('documents').select([...SUMMARY_COLUMNS]).where({ tenant_id: tenantId });
+    if (filters.content_type) query.where({ content_type: filters.content_type });
+    if (filters.status) query.where({ status: filters.status });
+    if (filters.tag) query.whereRaw('tags @> ?::text[]', [[filters.tag]]);
+    return paginate(query, page, toSummary);
+  });
 }
 
 /**
@@ -191,8 +196,9 @@ export async function updateDocument(
   tenantId: string,
   documentId: string,
   changes: DocumentChanges,
+  quotas: Quotas,
 ): Promise<{ document: DocumentSummary; reindexed: boolean }> {
-  const result = await deps.db.transaction(async (trx) => {
+  const result = await withTenant(deps.db, tenantId, async (trx) => {
     const current = await trx<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId }).forUpdate();
     if (!current) throw notFound('Document');
     const reindex =
@@ -213,6 +219,9 @@ export async function updateDocument(
       await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false, deps.events);
     }
     const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);
+    if (update.content_bytes !== undefined) {
+      await assertDocumentCapacity(trx, tenantId, quotas, { documents: 0, bytes: Number(update.content_bytes) - current.content_bytes });
+    }
     return { row, indexJobId };
   });
   if (result.indexJobId) {
@@ -223,7 +232,7 @@ export async function updateDocument(
 
 /** Deletes a document and its chunks; pending indexing of it is canceled. */
 export async function deleteDocument({ db, events }: Pick<DocumentDeps, 'db' | 'events'>, tenantId: string, documentId: string): Promise<void> {
-  await db.transaction(async (trx) => {
+  await withTenant(db, tenantId, async (trx) => {
     // Unfinished items before the document: the order the indexer locks in, so a delete during
     // indexing waits for it instead of deadlocking with it.
     const pending: Array<{ index_job_id: string }> = await trx('index_job_items')

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { acrossTenants, withTenant } from '../../db/tenant-scope';
 
 export interface TenantStats {
   documents: Record<string, number> & { total: number };
@@ -25,22 +26,26 @@ async function countBy(query: Knex.QueryBuilder, column: string, states: readonl
 }
 
 export async function tenantStats(db: Knex, tenantId: string): Promise<TenantStats> {
-  const [documents, chunks, indexJobs] = await Promise.all([
-    countBy(db('documents').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'indexed', 'failed', 'canceled']),
-    db('chunks').where({ tenant_id: tenantId }).count('* as n').first(),
-    countBy(db('index_jobs').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'completed', 'failed', 'canceled']),
-  ]);
-  return { documents, chunks: Number(chunks?.n ?? 0), index_jobs: indexJobs };
+  return withTenant(db, tenantId, async (trx) => {
+    // One transaction runs one statement at a time: sequential, not Promise.all.
+    const documents = await countBy(trx('documents').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'indexed', 'failed', 'canceled']);
+    const chunks = await trx('chunks').where({ tenant_id: tenantId }).count('* as n').first();
+    const indexJobs = await countBy(trx('index_jobs').where({ tenant_id: tenantId }), 'status', ['queued', 'processing', 'completed', 'failed', 'canceled']);
+    return { documents, chunks: Number(chunks?.n ?? 0), index_jobs: indexJobs };
+  });
 }
 
+/** Totals over every tenant, for the operator. */
 export async function platformStats(db: Knex): Promise<PlatformStats> {
-  const row = await db
-    .select(
-      db.raw('(select count(*) from documents)::int as total_documents'),
-      db.raw(`(select count(*) from documents where status = 'indexed')::int as indexed_documents`),
-      db.raw('(select count(*) from chunks)::int as total_chunks'),
-      db.raw('(select count(*) from tenants)::int as tenants'),
-    )
-    .first();
+  const row = await acrossTenants(db, (trx) =>
+    trx
+      .select(
+        trx.raw('(select count(*) from documents)::int as total_documents'),
+        trx.raw(`(select count(*) from documents where status = 'indexed')::int as indexed_documents`),
+        trx.raw('(select count(*) from chunks)::int as total_chunks'),
+        trx.raw('(select count(*) from tenants)::int as tenants'),
+      )
+      .first(),
+  );
   return row as PlatformStats;
 }

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { withTenant } from '../../db/tenant-scope';
 import { chunkDocument, type Chunk, type ChunkingOptions } from '../chunking/chunker';
 import type { DocumentRow } from '../documents/documents';
 import type { Embedder } from '../embeddings/embedder';
@@ -54,7 +55,7 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
   }
 
   await progress?.('storing', 0, chunks.length);
-  return deps.db.transaction(async (trx) => {
+  return withTenant(deps.db, work.tenantId, async (trx) => {
     // Item first, then document, then job: the order claimItem, failIndexing and cancelIndexJob lock in,
     // so two runs of the same work (or a run and a cancel) wait for each other instead of deadlocking.
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
@@ -85,7 +86,7 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
  * error): the item and, if this job still owns it, the document.
  */
 export async function failIndexing(deps: Pick<IndexerDeps, 'db' | 'events'>, work: IndexingWork, message: string): Promise<void> {
-  await deps.db.transaction(async (trx) => {
+  await withTenant(deps.db, work.tenantId, async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item || (item.status !== 'queued' && item.status !== 'processing')) return;
     const [failed] = await trx<DocumentRow>('documents')
@@ -105,7 +106,7 @@ function embeddingText(title: string, chunk: Chunk): string {
 type Claim = { outcome: 'claimed'; document: DocumentRow } | { outcome: 'skipped'; reason: string };
 
 async function claimItem({ db, events }: IndexerDeps, work: IndexingWork): Promise<Claim> {
-  return db.transaction(async (trx) => {
+  return withTenant(db, work.tenantId, async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
     // A failed item runs again only when an operator retries its failed queue job (nothing else re-runs a

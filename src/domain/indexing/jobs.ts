@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import type { Logger } from '../../logger';
 import { AppError, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
@@ -100,7 +101,7 @@ export async function requestIndexing(
 ): Promise<IndexJob> {
   const ids = [...new Set(documentIds)];
   const indexJobId = newId();
-  const { job, work } = await deps.db.transaction(async (trx) => {
+  const { job, work } = await withTenant(deps.db, tenantId, async (trx) => {
     const docs: Array<{ id: string; version: number; status: string }> = await trx('documents')
       .select('id', 'version', 'status')
       .where({ tenant_id: tenantId })
@@ -142,14 +143,16 @@ export async function requestIndexing(
 }
 
 export async function getIndexJob(db: Knex, tenantId: string, indexJobId: string): Promise<IndexJobDetail> {
-  const row = await db<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId });
-  if (!row) throw notFound('Index job');
-  const items = await db('index_job_items')
-    .select('document_id', 'document_version as version', 'status', 'error')
-    .where({ index_job_id: indexJobId })
-    .orderBy('document_id')
-    .limit(1000);
-  return { ...toIndexJob(row), documents: items };
+  return withTenant(db, tenantId, async (trx) => {
+    const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId });
+    if (!row) throw notFound('Index job');
+    const items = await trx('index_job_items')
+      .select('document_id', 'document_version as version', 'status', 'error')
+      .where({ index_job_id: indexJobId })
+      .orderBy('document_id')
+      .limit(1000);
+    return { ...toIndexJob(row), documents: items };
+  });
 }
 
 export async function listIndexJobs(
@@ -158,9 +161,11 @@ export async function listIndexJobs(
   filters: { status?: IndexJobStatus },
   page: PageRequest,
 ): Promise<Page<IndexJob>> {
-  const query = db<IndexJobRow>('index_jobs').select('*').where({ tenant_id: tenantId });
-  if (filters.status) query.where({ status: filters.status });
-  return paginate(query, page, toIndexJob);
+  return withTenant(db, tenantId, (trx) => {
+    const query = trx<IndexJobRow>('index_jobs').select('*').where({ tenant_id: tenantId });
+    if (filters.status) query.where({ status: filters.status });
+    return paginate(query, page, toIndexJob);
+  });
 }
 
 /**
@@ -174,7 +179,7 @@ export async function cancelIndexJob(
   tenantId: string,
   indexJobId: string,
 ): Promise<{ job: IndexJob; canceled: IndexingWork[] }> {
-  return db.transaction(async (trx) => {
+  return withTenant(db, tenantId, async (trx) => {
     // The job's items before the job row: the indexer locks an item and then its job, so a cancel
     // arriving mid-write waits for that write instead of deadlocking with it.
     await trx('index_job_items').select('document_id').where({ index_job_id: indexJobId, tenant_id: tenantId }).forUpdate();
@@ -259,11 +264,13 @@ export async function refreshIndexJob(trx: Knex.Transaction, events: EventSink, 
  * superseded, which lets its job finish.
  */
 export async function findStuckIndexing(db: Knex, stuckAfterSeconds: number, limit = 1000): Promise<IndexingWork[]> {
-  const rows: Array<{ tenant_id: string; index_job_id: string; document_id: string; document_version: number }> = await db('index_job_items')
-    .select('tenant_id', 'index_job_id', 'document_id', 'document_version')
-    .whereIn('status', ['queued', 'processing'])
-    .where('updated_at', '<', db.raw(`now() - make_interval(secs => ?)`, [stuckAfterSeconds]))
-    .orderBy('updated_at')
-    .limit(limit);
+  const rows: Array<{ tenant_id: string; index_job_id: string; document_id: string; document_version: number }> = await acrossTenants(db, (trx) =>
+    trx('index_job_items')
+      .select('tenant_id', 'index_job_id', 'document_id', 'document_version')
+      .whereIn('status', ['queued', 'processing'])
+      .where('updated_at', '<', trx.raw(`now() - make_interval(secs => ?)`, [stuckAfterSeconds]))
+      .orderBy('updated_at')
+      .limit(limit),
+  );
   return rows.map((row) => ({ tenantId: row.tenant_id, indexJobId: row.index_job_id, documentId: row.document_id, version: row.document_version }));
 }

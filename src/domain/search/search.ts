@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { LRUCache } from 'lru-cache';
 import { AppError } from '../../errors';
 import type { VectorSupport } from '../../db/migrate';
+import { withTenant } from '../../db/tenant-scope';
 import type { ContentType } from '../chunking/chunker';
 import type { Embedder } from '../embeddings/embedder';
 
@@ -72,7 +73,7 @@ export interface SearchStatement {
 export async function search(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchResponse> {
   const started = process.hrtime.bigint();
   const statement = await prepareSearch(deps, tenantId, request);
-  const rows = await runStatement(deps.db, statement);
+  const rows = await runStatement(deps.db, tenantId, statement);
   return {
     results: rows.map(toResult),
     total_results: rows.length,
@@ -98,9 +99,8 @@ export async function prepareSearch(deps: SearchDeps, tenantId: string, request:
   return buildSearchStatement(deps, tenantId, request, queryVector, exact);
 }
 
-export async function runStatement(db: Knex, statement: SearchStatement): Promise<SearchRow[]> {
-  if (statement.settings.length === 0) return (await db.raw(statement.sql, statement.bindings)).rows;
-  return db.transaction(async (trx) => {
+export async function runStatement(db: Knex, tenantId: string, statement: SearchStatement): Promise<SearchRow[]> {
+  return withTenant(db, tenantId, async (trx) => {
     for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
     return (await trx.raw(statement.sql, statement.bindings)).rows;
   });
@@ -135,7 +135,9 @@ async function useExactScan(deps: SearchDeps, tenantId: string): Promise<boolean
   const threshold = deps.settings.exactScanMaxChunks;
   let count = chunkCountCache.get(tenantId);
   if (count === undefined) {
-    const result = await deps.db.raw('select count(*)::int as n from (select 1 from chunks where tenant_id = ? limit ?) t', [tenantId, threshold + 1]);
+    const result = await withTenant(deps.db, tenantId, (trx) =>
+      trx.raw('select count(*)::int as n from (select 1 from chunks where tenant_id = ? limit ?) t', [tenantId, threshold + 1]),
+    );
     count = Number(result.rows[0].n);
     chunkCountCache.set(tenantId, count);
   }

@@ -19,7 +19,7 @@ export const TIER_QUOTAS = {
 
 export type Tier = keyof typeof TIER_QUOTAS;
 
-/** Days of raw history (search events and clicks, webhook attempts) the retention job keeps per tier; `null`: kept for good. */
+/** Days of raw search history (events and clicks) the retention job keeps per tier; `null`: kept for good. */
 export const TIER_RETENTION_DAYS: Record<Tier, number | null> = { free: 7, standard: 90, enterprise: 365, unlimited: null };
 
 export function effectiveQuotas(tier: Tier, overrides: QuotaOverrides): Quotas {
@@ -55,25 +55,27 @@ export class QuotaExceededError extends AppError {
   }
 }
 
-/** Throws when `used` (after the operation) is beyond the limit. */
-export function assertWithin(quotas: Quotas, quota: QuotaName, used: number): void {
+/** Throws when `adding` more to what is `used` would pass the limit; the error reports the use before the operation. */
+export function assertRoomFor(quotas: Quotas, quota: QuotaName, used: number, adding: number): void {
   const limit = quotas[quota];
-  if (limit !== null && used > limit) throw new QuotaExceededError(quota, limit, used);
+  if (limit !== null && used + adding > limit) throw new QuotaExceededError(quota, limit, used);
 }
 
+const megabytes = (bytes: number) => Math.round((bytes / BYTES_PER_MB) * 1000) / 1000;
+
 /**
- * Documents and storage after the caller's inserts or updates in `trx`.
- * The counter row is kept by triggers and stays locked by this transaction
- * from its first change on, so concurrent writers of the same tenant check
- * one after another: the limits hold exactly.
+ * Checks documents and storage after the caller's inserts or updates in
+ * `trx`, which added `added`. The counter row is kept by triggers and stays
+ * locked by this transaction from its first change on, so concurrent writers
+ * of the same tenant check one after another: the limits hold exactly.
  */
-export async function assertDocumentCapacity(trx: Knex.Transaction, tenantId: string, quotas: Quotas): Promise<void> {
+export async function assertDocumentCapacity(trx: Knex.Transaction, tenantId: string, quotas: Quotas, added: { documents: number; bytes: number }): Promise<void> {
   const usage = await trx('tenant_usage').first('documents', 'storage_bytes').where({ tenant_id: tenantId });
   if (!usage) return;
-  assertWithin(quotas, 'documents', usage.documents);
+  assertRoomFor(quotas, 'documents', usage.documents - added.documents, added.documents);
   const limit = quotas.storage_mb;
-  if (limit !== null && usage.storage_bytes > limit * BYTES_PER_MB) {
-    throw new QuotaExceededError('storage_mb', limit, Math.ceil((usage.storage_bytes / BYTES_PER_MB) * 1000) / 1000);
+  if (limit !== null && usage.storage_bytes > limit * BYTES_PER_MB && added.bytes > 0) {
+    throw new QuotaExceededError('storage_mb', limit, megabytes(usage.storage_bytes - added.bytes));
   }
 }
 

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
 import { isUuid, newId } from '../ids';
+import { withTenant } from '../../db/tenant-scope';
 import { paginate, type Page, type PageRequest } from '../pagination';
 import { effectiveQuotas, QUOTA_NAMES, TIER_QUOTAS, TIER_RETENTION_DAYS, type QuotaOverrides, type Quotas, type Tier } from './quotas';
 
@@ -23,7 +24,7 @@ export interface Tenant {
   updated_at: string;
 }
 
-interface TenantRow extends Omit<Tenant, 'created_at' | 'updated_at' | 'quotas' | 'retention_days'> {
+export interface TenantRow extends Omit<Tenant, 'created_at' | 'updated_at' | 'quotas' | 'retention_days'> {
   created_at: Date;
   updated_at: Date;
 }
@@ -75,6 +76,14 @@ export async function findTenant(db: Knex, idOrSlug: string): Promise<Tenant | n
   return row ? toTenant(row) : null;
 }
 
+/** The tenant serving `host` as its custom domain; names that cannot be one (localhost, addresses) are not looked up. */
+export async function findTenantByDomain(db: Knex, host: string | undefined): Promise<Tenant | null> {
+  const name = host?.toLowerCase();
+  if (!name || !/^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/.test(name)) return null;
+  const row = await db<TenantRow>('tenants').first('*').where({ custom_domain: name });
+  return row ? toTenant(row) : null;
+}
+
 function findTenantRow(db: Knex, idOrSlug: string): Promise<TenantRow | undefined> {
   const query = db<TenantRow>('tenants').first('*');
   return isUuid(idOrSlug) ? query.where({ id: idOrSlug }) : query.where({ slug: idOrSlug });
@@ -111,7 +120,7 @@ export async function setTenantStatus(db: Knex, idOrSlug: string, status: Tenant
  */
 export async function deleteTenant(db: Knex, idOrSlug: string): Promise<void> {
   const tenant = await getTenant(db, idOrSlug);
-  await db.transaction(async (trx) => {
+  await withTenant(db, tenant.id, async (trx) => {
     await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
     await trx('tenants').where({ id: tenant.id }).delete();
   });

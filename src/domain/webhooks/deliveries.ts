@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import { AppError, badRequest, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
@@ -98,7 +99,15 @@ const toAttemptView = (row: AttemptRow) => ({
  * by running it again.
  */
 export async function fanOut(db: Knex, tenantId: string, eventId: string): Promise<DeliveryWork[]> {
-  await db.transaction(async (trx) => {
+  return withTenant(db, tenantId, async (trx) => {
+    await createFanOutDeliveries(trx, tenantId, eventId);
+    const pending: DeliveryRow[] = await trx('webhook_deliveries').select('*').where({ event_id: eventId, tenant_id: tenantId, origin: 'event', status: 'pending' });
+    return pending.map(toWork);
+  });
+}
+
+async function createFanOutDeliveries(trx: Knex.Transaction, tenantId: string, eventId: string): Promise<void> {
+  {
     const event = await trx('webhook_events').first('id', 'type').where({ id: eventId, tenant_id: tenantId }).forUpdate();
     if (!event) return;
     const endpoints: Array<{ id: string }> = await trx('webhook_endpoints')
@@ -115,9 +124,7 @@ export async function fanOut(db: Knex, tenantId: string, eventId: string): Promi
       );
     }
     await trx('webhook_events').where({ id: eventId }).update({ fanned_out_at: trx.fn.now() });
-  });
-  const pending: DeliveryRow[] = await db('webhook_deliveries').select('*').where({ event_id: eventId, tenant_id: tenantId, origin: 'event', status: 'pending' });
-  return pending.map(toWork);
+  }
 }
 
 function toWork(row: Pick<DeliveryRow, 'id' | 'tenant_id' | 'event_id' | 'endpoint_id' | 'origin'>): DeliveryWork {
@@ -134,18 +141,9 @@ export type AttemptVerdict =
  * pending is skipped: a job that runs again after succeeding sends nothing.
  */
 export async function attemptDelivery(deps: DeliveryDeps, tenantId: string, deliveryId: string, final: boolean): Promise<AttemptVerdict> {
-  const { db } = deps;
-  const delivery = await db<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId });
-  if (!delivery) return { kind: 'skipped', reason: 'the delivery no longer exists' };
-  if (delivery.status !== 'pending') return { kind: 'skipped', reason: `the delivery is already ${delivery.status}` };
-  const endpoint = await db<EndpointRow>('webhook_endpoints').first('*').where({ id: delivery.endpoint_id, tenant_id: tenantId });
-  if (!endpoint || !endpoint.enabled) {
-    const reason = endpoint ? 'The endpoint is disabled.' : 'The endpoint was deleted.';
-    await db('webhook_deliveries').where({ id: deliveryId }).update({ status: 'canceled', last_error: reason, next_attempt_at: null, updated_at: db.fn.now() });
-    return { kind: 'skipped', reason };
-  }
-  const event = await db('webhook_events').first('payload').where({ id: delivery.event_id, tenant_id: tenantId });
-  if (!event) return { kind: 'skipped', reason: 'the event no longer exists' };
+  const loaded = await loadAttempt(deps.db, tenantId, deliveryId);
+  if ('kind' in loaded) return loaded;
+  const { delivery, endpoint, event } = loaded;
 
   const result = await sendSigned({
     url: endpoint.url,
@@ -163,6 +161,28 @@ export async function attemptDelivery(deps: DeliveryDeps, tenantId: string, deli
   if (recorded.superseded && kind === 'retry') return { kind: 'skipped', reason: 'the delivery was finished by another attempt' };
   // An endpoint disabled by this very failure gets no retry.
   return { kind: kind === 'retry' && recorded.endpointDisabled ? 'given_up' : kind, result, endpointDisabled: recorded.endpointDisabled };
+}
+
+/** What an attempt sends, read before the request so no transaction stays open while the receiver answers. */
+async function loadAttempt(
+  db: Knex,
+  tenantId: string,
+  deliveryId: string,
+): Promise<{ kind: 'skipped'; reason: string } | { delivery: DeliveryRow; endpoint: EndpointRow; event: { payload: unknown } }> {
+  return withTenant(db, tenantId, async (trx) => {
+    const delivery = await trx<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId });
+    if (!delivery) return { kind: 'skipped', reason: 'the delivery no longer exists' };
+    if (delivery.status !== 'pending') return { kind: 'skipped', reason: `the delivery is already ${delivery.status}` };
+    const endpoint = await trx<EndpointRow>('webhook_endpoints').first('*').where({ id: delivery.endpoint_id, tenant_id: tenantId });
+    if (!endpoint || !endpoint.enabled) {
+      const reason = endpoint ? 'The endpoint is disabled.' : 'The endpoint was deleted.';
+      await trx('webhook_deliveries').where({ id: deliveryId }).update({ status: 'canceled', last_error: reason, next_attempt_at: null, updated_at: trx.fn.now() });
+      return { kind: 'skipped', reason };
+    }
+    const event = await trx('webhook_events').first('payload').where({ id: delivery.event_id, tenant_id: tenantId });
+    if (!event) return { kind: 'skipped', reason: 'the event no longer exists' };
+    return { delivery, endpoint, event };
+  });
 }
 
 /** Thrown inside recordAttempt's transaction to roll it back when a row it needs was deleted mid-attempt. */
@@ -183,7 +203,7 @@ async function recordAttempt(
   verdict: AttemptVerdict['kind'],
 ): Promise<{ endpointDisabled: boolean; superseded: boolean } | 'vanished'> {
   try {
-    return await deps.db.transaction(async (trx) => {
+    return await withTenant(deps.db, delivery.tenant_id, async (trx) => {
       // The endpoint row first, then the delivery: the order deleting an endpoint cascades in, so the two cannot deadlock.
       const endpointDisabled = result.ok ? false : await recordFailureHealth(trx, deps, endpoint, verdict);
       if (result.ok) {
@@ -270,15 +290,17 @@ async function disableEndpoint(trx: Knex.Transaction, events: EventSink, endpoin
 }
 
 /** When the next attempt is due, for operators reading the delivery. */
-export async function scheduleNextAttempt(db: Knex, deliveryId: string, at: Date): Promise<void> {
-  await db('webhook_deliveries').where({ id: deliveryId, status: 'pending' }).update({ next_attempt_at: at });
+export async function scheduleNextAttempt(db: Knex, tenantId: string, deliveryId: string, at: Date): Promise<void> {
+  await withTenant(db, tenantId, (trx) => trx('webhook_deliveries').where({ id: deliveryId, status: 'pending' }).update({ next_attempt_at: at }));
 }
 
 /** Marks a delivery failed when its queue job gives up for a reason no attempt recorded (e.g. a crash loop). */
 export async function failDelivery(db: Knex, tenantId: string, deliveryId: string, message: string): Promise<void> {
-  await db('webhook_deliveries')
-    .where({ id: deliveryId, tenant_id: tenantId, status: 'pending' })
-    .update({ status: 'failed', last_error: message, next_attempt_at: null, updated_at: db.fn.now() });
+  await withTenant(db, tenantId, (trx) =>
+    trx('webhook_deliveries')
+      .where({ id: deliveryId, tenant_id: tenantId, status: 'pending' })
+      .update({ status: 'failed', last_error: message, next_attempt_at: null, updated_at: trx.fn.now() }),
+  );
 }
 
 export interface DeliveryFilters {
@@ -289,27 +311,33 @@ export interface DeliveryFilters {
 }
 
 export async function listDeliveries(db: Knex, tenantId: string, endpointId: string, filters: DeliveryFilters, page: PageRequest): Promise<Page<ReturnType<typeof toDeliveryView>>> {
-  await loadEndpoint(db, tenantId, endpointId);
-  const query = db<DeliveryRow>('webhook_deliveries').select('*').where({ tenant_id: tenantId, endpoint_id: endpointId });
+  return withTenant(db, tenantId, async (trx) => {
+  await loadEndpoint(trx, tenantId, endpointId);
+  const query = trx<DeliveryRow>('webhook_deliveries').select('*').where({ tenant_id: tenantId, endpoint_id: endpointId });
   if (filters.status) query.where({ status: filters.status });
   if (filters.event_type) query.where({ event_type: filters.event_type });
   if (filters.since) query.where('created_at', '>=', filters.since);
   if (filters.until) query.where('created_at', '<', filters.until);
   return paginate(query, page, toDeliveryView);
+  });
 }
 
 export async function getDelivery(db: Knex, tenantId: string, endpointId: string, deliveryId: string) {
-  const row = await db<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId, endpoint_id: endpointId });
-  if (!row) throw notFound('Delivery');
-  const [attempts, event] = await Promise.all([
-    db('webhook_attempts').select('*').where({ delivery_id: deliveryId }).orderBy('attempt') as Promise<AttemptRow[]>,
-    db('webhook_events').first('payload').where({ id: row.event_id }),
-  ]);
-  return { ...toDeliveryView(row), event: (event?.payload ?? null) as EventEnvelope | null, attempts: attempts.map(toAttemptView) };
+  return withTenant(db, tenantId, async (trx) => {
+    const row = await trx<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId, endpoint_id: endpointId });
+    if (!row) throw notFound('Delivery');
+    const attempts: AttemptRow[] = await trx('webhook_attempts').select('*').where({ delivery_id: deliveryId }).orderBy('attempt');
+    const event = await trx('webhook_events').first('payload').where({ id: row.event_id });
+    return { ...toDeliveryView(row), event: (event?.payload ?? null) as EventEnvelope | null, attempts: attempts.map(toAttemptView) };
+  });
 }
 
 /** A new delivery of the same message to the same endpoint, with a fresh set of attempts. */
 export async function redeliver(db: Knex, tenantId: string, endpointId: string, deliveryId: string): Promise<{ delivery: ReturnType<typeof toDeliveryView>; work: DeliveryWork }> {
+  return withTenant(db, tenantId, (trx) => redeliverIn(trx, tenantId, endpointId, deliveryId));
+}
+
+async function redeliverIn(db: Knex.Transaction, tenantId: string, endpointId: string, deliveryId: string): Promise<{ delivery: ReturnType<typeof toDeliveryView>; work: DeliveryWork }> {
   const endpoint = await loadEndpoint(db, tenantId, endpointId);
   if (!endpoint.enabled) throw conflict('The endpoint is disabled; enable it before redelivering.', { endpoint_id: endpointId });
   const original = await db<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId, endpoint_id: endpointId });
@@ -348,7 +376,17 @@ export async function replay(
   tenantId: string,
   endpointId: string,
   request: ReplayRequest,
-  { spacingMs = 0, limit = REPLAY_LIMIT }: ReplayOptions = {},
+  options: ReplayOptions = {},
+): Promise<{ matched: number; work: DeliveryWork[] }> {
+  return withTenant(db, tenantId, (trx) => replayIn(trx, tenantId, endpointId, request, options));
+}
+
+async function replayIn(
+  db: Knex.Transaction,
+  tenantId: string,
+  endpointId: string,
+  request: ReplayRequest,
+  { spacingMs = 0, limit = REPLAY_LIMIT }: ReplayOptions,
 ): Promise<{ matched: number; work: DeliveryWork[] }> {
   const endpoint = await loadEndpoint(db, tenantId, endpointId);
   if (!request.dry_run && !endpoint.enabled) throw conflict('The endpoint is disabled; enable it before replaying.', { endpoint_id: endpointId });
@@ -391,7 +429,7 @@ export async function sendTest(deps: DeliveryDeps, tenantId: string, endpointId:
   const endpoint = await loadEndpoint(deps.db, tenantId, endpointId);
   if (!endpoint.enabled) throw conflict('The endpoint is disabled; enable it before testing.', { endpoint_id: endpointId });
   const deliveryId = newId();
-  await deps.db.transaction(async (trx) => {
+  await withTenant(deps.db, tenantId, async (trx) => {
     // Stored as already fanned out: a test goes to this endpoint only.
     const silent: EventSink = { announce: async () => undefined };
     const event = await recordEvent(trx, silent, tenantId, 'webhook.test', { endpoint_id: endpointId, message: 'A test event from ragworks.' });
@@ -410,6 +448,10 @@ export async function sendTest(deps: DeliveryDeps, tenantId: string, endpointId:
  * one that was really lost.
  */
 export async function findStuckWebhookWork(db: Knex, olderThanSeconds: number, limit = 1000) {
+  return acrossTenants(db, (trx) => findStuckIn(trx, olderThanSeconds, limit));
+}
+
+async function findStuckIn(db: Knex.Transaction, olderThanSeconds: number, limit: number) {
   const cutoff = db.raw(`now() - make_interval(secs => ?)`, [olderThanSeconds]);
   const [events, deliveries] = await Promise.all([
     db('webhook_events').select('tenant_id', 'id').whereNull('fanned_out_at').where('created_at', '<', cutoff).orderBy('created_at').limit(limit),

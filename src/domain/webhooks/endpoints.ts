@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Knex } from 'knex';
-import { AppError, badRequest, conflict, notFound } from '../../errors';
+import { withTenant } from '../../db/tenant-scope';
+import { assertRoomFor, lockTenantCounters, type Quotas } from '../tenants/quotas';
+import { badRequest, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
 import type { EventType } from './event-types';
@@ -84,7 +86,6 @@ export const newSecret = (): string => `whsec_${randomBytes(32).toString('base64
 
 export interface EndpointSettings {
   allowPrivate: boolean;
-  maxEndpoints: number;
 }
 
 export interface NewEndpoint {
@@ -114,22 +115,22 @@ function withHealth(db: Knex, tenantId: string) {
 
 /**
  * Creates an endpoint; the secret is in the result and is never shown again.
- * The tenant row is locked while counting so concurrent creations cannot
- * pass the limit together.
+ * Endpoints are counted under the tenant's counter lock so concurrent
+ * creations cannot pass the webhook_endpoints quota together.
  */
-export async function createEndpoint(db: Knex, tenantId: string, input: NewEndpoint, settings: EndpointSettings): Promise<{ endpoint: EndpointView; secret: string }> {
+export async function createEndpoint(
+  db: Knex,
+  tenantId: string,
+  input: NewEndpoint,
+  settings: EndpointSettings,
+  quotas: Quotas,
+): Promise<{ endpoint: EndpointView; secret: string }> {
   assertSafeUrl(input.url, settings);
   const secret = newSecret();
-  const id = await db.transaction(async (trx) => {
-    await trx('tenants').where({ id: tenantId }).forUpdate().first('id');
+  return withTenant(db, tenantId, async (trx) => {
+    await lockTenantCounters(trx, tenantId);
     const { count } = (await trx('webhook_endpoints').where({ tenant_id: tenantId }).count('* as count').first()) as { count: number };
-    if (Number(count) >= settings.maxEndpoints) {
-      throw new AppError(403, 'quota_exceeded', `A tenant may have at most ${settings.maxEndpoints} webhook endpoints.`, {
-        quota: 'webhook_endpoints',
-        limit: settings.maxEndpoints,
-        used: Number(count),
-      });
-    }
+    assertRoomFor(quotas, 'webhook_endpoints', Number(count), 1);
     const endpointId = newId();
     await trx('webhook_endpoints').insert({
       id: endpointId,
@@ -141,24 +142,23 @@ export async function createEndpoint(db: Knex, tenantId: string, input: NewEndpo
       ...(input.enabled === false ? { disabled_reason: 'Disabled on request.', disabled_at: trx.fn.now() } : {}),
       secret,
     });
-    return endpointId;
+    return { endpoint: await getEndpoint(trx, tenantId, endpointId), secret };
   });
-  return { endpoint: await getEndpoint(db, tenantId, id), secret };
 }
 
 export async function listEndpoints(db: Knex, tenantId: string, page: PageRequest): Promise<Page<EndpointView>> {
-  return paginate(withHealth(db, tenantId), page, toView, 'e.id');
+  return withTenant(db, tenantId, (trx) => paginate(withHealth(trx, tenantId), page, toView, 'e.id'));
 }
 
 export async function getEndpoint(db: Knex, tenantId: string, endpointId: string): Promise<EndpointView> {
-  const row = await withHealth(db, tenantId).where('e.id', endpointId).first();
+  const row = await withTenant(db, tenantId, (trx) => withHealth(trx, tenantId).where('e.id', endpointId).first());
   if (!row) throw notFound('Webhook endpoint');
   return toView(row);
 }
 
 /** The stored endpoint with its secrets, for signing; never returned by the API. */
 export async function loadEndpoint(db: Knex, tenantId: string, endpointId: string): Promise<EndpointRow> {
-  const row = await db<EndpointRow>('webhook_endpoints').first('*').where({ id: endpointId, tenant_id: tenantId });
+  const row = await withTenant(db, tenantId, (trx) => trx<EndpointRow>('webhook_endpoints').first('*').where({ id: endpointId, tenant_id: tenantId }));
   if (!row) throw notFound('Webhook endpoint');
   return row;
 }
@@ -177,6 +177,10 @@ export interface EndpointChanges {
  */
 export async function updateEndpoint(db: Knex, tenantId: string, endpointId: string, changes: EndpointChanges, settings: EndpointSettings): Promise<EndpointView> {
   if (changes.url !== undefined) assertSafeUrl(changes.url, settings);
+  return withTenant(db, tenantId, (trx) => applyEndpointChanges(trx, tenantId, endpointId, changes));
+}
+
+async function applyEndpointChanges(db: Knex.Transaction, tenantId: string, endpointId: string, changes: EndpointChanges): Promise<EndpointView> {
   const update: Record<string, unknown> = { updated_at: db.fn.now() };
   if (changes.url !== undefined) {
     update.url = changes.url;
@@ -194,7 +198,7 @@ export async function updateEndpoint(db: Knex, tenantId: string, endpointId: str
 }
 
 export async function deleteEndpoint(db: Knex, tenantId: string, endpointId: string): Promise<void> {
-  const deleted = await db('webhook_endpoints').where({ id: endpointId, tenant_id: tenantId }).delete();
+  const deleted = await withTenant(db, tenantId, (trx) => trx('webhook_endpoints').where({ id: endpointId, tenant_id: tenantId }).delete());
   if (deleted === 0) throw notFound('Webhook endpoint');
 }
 
@@ -206,6 +210,10 @@ export async function deleteEndpoint(db: Knex, tenantId: string, endpointId: str
  * receivers were promised for the rest of the 24 hours.
  */
 export async function rotateSecret(db: Knex, tenantId: string, endpointId: string): Promise<{ endpoint: EndpointView; secret: string }> {
+  return withTenant(db, tenantId, (trx) => rotateIn(trx, tenantId, endpointId));
+}
+
+async function rotateIn(db: Knex.Transaction, tenantId: string, endpointId: string): Promise<{ endpoint: EndpointView; secret: string }> {
   const secret = newSecret();
   const updated = await db('webhook_endpoints')
     .where({ id: endpointId, tenant_id: tenantId })

@@ -50,7 +50,7 @@ export function documentRoutes(api: Api): void {
     },
     handler: async ({ body, ctx, platform, req }) => {
       assertContentSize([req.body]);
-      const [document] = await createDocuments(platform.documentDeps(), ctx.tenant!.id, [body]);
+      const [document] = await createDocuments(platform.documentDeps(), ctx.tenant!.id, [body], ctx.tenant!.quotas);
       return { status: 202, body: document, headers: { Location: `/api/documents/${document.id}` } };
     },
   });
@@ -61,7 +61,7 @@ export function documentRoutes(api: Api): void {
     handler: async ({ body, ctx, platform, req }) => {
       const raw = (req.body as { documents?: unknown }).documents;
       assertContentSize(Array.isArray(raw) ? raw : []);
-      const items = await createDocuments(platform.documentDeps(), ctx.tenant!.id, body.documents);
+      const items = await createDocuments(platform.documentDeps(), ctx.tenant!.id, body.documents, ctx.tenant!.quotas);
       return { status: 202, body: { items, job_id: items[0].job_id } };
     },
   });
@@ -91,7 +91,7 @@ export function documentRoutes(api: Api): void {
     },
     handler: async ({ params, body, ctx, platform, req }) => {
       assertContentSize([req.body]);
-      const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body);
+      const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body, ctx.tenant!.quotas);
       // Tags and metadata are in results and filters: cached searches must not outlive them.
       if (!reindexed) await invalidateCache(platform, ctx.tenant!.id);
       return { status: reindexed ? 202 : 200, body: document };

@@ -4,6 +4,7 @@ import { recordClick } from '../../domain/analytics/reports';
 import { recordSearchEvent } from '../../domain/analytics/stream';
 import { newId } from '../../domain/ids';
 import { countSearch } from '../../domain/search/counter';
+import { QuotaExceededError } from '../../domain/tenants/quotas';
 import { cachedSearch } from '../../domain/search/cached-search';
 import type { SearchRequest } from '../../domain/search/search';
 import type { Platform } from '../../platform';
@@ -21,9 +22,32 @@ function userOf(req: Request, fromBody: string | undefined): string | null {
   return user ?? null;
 }
 
+/**
+ * Takes one search from the tenant's daily allowance. With Redis away the
+ * search is let through uncounted: searching needs only PostgreSQL, and an
+ * outage must not turn into refusals.
+ */
+async function takeDailySearch(platform: Platform, ctx: RequestContext, at: Date): Promise<boolean> {
+  try {
+    await platform.searchQuota.take(ctx.tenant!.id, ctx.tenant!.quotas.searches_per_day, at);
+    return true;
+  } catch (error) {
+    if (error instanceof QuotaExceededError) throw error;
+    // Debug, not warn: every search would log it while the outage lasts, and /readyz already says Redis is down.
+    platform.logger.debug({ err: error, tenant_id: ctx.tenant!.id }, 'daily search quota not checked: Redis is unavailable');
+    return false;
+  }
+}
+
 async function runSearch(platform: Platform, ctx: RequestContext, request: SearchRequest, userId: string | null) {
   const tenantId = ctx.tenant!.id;
-  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request);
+  const at = new Date();
+  const counted = await takeDailySearch(platform, ctx, at);
+  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request).catch(async (error: unknown) => {
+    // A search that failed did not happen: its allowance goes back.
+    if (counted) await platform.searchQuota.giveBack(tenantId, at).catch(() => undefined);
+    throw error;
+  });
   const queryId = newId();
   platform.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
   countSearch(platform.redis, platform.config.QUEUE_PREFIX, tenantId);

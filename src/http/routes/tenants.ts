@@ -64,7 +64,17 @@ export function tenantRoutes(api: Api): void {
       method: 'post', path: `/api/admin/tenants/:id/${action}`, summary: `${action === 'suspend' ? 'Suspend' : 'Resume'} a tenant`, tag, auth: 'operator',
       params: idOrSlugParams,
       responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
-      handler: async ({ params, platform }) => ({ status: 200, body: await setTenantStatus(platform.db.knex, params.id, status) }),
+      handler: async ({ params, platform }) => {
+        const tenant = await setTenantStatus(platform.db.knex, params.id, status);
+        // Jobs held while it was suspended run now rather than at their next recheck.
+        // Without Redis they still run, at their next recheck.
+        if (status === 'active') {
+          await platform.suspension.release(tenant.id, (name) => platform.queues.queue(name)).catch((error) =>
+            platform.logger.warn({ err: error, tenant_id: tenant.id }, 'could not promote the jobs held during the suspension'),
+          );
+        }
+        return { status: 200, body: tenant };
+      },
     });
   }
 
@@ -80,7 +90,7 @@ export function tenantRoutes(api: Api): void {
       if (ctx.principal?.kind === 'key' && beyond.length > 0) {
         throw new AppError(403, 'forbidden', 'An API key cannot grant scopes it does not have.', { scopes: beyond });
       }
-      const { apiKey, key } = await createApiKey(platform.db.knex, ctx.tenant!.id, body);
+      const { apiKey, key } = await createApiKey(platform.db.knex, ctx.tenant!.id, body, ctx.tenant!.quotas);
       return { status: 201, body: { ...publicKey(apiKey), key } };
     },
   });

@@ -94,7 +94,7 @@ export function webhookRoutes(api: Api): void {
     body: endpointInput,
     responses: { 201: { description: 'The endpoint, with its secret', schema: endpointWithSecret }, 403: { description: 'Endpoint quota reached' } },
     handler: async ({ body, ctx, platform }) => {
-      const { endpoint, secret } = await createEndpoint(platform.db.knex, ctx.tenant!.id, body, platform.endpointSettings());
+      const { endpoint, secret } = await createEndpoint(platform.db.knex, ctx.tenant!.id, body, platform.endpointSettings(), ctx.tenant!.quotas);
       return { status: 201, body: { ...endpoint, secret } };
     },
   });
