@@ -5,6 +5,7 @@ import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
 import { authenticate, authorize, type AuthRule } from './auth';
 import { requestIdOf, type RequestContext } from './context';
+import { RequestRateLimits } from './rate-limit';
 import { parseInput } from './validation';
 
 type Method = 'get' | 'post' | 'patch' | 'delete';
@@ -54,6 +55,8 @@ const COMMON_ERRORS: Record<number, string> = {
   503: 'A dependency is unavailable',
 };
 
+const RATE_LIMITED = "An API key over its own or its tenant's request limit (`rate_limited`, with `Retry-After`, `RateLimit-Policy` and `RateLimit`)";
+
 /**
  * Declares routes once: the Express handler that validates with the zod
  * schemas, and the OpenAPI operation generated from the same schemas.
@@ -61,8 +64,10 @@ const COMMON_ERRORS: Record<number, string> = {
 export class Api {
   readonly router = express.Router();
   readonly registry = new OpenAPIRegistry();
+  private readonly rateLimits: RequestRateLimits;
 
   constructor(private readonly platform: Platform) {
+    this.rateLimits = new RequestRateLimits(platform);
     this.registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'API key or operator token' });
     this.registry.registerComponent('securitySchemes', 'apiKeyHeader', { type: 'apiKey', in: 'header', name: 'X-API-Key' });
   }
@@ -80,6 +85,8 @@ export class Api {
       res.locals.tenantId = ctx.tenant?.id;
       const scope = requestScope.getStore();
       if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
+      // Counted before the input is read, so malformed requests spend the budget too.
+      for (const [name, value] of Object.entries(await this.rateLimits.admit(ctx))) res.setHeader(name, value);
       const reply = await spec.handler({
         body: (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>,
         query: (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>,
@@ -109,6 +116,9 @@ export class Api {
     for (const [status, description] of Object.entries(COMMON_ERRORS)) {
       if (spec.auth === 'public' && (status === '401' || status === '403')) continue;
       responses[status] ??= { description, content: { 'application/json': { schema: errorSchema } } };
+    }
+    if (typeof spec.auth === 'object') {
+      responses[429] ??= { description: RATE_LIMITED, content: { 'application/json': { schema: errorSchema } } };
     }
     const operatorTenant = typeof spec.auth === 'object';
     this.registry.registerPath({
