@@ -5,6 +5,7 @@ import * as reconcileIndexes from './20261126000003_reconcile_indexes';
 import * as analytics from './20261126000004_analytics';
 import * as webhookIndexes from './20261126000005_webhook_indexes';
 import * as tenancy from './20261126000006_tenancy';
+import * as usage from './20261126000007_usage';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -17,4 +18,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000004_analytics', migration: analytics },
   { name: '20261126000005_webhook_indexes', migration: webhookIndexes },
   { name: '20261126000006_tenancy', migration: tenancy },
+  { name: '20261126000007_usage', migration: usage },
 ];

@@ -6,10 +6,11 @@ import { analyticsQueue } from './analytics';
 import { indexingQueue } from './indexing';
 import { reconcileQueue } from './reconcile';
 import { retentionQueue } from './retention';
+import { usageQueue } from './usage';
 import { webhookFanoutQueue } from './webhook-fanout';
 import { webhooksQueue } from './webhooks';
 
-export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, webhookFanoutQueue, webhooksQueue };
+export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, usageQueue, webhookFanoutQueue, webhooksQueue };
 export { WEBHOOK_BACKOFF } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
 
@@ -21,6 +22,7 @@ export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [
   webhooksQueue,
   analyticsQueue,
   retentionQueue,
+  usageQueue,
 ];
 export const QUEUE_NAMES = QUEUE_DEFINITIONS.map((definition) => definition.name);
 

@@ -3,6 +3,7 @@ import { indexingProcessor } from './indexing';
 import type { Processor } from './processor';
 import { reconcileProcessor } from './reconcile';
 import { retentionProcessor } from './retention';
+import { usageProcessor } from './usage';
 import { webhookFanoutProcessor } from './webhook-fanout';
 import { webhooksProcessor } from './webhooks';
 
@@ -14,4 +15,5 @@ export const PROCESSORS: readonly Processor[] = [
   webhooksProcessor as Processor,
   analyticsProcessor as Processor,
   retentionProcessor as Processor,
+  usageProcessor as Processor,
 ];

@@ -1,5 +1,5 @@
 import cron, { type ScheduledTask } from 'node-cron';
-import { analyticsQueue, reconcileQueue, retentionQueue } from '../queues';
+import { analyticsQueue, reconcileQueue, retentionQueue, usageQueue } from '../queues';
 import type { Platform } from '../src/platform';
 
 export interface Schedule {
@@ -24,6 +24,16 @@ export const SCHEDULES: readonly Schedule[] = [
     name: 'retention',
     expression: (platform) => platform.config.SCHEDULE_RETENTION,
     enqueue: (platform, tick) => platform.queues.enqueue(retentionQueue, { tick }),
+  },
+  {
+    name: 'usage',
+    expression: (platform) => platform.config.SCHEDULE_USAGE,
+    enqueue: (platform, tick) => platform.queues.enqueue(usageQueue, { kind: 'rollup', tick }),
+  },
+  {
+    name: 'usage-reconcile',
+    expression: (platform) => platform.config.SCHEDULE_USAGE_RECONCILE,
+    enqueue: (platform, tick) => platform.queues.enqueue(usageQueue, { kind: 'reconcile', tick }),
   },
 ];
 

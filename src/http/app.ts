@@ -6,6 +6,7 @@ import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import { AppError, dependencyUnavailable, unavailableDependency } from '../errors';
 import type { Platform } from '../platform';
+import { noticeQuotaExceeded, QuotaExceededError } from '../domain/tenants/quotas';
 import { requestScope } from '../request-scope';
 import { isOperatorToken, presentedSecret } from './auth';
 import { BOARD_PATH, bullBoardRouter } from './board';
@@ -18,6 +19,7 @@ import { indexingRoutes } from './routes/indexing';
 import { jobRoutes } from './routes/jobs';
 import { searchRoutes } from './routes/search';
 import { tenantRoutes } from './routes/tenants';
+import { usageRoutes } from './routes/usage';
 import { webhookRoutes } from './routes/webhooks';
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -60,6 +62,7 @@ export function createApp(platform: Platform): express.Express {
   webhookRoutes(api);
   cacheRoutes(api);
   analyticsRoutes(api);
+  usageRoutes(api);
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', platform.metrics.registry.contentType);
@@ -88,7 +91,7 @@ export function createApp(platform: Platform): express.Express {
   app.use(api.router);
 
   app.use((req, _res, next) => next(new AppError(404, 'not_found', `No route for ${req.method} ${req.path}.`)));
-  app.use(errorHandler);
+  app.use(errorHandler(platform));
   return app;
 }
 
@@ -146,8 +149,14 @@ function requireOperatorForPages(platform: Platform): RequestHandler {
   };
 }
 
-const errorHandler: ErrorRequestHandler = (error: unknown, req: Request, res: Response, _next: NextFunction) => {
+const errorHandler = (platform: Platform): ErrorRequestHandler => (error: unknown, req: Request, res: Response, _next: NextFunction) => {
     const appError = toAppError(error);
+    if (error instanceof QuotaExceededError && res.locals.tenantId) {
+      // The refusal does not wait for the notice; at most one per quota and day is sent.
+      noticeQuotaExceeded(platform.db.knex, platform.events, res.locals.tenantId, error).catch((noticeError) =>
+        req.log?.warn({ err: noticeError }, 'could not record the quota.exceeded event'),
+      );
+    }
     if (appError.status >= 500 && appError.code !== 'dependency_unavailable') {
       req.log?.error({ err: error }, 'request failed');
     } else if (appError.code === 'dependency_unavailable') {

@@ -1,0 +1,22 @@
+import { z } from 'zod';
+import { defineQueue, RETENTION_DEFAULTS } from './definition';
+
+const tick = z.iso.datetime();
+
+/**
+ * Usage rollups and their reconciliation. A `rollup` tick fans out one
+ * `tenant` job per tenant; a `reconcile` tick compares closed days with the
+ * raw data. Every id carries the tick, so replicas and retries enqueue each
+ * piece of work once.
+ */
+export const usageQueue = defineQueue({
+  name: 'usage',
+  payload: z.discriminatedUnion('kind', [
+    z.object({ kind: z.literal('rollup'), tick }),
+    z.object({ kind: z.literal('tenant'), tenantId: z.uuid(), tick }),
+    z.object({ kind: z.literal('reconcile'), tick }),
+  ]),
+  jobOptions: { attempts: 5, backoff: { type: 'exponential', delay: 10_000 }, ...RETENTION_DEFAULTS },
+  jobId: (payload) =>
+    payload.kind === 'tenant' ? `usage-${payload.tenantId}-${payload.tick.replace(/:/g, '')}` : `usage-${payload.kind}-${payload.tick.replace(/:/g, '')}`,
+});

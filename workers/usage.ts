@@ -1,0 +1,54 @@
+import { usageQueue } from '../queues';
+import { reconcileUsage } from '../src/domain/usage/reconcile';
+import { rollUpTenantUsage, usageTenant, usageTenants, type RollupSettings } from '../src/domain/usage/rollup';
+import type { Platform } from '../src/platform';
+import { defineProcessor } from './processor';
+
+/** Tenant jobs enqueued per Redis round trip by a rollup tick. */
+const FAN_OUT_BATCH = 500;
+
+const settingsOf = (platform: Platform): RollupSettings => ({
+  graceMinutes: platform.config.USAGE_DAY_CLOSE_GRACE_MINUTES,
+  webhookLogDays: platform.config.WEBHOOK_LOG_RETENTION_DAYS,
+});
+
+/**
+ * Every job works as of its tick, not the moment it runs: a retried or late
+ * job closes the same days and writes the same counters.
+ */
+export const usageProcessor = defineProcessor({
+  definition: usageQueue,
+  async process(payload, { platform, logger }) {
+    const db = platform.db.knex;
+    const now = new Date(payload.tick);
+    switch (payload.kind) {
+      case 'rollup': {
+        const tenants = await usageTenants(db);
+        for (let start = 0; start < tenants.length; start += FAN_OUT_BATCH) {
+          const batch = tenants.slice(start, start + FAN_OUT_BATCH);
+          await platform.queues.enqueueMany(usageQueue, batch.map((tenant) => ({ kind: 'tenant' as const, tenantId: tenant.id, tick: payload.tick })));
+        }
+        return { tenants: tenants.length };
+      }
+      case 'tenant': {
+        const tenant = await usageTenant(db, payload.tenantId);
+        if (!tenant) return { skipped: 'the tenant no longer exists' };
+        return rollUpTenantUsage(db, tenant, now, settingsOf(platform));
+      }
+      case 'reconcile': {
+        const report = await reconcileUsage(db, now, settingsOf(platform));
+        const { metrics } = platform;
+        for (const [metric, drift] of Object.entries(report.drift)) metrics.usageDrift.set({ metric }, drift);
+        metrics.usageDriftTenantDays.set({ kind: 'drifting' }, report.drifting_tenant_days);
+        metrics.usageDriftTenantDays.set({ kind: 'unclosed' }, report.unclosed_tenant_days);
+        metrics.usageReconciledAt.set(now.getTime() / 1000);
+        for (const finding of report.findings) {
+          logger.warn(finding, finding.kind === 'drift' ? 'usage rollup drifts from the raw data' : 'usage day past its close is still open');
+        }
+        const { findings, ...summary } = report;
+        logger.info(summary, 'usage reconciled');
+        return { ...summary, findings: findings.length };
+      }
+    }
+  },
+});
