@@ -19,6 +19,8 @@ import type { CorpusDocument } from './corpus';
 export const REPO_ROOT = path.resolve(__dirname, '..');
 export const POSTGRES_ADMIN_URL = process.env.BENCH_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+/** The role the benchmarked processes connect as: no superuser, no owner, so the policies' cost is in the figures. */
+const APPLICATION_ROLE = 'ragworks_bench_app';
 export const ADMIN_TOKEN = `bench-operator-${randomBytes(16).toString('hex')}`;
 
 export function log(message: string): void {
@@ -275,8 +277,15 @@ export async function startDeployment(options: DeploymentOptions, cleanup: Clean
     const database = uniqueName('rw_bench');
     releases.push(cleanup.add(`database ${database}`, () => adminQuery(`drop database if exists ${database} with (force)`)));
     await adminQuery(`create database ${database}`);
+    // As in production: the owner migrates, the application role serves under row-level security.
+    await adminQuery(`do $$ begin
+      if not exists (select 1 from pg_roles where rolname = '${APPLICATION_ROLE}') then create role ${APPLICATION_ROLE} login nosuperuser nobypassrls; end if;
+    end $$`);
     const url = new URL(POSTGRES_ADMIN_URL);
     url.pathname = `/${database}`;
+    env.MIGRATION_DATABASE_URL = url.toString();
+    url.username = APPLICATION_ROLE;
+    url.password = '';
     env.DATABASE_URL = url.toString();
     description = `PostgreSQL, 1 web + ${options.workers} worker process${options.workers === 1 ? '' : 'es'}`;
   } else {

@@ -81,6 +81,9 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
     const migration = await migrateToLatest(db, migrationOptions(config));
     if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
     if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);
+    if (migration.rowLevelSecurity.enforced && !migration.textSearchIndex.usable) {
+      logger.warn(`keyword search scans each tenant's chunks instead of using its index: ${migration.textSearchIndex.reason}`);
+    }
     if (!migration.rowLevelSecurity.enforced) {
       logger.warn(`row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role (README, "Production database roles")`);
     }

@@ -16,7 +16,11 @@ export interface MigrationReport {
   applied: string[];
   vectorSearch: VectorSupport;
   rowLevelSecurity: RowLevelSecurity;
+  textSearchIndex: TextSearchIndex;
 }
+
+/** Whether keyword search can use its GIN index under row-level security, and why not. */
+export type TextSearchIndex = { usable: true } | { usable: false; reason: string };
 
 export type VectorSupport = { available: true; version: string } | { available: false; reason: string };
 
@@ -46,7 +50,8 @@ export async function migrateToLatest(db: Database, options: MigrationOptions): 
   const migrate = async (owner: Knex) => {
     const [, applied] = (await owner.migrate.latest({ migrationSource })) as [number, string[]];
     const vectorSearch = await ensureVectorSupport(owner, options.embeddingDimensions);
-    return { applied, vectorSearch };
+    const textSearchIndex = await ensureIndexableTextMatch(owner);
+    return { applied, vectorSearch, textSearchIndex };
   };
   if (db.kind === 'pglite' || !options.databaseUrl) {
     const report = await migrate(db.knex);
@@ -100,6 +105,32 @@ async function becomeApplicationRole(knex: Knex): Promise<void> {
     end $$`);
   await grantApplicationRole(knex, EMBEDDED_APPLICATION_ROLE);
   await knex.raw(`set role ${EMBEDDED_APPLICATION_ROLE}`);
+}
+
+/**
+ * Under row-level security PostgreSQL evaluates a query's own conditions
+ * after the policies unless they are LEAKPROOF, and only then may they
+ * drive an index scan. The text match `tsvector @@ tsquery`
+ * (ts_match_vq) is not marked so, which turns every keyword search into a
+ * scan of the tenant's chunks instead of a GIN lookup (measured: 0.3 ms →
+ * 160 ms on 200,000 chunks). It has no side effects and raises no error that
+ * depends on the row's value, so ragworks marks it LEAKPROOF in its own
+ * database when the migrator may (superusers only); otherwise the start
+ * warns, and a superuser can run the same statement once.
+ */
+export const LEAKPROOF_TEXT_MATCH = 'alter function pg_catalog.ts_match_vq(tsvector, tsquery) leakproof';
+
+async function ensureIndexableTextMatch(owner: Knex): Promise<TextSearchIndex> {
+  const { rows } = await owner.raw(`
+    select p.proleakproof as leakproof, r.rolsuper as superuser
+      from pg_proc p, pg_roles r
+     where p.oid = 'pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure and r.rolname = current_user`);
+  if (rows[0].leakproof) return { usable: true };
+  if (!rows[0].superuser) {
+    return { usable: false, reason: `ts_match_vq is not LEAKPROOF and the migrator is no superuser; as a superuser, run once in this database: ${LEAKPROOF_TEXT_MATCH}` };
+  }
+  await owner.raw(LEAKPROOF_TEXT_MATCH);
+  return { usable: true };
 }
 
 /** Superusers and BYPASSRLS roles skip every policy; an owner can switch them off. */

@@ -25,12 +25,12 @@ const BATCH = 5_000;
  * Returns the rows removed per table.
  */
 export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
-  const db = { raw: (sql: string, bindings: Knex.RawBinding[]) => acrossTenants(knex, (trx) => trx.raw(sql, bindings)) };
+  const deleteBatch = (sql: string, bindings: Knex.RawBinding[]) => acrossTenants(knex, (trx) => trx.raw(sql, bindings));
   const removed: Record<string, number> = {};
   const sweep = async (table: string, where: string, days: number) => {
     let total = 0;
     for (;;) {
-      const result = await db.raw(
+      const result = await deleteBatch(
         `delete from ${table} where ctid in (select ctid from ${table} where ${where} < now() - make_interval(days => ?) limit ${BATCH})`,
         [days],
       );
@@ -43,7 +43,7 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
   const sweepByTier = async (table: string) => {
     let total = 0;
     for (;;) {
-      const result = await db.raw(
+      const result = await deleteBatch(
         `delete from ${table} where ctid in (
            select r.ctid from ${table} r
              join tenants t on t.id = r.tenant_id
@@ -65,7 +65,7 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
   // A pending delivery is still being retried: only finished ones go.
   let deliveries = 0;
   for (;;) {
-    const result = await db.raw(
+    const result = await deleteBatch(
       `delete from webhook_deliveries where id in (
          select id from webhook_deliveries where status <> 'pending' and updated_at < now() - make_interval(days => ?) limit ${BATCH})`,
       [policy.webhookLogDays],
@@ -78,7 +78,7 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
   // Events go once nothing is still delivering them; their deliveries and attempts go with them. Replay reaches back this far.
   let events = 0;
   for (;;) {
-    const result = await db.raw(
+    const result = await deleteBatch(
       `delete from webhook_events where id in (
          select e.id from webhook_events e
           where e.created_at < now() - make_interval(days => ?)

@@ -1,8 +1,10 @@
 import pg from 'pg';
 import { TENANT_TABLES } from '../../migrations/20261126000006_tenancy';
 import { withTenant } from '../../src/db/tenant-scope';
+import { LEAKPROOF_TEXT_MATCH } from '../../src/db/migrate';
 import { aggregateSearchEvents } from '../../src/domain/analytics/aggregate';
-import { createTestDatabase, OWNER_ROLE } from '../helpers/databases';
+import { prepareSearch } from '../../src/domain/search/search';
+import { createTestDatabase, databaseUrl, OWNER_ROLE } from '../helpers/databases';
 import { startStack, type TestStack } from '../helpers/harness';
 
 type Seeded = { id: string; key: string; documentId: string };
@@ -35,6 +37,40 @@ async function failureOf(client: pg.Client, sql: string, values: unknown[]): Pro
     await client.query('rollback to savepoint attempt');
     return (error as { code?: string }).code ?? 'unknown';
   }
+}
+
+/**
+ * Gives the tenant 5,000 chunks in which a query word is rare, and fresh
+ * statistics: the shape in which a GIN lookup beats reading every chunk of
+ * the tenant, so the planner takes it whenever it may.
+ */
+async function plantChunks(stack: TestStack, tenantKey: string, ownerUrl: string): Promise<void> {
+  const document = await stack.as(tenantKey, 'post', '/api/documents').send({ title: 'Many chunks', content: 'planted' }).expect(202);
+  await stack.sql((db) =>
+    db.raw(
+      `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, char_start, char_end, tsv)
+       select gen_random_uuid(), d.tenant_id, d.id, 1, g, 'word' || (g % 500), 0, 1, to_tsvector('english', 'word' || (g % 500) || ' filler text')
+         from documents d, generate_series(1, 5000) g where d.id = ?`,
+      [document.body.id],
+    ),
+  );
+  const owner = new pg.Client({ connectionString: ownerUrl });
+  await owner.connect();
+  try {
+    await owner.query('analyze chunks');
+  } finally {
+    await owner.end();
+  }
+}
+
+/** The plan of a real keyword search for a rare word, as the application role runs it. */
+async function keywordPlan(stack: TestStack, tenantId: string): Promise<string> {
+  const statement = await prepareSearch(stack.platform.searchDeps(), tenantId, { query: 'word7', mode: 'keyword', limit: 5 });
+  return withTenant(stack.platform.db.knex, tenantId, async (trx) => {
+    for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
+    const rows: Array<Record<string, string>> = (await trx.raw(`explain ${statement.sql}`, statement.bindings)).rows;
+    return rows.map((row) => Object.values(row)[0]).join('\n');
+  });
 }
 
 describe('row-level security (postgres, production roles: a non-superuser owner migrates, the application role serves)', () => {
@@ -141,6 +177,19 @@ describe('row-level security (postgres, production roles: a non-superuser owner 
     expect(document.body.title).toBe('Harbour');
   });
 
+  it('keeps keyword search on its GIN index under the policies once ts_match_vq is LEAKPROOF (a superuser step the non-superuser owner cannot take)', async () => {
+    await plantChunks(stack, a.key, database.url);
+    expect(await keywordPlan(stack, a.id)).not.toContain('chunks_tsv_gin');
+    const admin = new pg.Client({ connectionString: databaseUrl(database.name) });
+    await admin.connect();
+    try {
+      await admin.query(LEAKPROOF_TEXT_MATCH);
+    } finally {
+      await admin.end();
+    }
+    expect(await keywordPlan(stack, a.id)).toContain('Bitmap Index Scan on chunks_tsv_gin');
+  });
+
   it('scopes the application code the same way: withTenant sees one tenant', async () => {
     const titles = await withTenant(stack.platform.db.knex, a.id, (trx) => trx('documents').pluck('tenant_id'));
     expect(new Set(titles)).toEqual(new Set([a.id]));
@@ -173,5 +222,26 @@ describe('row-level security on the embedded database (PGlite)', () => {
       (error: { code?: string }) => error.code,
     );
     expect(planted).toBe('42501');
+    // Migrated as the superuser, it made the text match LEAKPROOF, so keyword search may keep its index.
+    const { rows } = await stack.platform.db.knex.raw(`select proleakproof from pg_proc where oid = 'pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure`);
+    expect(rows[0].proleakproof).toBe(true);
+  });
+});
+
+describe('keyword search under row-level security (postgres, migrated by a superuser)', () => {
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({ database: 'postgres', workers: false });
+  });
+  afterAll(async () => {
+    await stack?.close();
+  });
+
+  it('uses the GIN index as the application role', async () => {
+    expect(stack.platform.rowLevelSecurity.enforced).toBe(true);
+    const tenant = await stack.createTenant();
+    await plantChunks(stack, tenant.key, stack.env.MIGRATION_DATABASE_URL);
+    expect(await keywordPlan(stack, tenant.id)).toContain('Bitmap Index Scan on chunks_tsv_gin');
   });
 });

@@ -107,24 +107,22 @@ export async function fanOut(db: Knex, tenantId: string, eventId: string): Promi
 }
 
 async function createFanOutDeliveries(trx: Knex.Transaction, tenantId: string, eventId: string): Promise<void> {
-  {
-    const event = await trx('webhook_events').first('id', 'type').where({ id: eventId, tenant_id: tenantId }).forUpdate();
-    if (!event) return;
-    const endpoints: Array<{ id: string }> = await trx('webhook_endpoints')
-      .select('id')
-      .where({ tenant_id: tenantId, enabled: true })
-      .andWhere((subscribed) => subscribed.whereRaw('cardinality(event_types) = 0').orWhereRaw('? = any(event_types)', [event.type]));
-    if (endpoints.length > 0) {
-      const rows = endpoints.map((endpoint) => ({ id: newId(), endpoint_id: endpoint.id }));
-      await trx.raw(
-        `insert into webhook_deliveries (id, tenant_id, event_id, endpoint_id, event_type, origin)
-         select r.id, ?, ?, r.endpoint_id, ?, 'event' from jsonb_to_recordset(?::jsonb) as r(id uuid, endpoint_id uuid)
-         on conflict (event_id, endpoint_id) where origin = 'event' do nothing`,
-        [tenantId, eventId, event.type, JSON.stringify(rows)],
-      );
-    }
-    await trx('webhook_events').where({ id: eventId }).update({ fanned_out_at: trx.fn.now() });
+  const event = await trx('webhook_events').first('id', 'type').where({ id: eventId, tenant_id: tenantId }).forUpdate();
+  if (!event) return;
+  const endpoints: Array<{ id: string }> = await trx('webhook_endpoints')
+    .select('id')
+    .where({ tenant_id: tenantId, enabled: true })
+    .andWhere((subscribed) => subscribed.whereRaw('cardinality(event_types) = 0').orWhereRaw('? = any(event_types)', [event.type]));
+  if (endpoints.length > 0) {
+    const rows = endpoints.map((endpoint) => ({ id: newId(), endpoint_id: endpoint.id }));
+    await trx.raw(
+      `insert into webhook_deliveries (id, tenant_id, event_id, endpoint_id, event_type, origin)
+       select r.id, ?, ?, r.endpoint_id, ?, 'event' from jsonb_to_recordset(?::jsonb) as r(id uuid, endpoint_id uuid)
+       on conflict (event_id, endpoint_id) where origin = 'event' do nothing`,
+      [tenantId, eventId, event.type, JSON.stringify(rows)],
+    );
   }
+  await trx('webhook_events').where({ id: eventId }).update({ fanned_out_at: trx.fn.now() });
 }
 
 function toWork(row: Pick<DeliveryRow, 'id' | 'tenant_id' | 'event_id' | 'endpoint_id' | 'origin'>): DeliveryWork {
@@ -312,13 +310,13 @@ export interface DeliveryFilters {
 
 export async function listDeliveries(db: Knex, tenantId: string, endpointId: string, filters: DeliveryFilters, page: PageRequest): Promise<Page<ReturnType<typeof toDeliveryView>>> {
   return withTenant(db, tenantId, async (trx) => {
-  await loadEndpoint(trx, tenantId, endpointId);
-  const query = trx<DeliveryRow>('webhook_deliveries').select('*').where({ tenant_id: tenantId, endpoint_id: endpointId });
-  if (filters.status) query.where({ status: filters.status });
-  if (filters.event_type) query.where({ event_type: filters.event_type });
-  if (filters.since) query.where('created_at', '>=', filters.since);
-  if (filters.until) query.where('created_at', '<', filters.until);
-  return paginate(query, page, toDeliveryView);
+    await loadEndpoint(trx, tenantId, endpointId);
+    const query = trx<DeliveryRow>('webhook_deliveries').select('*').where({ tenant_id: tenantId, endpoint_id: endpointId });
+    if (filters.status) query.where({ status: filters.status });
+    if (filters.event_type) query.where({ event_type: filters.event_type });
+    if (filters.since) query.where('created_at', '>=', filters.since);
+    if (filters.until) query.where('created_at', '<', filters.until);
+    return paginate(query, page, toDeliveryView);
   });
 }
 
