@@ -127,7 +127,11 @@ describe('row-level security (postgres, production roles: a non-superuser owner 
 
   it('shows nothing to the application role when no tenant is set, though every table holds rows', async () => {
     const populated = ['api_keys', 'documents', 'chunks', 'index_jobs', 'index_job_items', 'webhook_events', 'search_events', 'tenant_usage'];
-    const seen = await stack.sql(async (db) => Object.fromEntries(await Promise.all(populated.map(async (table) => [table, Number((await db(table).count('* as n').first())?.n)]))));
+    const seen = await stack.sql(async (db) => {
+      const counts: Record<string, number> = {};
+      for (const table of populated) counts[table] = Number((await db(table).count('* as n').first())?.n);
+      return counts;
+    });
     for (const table of populated) expect({ table, rows: seen[table] > 0 }).toEqual({ table, rows: true });
     await asRole(database.applicationUrl, null, async (client) => {
       for (const table of TENANT_TABLES) expect({ table, rows: await count(client, table) }).toEqual({ table, rows: 0 });

@@ -155,11 +155,10 @@ export async function searchTimeseries(db: Knex, tenantId: string, options: { st
 export async function userActivity(db: Knex, tenantId: string, userId: string, days: number) {
   return withTenant(db, tenantId, async (trx) => {
     const base = () => trx('search_events').where({ tenant_id: tenantId, user_id: userId }).where('created_at', '>=', daysAgo(trx, days));
-    const [totals, modes, terms] = await Promise.all([
-      base().first(trx.raw('count(*)::int as total_searches'), trx.raw('count(distinct query_normalized)::int as unique_queries'), trx.raw('max(created_at) as last_search_at')),
-      base().select('mode').count('* as searches').groupBy('mode').orderBy([{ column: 'searches', order: 'desc' }, { column: 'mode' }]),
-      base().select('query_normalized as query').count('* as searches').groupBy('query_normalized').orderBy([{ column: 'searches', order: 'desc' }, { column: 'query_normalized' }]).limit(10),
-    ]);
+    // One transaction, one connection: its statements run one after another.
+    const totals = await base().first(trx.raw('count(*)::int as total_searches'), trx.raw('count(distinct query_normalized)::int as unique_queries'), trx.raw('max(created_at) as last_search_at'));
+    const modes = await base().select('mode').count('* as searches').groupBy('mode').orderBy([{ column: 'searches', order: 'desc' }, { column: 'mode' }]);
+    const terms = await base().select('query_normalized as query').count('* as searches').groupBy('query_normalized').orderBy([{ column: 'searches', order: 'desc' }, { column: 'query_normalized' }]).limit(10);
     return {
       user_id: userId,
       days,

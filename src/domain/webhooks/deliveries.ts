@@ -451,17 +451,16 @@ export async function findStuckWebhookWork(db: Knex, olderThanSeconds: number, l
 
 async function findStuckIn(db: Knex.Transaction, olderThanSeconds: number, limit: number) {
   const cutoff = db.raw(`now() - make_interval(secs => ?)`, [olderThanSeconds]);
-  const [events, deliveries] = await Promise.all([
-    db('webhook_events').select('tenant_id', 'id').whereNull('fanned_out_at').where('created_at', '<', cutoff).orderBy('created_at').limit(limit),
-    db<DeliveryRow>('webhook_deliveries')
-      .select('*')
-      .where({ status: 'pending' })
-      .whereNot({ origin: 'test' })
-      .where('updated_at', '<', cutoff)
-      .where((due) => due.whereNull('next_attempt_at').orWhere('next_attempt_at', '<=', db.fn.now()))
-      .orderBy('updated_at')
-      .limit(limit),
-  ]);
+  // One transaction, one connection: its statements run one after another.
+  const events = await db('webhook_events').select('tenant_id', 'id').whereNull('fanned_out_at').where('created_at', '<', cutoff).orderBy('created_at').limit(limit);
+  const deliveries: DeliveryRow[] = await db<DeliveryRow>('webhook_deliveries')
+    .select('*')
+    .where({ status: 'pending' })
+    .whereNot({ origin: 'test' })
+    .where('updated_at', '<', cutoff)
+    .where((due) => due.whereNull('next_attempt_at').orWhere('next_attempt_at', '<=', db.fn.now()))
+    .orderBy('updated_at')
+    .limit(limit);
   return {
     events: events.map((event: { tenant_id: string; id: string }) => ({ tenantId: event.tenant_id, eventId: event.id })),
     deliveries: deliveries.map(toWork),
