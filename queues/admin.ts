@@ -1,6 +1,6 @@
 import type { Job, JobType, Queue } from 'bullmq';
 import type { QueueSnapshot } from '../src/metrics';
-import { QUEUE_NAMES, type QueueRegistry } from './index';
+import { QUEUE_NAMES, queueDefinition, type QueueRegistry } from './index';
 
 export const JOB_STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized', 'waiting-children'] as const;
 export type JobState = (typeof JOB_STATES)[number];
@@ -37,14 +37,32 @@ export interface JobDetail extends JobView {
 
 /** Keys whose values are never shown in job data. */
 const SECRET_KEY = /secret|token|password|api[_-]?key|authorization/i;
+const REDACTED = '[redacted]';
 
 export function redact(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redact);
   if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? '[redacted]' : redact(inner)]));
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? REDACTED : redact(inner)]));
   }
   return value;
 }
+
+/** True when `redact` hid something in this value: it is no longer the data the job was given. */
+export function lostToRedaction(value: unknown): boolean {
+  if (Array.isArray(value)) return value.some(lostToRedaction);
+  if (value && typeof value === 'object') {
+    return Object.entries(value).some(([key, inner]) => (SECRET_KEY.test(key) && inner === REDACTED) || lostToRedaction(inner));
+  }
+  return false;
+}
+
+/** States in which a job is still going to run (or running). */
+const LIVE_STATES = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
+
+/** How a redrive got a job's work running again, or why it could not. */
+export type RedriveOutcome =
+  | { method: 'retried' | 'requeued' | 'already_queued'; jobId: string }
+  | { method: 'impossible'; reason: string };
 
 /** Operator views and actions over the queues, for the admin API and metrics. */
 export class QueueAdmin {
@@ -161,6 +179,38 @@ export class QueueAdmin {
       retried += 1;
     }
     return { matched: matches.length, retried };
+  }
+
+  /**
+   * Runs a dead job's work again with a fresh attempts budget: retries the
+   * job while BullMQ still holds it failed, or adds it anew from `payload`
+   * (with `attempts`, the budget it had) once it is gone — removed after
+   * its retention, or finished by a retry from elsewhere. A job already
+   * waiting or running is left to run. `prepare` runs once it is known the
+   * work can run, just before it is queued (it may refuse by throwing).
+   */
+  async redriveJob(queueName: string, jobId: string, payload: unknown, attempts: number | null, prepare: () => Promise<void>): Promise<RedriveOutcome> {
+    const queue = this.queues.queue(queueName);
+    const job = await queue.getJob(jobId);
+    const state = job ? await job.getState() : 'gone';
+    if (job && state === 'failed') {
+      await prepare();
+      await job.retry('failed', { resetAttemptsMade: true });
+      return { method: 'retried', jobId };
+    }
+    if (LIVE_STATES.has(state)) {
+      await prepare();
+      return { method: 'already_queued', jobId };
+    }
+    if (lostToRedaction(payload)) return { method: 'impossible', reason: 'The job is gone and its payload held secrets, which were not kept.' };
+    const definition = queueDefinition(queueName)!;
+    const parsed = definition.payload.safeParse(payload);
+    if (!parsed.success) return { method: 'impossible', reason: `The job is gone and its payload is not one the ${queueName} queue accepts.` };
+    await prepare();
+    // Finished (a retry from elsewhere completed it): its id must be free to add the work again.
+    if (job) await job.remove();
+    const id = await this.queues.enqueue(definition, parsed.data, attempts ? { attempts } : {});
+    return { method: 'requeued', jobId: id };
   }
 
   async pause(queueName: string): Promise<void> {

@@ -19,6 +19,13 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
   process(payload: PayloadOf<D>, context: ProcessorContext): Promise<unknown>;
   /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
   onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
+  /**
+   * Called before a job that failed for good runs again (a dead-letter
+   * redrive, or a retry from the jobs API or Bull Board): undoes what
+   * onFinalFailure closed, so the work is redone rather than skipped.
+   * Returns why the work must not run again, or null.
+   */
+  beforeRedrive?(payload: PayloadOf<D>, platform: Platform): Promise<string | null>;
   /** Worker settings the queue needs, such as a custom backoff strategy. */
   workerSettings?(platform: Platform): WorkerOptions['settings'];
 }

@@ -1,6 +1,9 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { closeOnRerun, recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
+import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { SUSPENDED_RECHECK_MS } from '../src/domain/tenants/suspension';
 import { unavailableDependency } from '../src/errors';
+import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
 import { redisOptions } from '../src/redis';
 import { PROCESSORS } from './index';
@@ -29,11 +32,14 @@ export class WorkerRuntime {
   private finishedWhileDraining = 0;
   private draining = false;
   private readonly onHealthChange = (name: string, up: boolean) => void this.pauseWhileDown(name, up);
+  private readonly deadLetters: DeadLetterMetrics;
 
   constructor(
     private readonly platform: Platform,
     private readonly queueNames: string[],
-  ) {}
+  ) {
+    this.deadLetters = deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger);
+  }
 
   start(): void {
     const { config, logger } = this.platform;
@@ -77,7 +83,9 @@ export class WorkerRuntime {
     if (!parsed.success) {
       // A job that can never run is a failure like any other: count it, or the failure metric under-reports.
       platform.metrics.jobFailures.inc({ queue, final: 'true' });
-      throw new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
+      const invalid = new UnrecoverableError(`Invalid payload: ${parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`);
+      await this.recordDeadLetter(queue, job, invalid, job.attemptsMade + 1, platform.logger.child({ queue, job_id: job.id }));
+      throw invalid;
     }
     const abort = signal ?? new AbortController().signal;
     const tenantId = (parsed.data as { tenantId?: string }).tenantId;
@@ -98,6 +106,8 @@ export class WorkerRuntime {
         await job.moveToDelayed(Date.now() + SUSPENDED_RECHECK_MS, token);
         throw new DelayedError();
       }
+      // Only a job that has run before can be one retried after failing for good.
+      if (job.attemptsStarted > 1) await this.reopenIfRetried(processor, job, parsed.data, context.logger);
       const result = await untilAborted(processor.process(parsed.data, context), abort);
       platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
       return result;
@@ -122,6 +132,8 @@ export class WorkerRuntime {
           context.logger.error({ err: hookError }, 'could not record the final failure'),
         );
       }
+      // BullMQ counts this attempt once the job moves to failed: +1 is the number Bull Board will show.
+      if (final) await this.recordDeadLetter(queue, job, failure, job.attemptsMade + 1, context.logger);
       throw failure;
     } finally {
       this.active -= 1;
@@ -130,13 +142,47 @@ export class WorkerRuntime {
   }
 
   private async recordStalledFailure(processor: Processor, job: Job, error: Error): Promise<void> {
+    const queue = processor.definition.name;
+    const logger = this.platform.logger.child({ queue, job_id: job.id });
+    this.platform.metrics.jobFailures.inc({ queue, final: 'true' });
     const parsed = processor.definition.payload.safeParse(job.data);
-    if (!parsed.success || !processor.onFinalFailure) return;
-    const logger = this.platform.logger.child({ queue: processor.definition.name, job_id: job.id });
-    this.platform.metrics.jobFailures.inc({ queue: processor.definition.name, final: 'true' });
-    await processor
-      .onFinalFailure(parsed.data, error, { platform: this.platform, logger, signal: new AbortController().signal, job, token: undefined })
-      .catch((hookError) => logger.error({ err: hookError }, 'could not record the final failure'));
+    if (parsed.success && processor.onFinalFailure) {
+      await processor
+        .onFinalFailure(parsed.data, error, { platform: this.platform, logger, signal: new AbortController().signal, job, token: undefined })
+        .catch((hookError) => logger.error({ err: hookError }, 'could not record the final failure'));
+    }
+    // The job has already moved to failed here, so attemptsMade already counts the last attempt.
+    await this.recordDeadLetter(queue, job, error, job.attemptsMade, logger);
+  }
+
+  /** Keeps a job that failed for good as a dead letter; never throws, since the job's own failure matters more. */
+  private async recordDeadLetter(queue: string, job: Job, error: Error, attempts: number, logger: Logger): Promise<void> {
+    try {
+      const outcome = await recordDeadLetter(this.platform.db.knex, {
+        queue,
+        jobId: String(job.id),
+        jobName: job.name,
+        data: job.data,
+        error,
+        attempts,
+        maxAttempts: job.opts.attempts ?? null,
+      });
+      if (outcome === 'recorded') this.deadLetters.recorded.inc({ queue });
+    } catch (recordError) {
+      logger.error({ err: recordError }, 'could not record the dead letter');
+    }
+  }
+
+  /**
+   * A job with an open dead letter that runs again was retried outside a
+   * redrive (the jobs API, Bull Board): close its dead letter and reopen
+   * what its final failure closed, as a redrive does, so the work is redone.
+   */
+  private async reopenIfRetried(processor: Processor, job: Job, payload: unknown, logger: Logger): Promise<void> {
+    if (!(await closeOnRerun(this.platform.db.knex, processor.definition.name, String(job.id)))) return;
+    logger.info('a job that failed for good runs again; its dead letter is marked redriven');
+    const refusal = await processor.beforeRedrive?.(payload, this.platform);
+    if (refusal) logger.warn({ reason: refusal }, 'the retried job will find nothing to redo');
   }
 
   private async pauseWhileDown(name: string, up: boolean): Promise<void> {

@@ -1,6 +1,6 @@
 import { DelayedError, UnrecoverableError } from 'bullmq';
 import { WEBHOOK_BACKOFF, webhooksQueue } from '../queues';
-import { attemptDelivery, failDelivery, scheduleNextAttempt } from '../src/domain/webhooks/deliveries';
+import { attemptDelivery, failDelivery, reopenDelivery, scheduleNextAttempt } from '../src/domain/webhooks/deliveries';
 import { nextAttemptDelayMs } from '../src/domain/webhooks/retry';
 import { defineProcessor } from './processor';
 
@@ -61,6 +61,7 @@ export const webhooksProcessor = defineProcessor({
   async onFinalFailure(payload, error, { platform }) {
     await failDelivery(platform.db.knex, payload.tenantId, payload.deliveryId, error.message);
   },
+  beforeRedrive: (payload, platform) => reopenDelivery(platform.db.knex, payload.tenantId, payload.deliveryId),
   workerSettings: () => ({
     // The delay was worked out by the attempt that failed (schedule, jitter, Retry-After).
     backoffStrategy: (_attemptsMade: number, type?: string, error?: Error) =>

@@ -301,6 +301,25 @@ export async function failDelivery(db: Knex, tenantId: string, deliveryId: strin
   );
 }
 
+/**
+ * Makes a failed delivery pending again before its dead job is redriven:
+ * an attempt skips any delivery that is not pending. Its attempts so far
+ * stay counted. Returns why it must not be sent again, or null.
+ */
+export async function reopenDelivery(db: Knex, tenantId: string, deliveryId: string): Promise<string | null> {
+  return withTenant(db, tenantId, async (trx) => {
+    const delivery = await trx<DeliveryRow>('webhook_deliveries').first('status', 'endpoint_id').where({ id: deliveryId, tenant_id: tenantId });
+    if (!delivery) return 'The delivery no longer exists.';
+    // A delivery that succeeded is not sent twice; one canceled with its endpoint stays canceled.
+    if (delivery.status !== 'failed') return delivery.status === 'pending' ? null : `The delivery is ${delivery.status}.`;
+    const endpoint = await trx('webhook_endpoints').first('enabled').where({ id: delivery.endpoint_id, tenant_id: tenantId });
+    if (!endpoint?.enabled) return 'The endpoint is disabled; enable it before redriving its deliveries.';
+    // updated_at now: the reconcile tick leaves a delivery alone until it has been pending a while.
+    await trx('webhook_deliveries').where({ id: deliveryId, status: 'failed' }).update({ status: 'pending', next_attempt_at: null, updated_at: trx.fn.now() });
+    return null;
+  });
+}
+
 export interface DeliveryFilters {
   status?: DeliveryStatus;
   event_type?: EventType;
