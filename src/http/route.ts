@@ -3,6 +3,7 @@ import express, { type Request, type Response } from 'express';
 import { z } from 'zod';
 import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
+import { auditedAction, RequestAudit } from './audit-trail';
 import { authenticate, authorize, type AuthRule } from './auth';
 import { requestIdOf, type RequestContext } from './context';
 import { RequestRateLimits } from './rate-limit';
@@ -39,7 +40,36 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
   query?: Q;
   params?: P;
   responses: Record<number, { description: string; schema?: z.ZodType }>;
+  /**
+   * How the audit trail names a call of this mutation (README, "Audit
+   * trail"). Without it an audited call is named `METHOD /path`; `false` for
+   * a read sent as POST, which is no mutation.
+   */
+  audit?: AuditSpec<Out<B>, Out<Q>, Out<P>> | false;
   handler(input: RouteInput<Out<B>, Out<Q>, Out<P>>): Promise<Reply>;
+}
+
+/** What an audit row can be built from: the input that passed validation, and the reply when there was one. */
+export interface AuditCall<B = unknown, Q = unknown, P = unknown> {
+  body?: B;
+  query?: Q;
+  params?: P;
+  reply?: Reply;
+}
+
+export interface AuditSpec<B = unknown, Q = unknown, P = unknown> {
+  /** `noun.verb`: `tenant.update`, `api_key.create`, `queue.pause`. */
+  action: string;
+  /** The id acted on; by default the `:id` path parameter. */
+  target?(call: AuditCall<B, Q, P>): string | null | undefined;
+  /**
+   * The target names a tenant (id or slug): it is looked up before the
+   * handler runs, so a deletion still records the tenant's id and slug, or
+   * after it when the request created the tenant.
+   */
+  targetsTenant?: boolean;
+  /** Names and counts only: never a secret, never a body as given. A PATCH records its field names by itself. */
+  details?(call: AuditCall<B, Q, P>): Record<string, unknown> | undefined;
 }
 
 type Out<S> = S extends z.ZodType ? z.output<S> : undefined;
@@ -76,33 +106,58 @@ export class Api {
     spec: RouteSpec<B, Q, P>,
   ): void {
     this.document(spec);
+    const action = auditedAction(spec);
     this.router[spec.method](spec.path, async (req: Request, res: Response) => {
-      const requestId = requestIdOf(res);
-      const ctx: RequestContext =
-        spec.auth === 'public'
-          ? { requestId }
-          : await authorize(this.platform, req, await authenticate(this.platform, req), spec.auth, requestId);
-      res.locals.tenantId = ctx.tenant?.id;
-      const scope = requestScope.getStore();
-      if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
-      // Counted before the input is read, so malformed requests spend the budget too.
-      for (const [name, value] of Object.entries(await this.rateLimits.admit(ctx))) res.setHeader(name, value);
-      const reply = await spec.handler({
-        body: (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>,
-        query: (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>,
-        params: (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>,
-        ctx,
-        platform: this.platform,
-        req,
-      });
-      for (const [name, value] of Object.entries(reply.headers ?? {})) res.setHeader(name, value);
-      if (reply.stream) {
-        res.status(reply.status);
-        await reply.stream(res);
-        res.end();
-      } else if (reply.body === undefined) res.status(reply.status).end();
-      else res.status(reply.status).json(reply.body);
+      // Follows the call from before authentication, so refused attempts are recorded with their status too.
+      const audit = action ? new RequestAudit(this.platform, spec, action, req, res) : undefined;
+      try {
+        await this.serve(spec, req, res, audit);
+      } finally {
+        audit?.settle();
+      }
     });
+  }
+
+  private async serve<B extends z.ZodType | undefined, Q extends ObjectSchema | undefined, P extends ObjectSchema | undefined>(
+    spec: RouteSpec<B, Q, P>,
+    req: Request,
+    res: Response,
+    audit: RequestAudit | undefined,
+  ): Promise<void> {
+    const requestId = requestIdOf(res);
+    let ctx: RequestContext = { requestId };
+    if (spec.auth !== 'public') {
+      const principal = await authenticate(this.platform, req);
+      if (audit) audit.principal = principal;
+      ctx = await authorize(this.platform, req, principal, spec.auth, requestId);
+    }
+    res.locals.tenantId = ctx.tenant?.id;
+    if (audit) audit.tenant = ctx.tenant;
+    const scope = requestScope.getStore();
+    if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
+    // Counted before the input is read, so malformed requests spend the budget too.
+    for (const [name, value] of Object.entries(await this.rateLimits.admit(ctx))) res.setHeader(name, value);
+    const call = (audit?.call ?? {}) as AuditCall<Out<B>, Out<Q>, Out<P>>;
+    call.body = (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>;
+    call.query = (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>;
+    call.params = (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>;
+    await audit?.lookUpTenantTarget();
+    const reply = await spec.handler({
+      body: call.body as Out<B>,
+      query: call.query as Out<Q>,
+      params: call.params as Out<P>,
+      ctx,
+      platform: this.platform,
+      req,
+    });
+    call.reply = reply;
+    for (const [name, value] of Object.entries(reply.headers ?? {})) res.setHeader(name, value);
+    if (reply.stream) {
+      res.status(reply.status);
+      await reply.stream(res);
+      res.end();
+    } else if (reply.body === undefined) res.status(reply.status).end();
+    else res.status(reply.status).json(reply.body);
   }
 
   private document(spec: RouteSpec<z.ZodType | undefined, ObjectSchema | undefined, ObjectSchema | undefined>): void {
@@ -121,6 +176,7 @@ export class Api {
       responses[429] ??= { description: RATE_LIMITED, content: { 'application/json': { schema: errorSchema } } };
     }
     const operatorTenant = typeof spec.auth === 'object';
+    const auditAction = auditedAction(spec);
     this.registry.registerPath({
       method: spec.method,
       path: spec.path.replace(/:([A-Za-z_]+)/g, '{$1}'),
@@ -135,6 +191,8 @@ export class Api {
         ...(spec.body ? { body: { required: true, content: { 'application/json': { schema: spec.body } } } } : {}),
       },
       responses,
+      // Tells API readers (the dashboard's audit view among them) what a call is recorded as.
+      ...(auditAction ? { 'x-audit-action': auditAction } : {}),
     });
   }
 }

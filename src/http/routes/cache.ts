@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { getTenant } from '../../domain/tenants/tenants';
+import { replied } from '../audit-trail';
 import type { Api } from '../route';
 import { safeString } from '../schemas';
 
@@ -29,6 +30,7 @@ export function cacheRoutes(api: Api): void {
     method: 'post', path: '/api/admin/cache/invalidate', summary: "Invalidate one tenant's cached searches, or every tenant's", tag, auth: 'operator',
     body: z.object({ tenant_id: safeString({ min: 1, max: 100 }).optional().describe('Tenant id or slug; absent: every tenant') }).strict(),
     responses: { 200: { description: 'What was invalidated', schema: z.object({ tenants: z.number().int(), generation: z.number().int().optional() }) }, 404: { description: 'No such tenant' } },
+    audit: { action: 'cache.invalidate', target: ({ body }) => body?.tenant_id, targetsTenant: true, details: ({ reply }) => ({ tenants: replied(reply, 'tenants') }) },
     handler: async ({ body, platform }) => {
       if (!body.tenant_id) return { status: 200, body: { tenants: await platform.cache.invalidateAll() } };
       const tenant = await getTenant(platform.db.knex, body.tenant_id);

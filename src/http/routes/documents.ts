@@ -3,6 +3,7 @@ import { tenantStats } from '../../domain/documents/stats';
 import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
 import type { Platform } from '../../platform';
+import { replied, repliedId } from '../audit-trail';
 import type { Api } from '../route';
 import {
   documentBatch,
@@ -48,6 +49,7 @@ export function documentRoutes(api: Api): void {
       409: { description: 'external_id already used' },
       413: { description: 'Content too large' },
     },
+    audit: { action: 'document.create', target: repliedId },
     handler: async ({ body, ctx, platform, req }) => {
       assertContentSize([req.body]);
       const [document] = await createDocuments(platform.documentDeps(), ctx.tenant!.id, [body], ctx.tenant!.quotas);
@@ -58,6 +60,7 @@ export function documentRoutes(api: Api): void {
     method: 'post', path: '/api/documents/batch', summary: 'Add 1 to 1000 documents as one index job', tag, auth: write,
     body: documentBatch,
     responses: { 202: { description: 'Accepted', schema: z.object({ items: z.array(documentSummarySchema), job_id: z.uuid() }) } },
+    audit: { action: 'document.create_batch', target: ({ reply }) => replied(reply, 'job_id') as string | undefined, details: ({ body }) => ({ documents: body?.documents.length }) },
     handler: async ({ body, ctx, platform, req }) => {
       const raw = (req.body as { documents?: unknown }).documents;
       assertContentSize(Array.isArray(raw) ? raw : []);
@@ -89,6 +92,7 @@ export function documentRoutes(api: Api): void {
       404: { description: 'No such document' },
       413: { description: 'Content too large' },
     },
+    audit: { action: 'document.update' },
     handler: async ({ params, body, ctx, platform, req }) => {
       assertContentSize([req.body]);
       const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body, ctx.tenant!.quotas);
@@ -101,6 +105,7 @@ export function documentRoutes(api: Api): void {
     method: 'delete', path: '/api/documents/:id', summary: 'Delete a document and its chunks', tag, auth: write,
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
+    audit: { action: 'document.delete' },
     handler: async ({ params, ctx, platform }) => {
       await deleteDocument(platform.documentDeps(), ctx.tenant!.id, params.id);
       await invalidateCache(platform, ctx.tenant!.id);

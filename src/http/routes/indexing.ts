@@ -10,6 +10,7 @@ const write = { scope: 'documents:write', tenant: 'required' } as const;
 export function indexingRoutes(api: Api): void {
   api.add({
     method: 'post', path: '/api/index', summary: 'Index one document (again with force_reindex)', tag, auth: write,
+    audit: { action: 'document.index', target: ({ body }) => body?.document_id },
     body: indexRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'No such document' } },
     handler: async ({ body, ctx, platform }) => ({
@@ -19,6 +20,7 @@ export function indexingRoutes(api: Api): void {
   });
   api.add({
     method: 'post', path: '/api/index/batch', summary: 'Index up to 1000 documents as one job', tag, auth: write,
+    audit: { action: 'document.index_batch', details: ({ body }) => ({ documents: body?.document_ids.length }) },
     body: indexBatchRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'Some documents do not exist' } },
     handler: async ({ body, ctx, platform }) => ({
@@ -43,6 +45,7 @@ export function indexingRoutes(api: Api): void {
   });
   api.add({
     method: 'post', path: '/api/index/jobs/:id/cancel', summary: 'Cancel a queued or running index job', tag, auth: write,
+    audit: { action: 'index_job.cancel', target: ({ params }) => params?.id },
     params: idParams,
     responses: {
       200: { description: 'Canceled', schema: indexJobSchema },

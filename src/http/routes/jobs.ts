@@ -3,6 +3,7 @@ import { JOB_STATES } from '../../../queues/admin';
 import { QUEUE_NAMES } from '../../../queues';
 import { platformStats } from '../../domain/documents/stats';
 import { conflict, notFound } from '../../errors';
+import { replied } from '../audit-trail';
 import type { Api } from '../route';
 import { safeString } from '../schemas';
 
@@ -68,6 +69,7 @@ export function jobRoutes(api: Api): void {
     method: 'post', path: '/api/admin/jobs/:queue/:id/retry', summary: 'Retry one failed job', tag, auth: jobsAuth,
     params: jobParams,
     responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
+    audit: { action: 'job.retry', target: ({ params }) => params && `${params.queue}/${params.id}` },
     handler: async ({ params, ctx, platform }) => {
       const outcome = await platform.queueAdmin.retryJob(params.queue, params.id, ctx.tenant?.id);
       if (!outcome) throw notFound('Job');
@@ -80,6 +82,14 @@ export function jobRoutes(api: Api): void {
     params: queueParams,
     body: z.object({ dry_run: z.boolean().default(false), failed_reason_contains: safeString({ min: 1, max: 500 }).optional() }).strict(),
     responses: { 200: { description: 'Counts', schema: z.object({ matched: z.number().int(), retried: z.number().int() }) } },
+    audit: {
+      action: 'queue.retry_failed',
+      target: ({ params }) => params?.queue,
+      details: ({ body, reply }) => ({
+        dry_run: body?.dry_run, failed_reason_contains: body?.failed_reason_contains,
+        matched: replied(reply, 'matched'), retried: replied(reply, 'retried'),
+      }),
+    },
     handler: async ({ params, body, ctx, platform }) => ({
       status: 200,
       body: await platform.queueAdmin.retryFailed(params.queue, { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id }),
@@ -90,6 +100,7 @@ export function jobRoutes(api: Api): void {
       method: 'post', path: `/api/admin/queues/:queue/${action}`, summary: `${action === 'pause' ? 'Pause' : 'Resume'} a queue for every worker`, tag, auth: 'operator',
       params: queueParams,
       responses: { 200: { description: 'The queue', schema: queueSchema } },
+      audit: { action: `queue.${action}`, target: ({ params }) => params?.queue },
       handler: async ({ params, platform }) => {
         await platform.queueAdmin[action](params.queue);
         const overview = await platform.queueAdmin.overview();
@@ -104,6 +115,7 @@ export function jobRoutes(api: Api): void {
         description: 'Counts',
         schema: z.object({
           total_documents: z.number().int(), indexed_documents: z.number().int(), total_chunks: z.number().int(), tenants: z.number().int(),
+          searches_today: z.number().int().describe('searches since UTC midnight, as recorded by analytics (up to a minute behind)'),
           active_jobs: z.number().int(), pending_jobs: z.number().int(), failed_jobs: z.number().int(), queue_depth: z.number().int(), uptime_secs: z.number(),
         }),
       },

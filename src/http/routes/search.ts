@@ -77,6 +77,8 @@ async function runSearch(platform: Platform, ctx: RequestContext, request: Searc
 export function searchRoutes(api: Api): void {
   api.add({
     method: 'post', path: '/api/search', summary: 'Search by keyword, meaning, or both (hybrid, the default)', tag, auth,
+    // A read sent as POST: nothing changes, so nothing to audit.
+    audit: false,
     body: searchBody,
     responses: {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
@@ -101,6 +103,8 @@ export function searchRoutes(api: Api): void {
   });
   api.add({
     method: 'post', path: '/api/search/click', summary: 'Record a click on a search result (for click-through rate)', tag, auth,
+    // Analytics, not administration.
+    audit: false,
     body: z.object({ query_id: z.uuid(), document_id: z.uuid(), position: z.number().int().min(1).max(1000) }).strict(),
     responses: { 202: { description: 'Recorded (the same click twice counts once)' } },
     handler: async ({ body, ctx, platform }) => {

@@ -9,6 +9,7 @@ import {
   setTenantStatus,
   updateTenant,
 } from '../../domain/tenants/tenants';
+import { repliedId } from '../audit-trail';
 import type { Api } from '../route';
 import {
   apiKeyCreate,
@@ -30,6 +31,7 @@ export function tenantRoutes(api: Api): void {
     method: 'post', path: '/api/admin/tenants', summary: 'Create a tenant', tag, auth: 'operator',
     body: tenantCreate,
     responses: { 201: { description: 'The tenant', schema: tenantSchema }, 409: { description: 'Slug or domain taken' } },
+    audit: { action: 'tenant.create', target: repliedId, targetsTenant: true, details: ({ body }) => body && { slug: body.slug, tier: body.tier } },
     handler: async ({ body, platform }) => ({ status: 201, body: await createTenant(platform.db.knex, body) }),
   });
   api.add({
@@ -48,12 +50,14 @@ export function tenantRoutes(api: Api): void {
     method: 'patch', path: '/api/admin/tenants/:id', summary: 'Change a tenant', tag, auth: 'operator',
     params: idOrSlugParams, body: tenantPatch,
     responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' }, 409: { description: 'Slug or domain taken' } },
+    audit: { action: 'tenant.update', targetsTenant: true, details: ({ body }) => (body?.quotas ? { quotas: Object.keys(body.quotas).sort() } : undefined) },
     handler: async ({ params, body, platform }) => ({ status: 200, body: await updateTenant(platform.db.knex, params.id, body) }),
   });
   api.add({
     method: 'delete', path: '/api/admin/tenants/:id', summary: 'Delete a tenant and everything it owns', tag, auth: 'operator',
     params: idOrSlugParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such tenant' } },
+    audit: { action: 'tenant.delete', targetsTenant: true },
     handler: async ({ params, platform }) => {
       await deleteTenant(platform.db.knex, params.id);
       return { status: 204 };
@@ -64,6 +68,7 @@ export function tenantRoutes(api: Api): void {
       method: 'post', path: `/api/admin/tenants/:id/${action}`, summary: `${action === 'suspend' ? 'Suspend' : 'Resume'} a tenant`, tag, auth: 'operator',
       params: idOrSlugParams,
       responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
+      audit: { action: `tenant.${action}`, targetsTenant: true },
       handler: async ({ params, platform }) => {
         const tenant = await setTenantStatus(platform.db.knex, params.id, status);
         // Jobs held while it was suspended run now rather than at their next recheck.
@@ -83,6 +88,8 @@ export function tenantRoutes(api: Api): void {
     method: 'post', path: '/api/admin/api-keys', summary: 'Create an API key (the key is shown only here)', tag, auth: keysAuth,
     body: apiKeyCreate,
     responses: { 201: { description: 'The key, with its secret', schema: apiKeyCreated } },
+    // The scopes handed out are the point of the record; the secret in the reply never is.
+    audit: { action: 'api_key.create', target: repliedId, details: ({ body }) => body && { name: body.name, scopes: body.scopes ?? DEFAULT_SCOPES } },
     handler: async ({ body, ctx, platform }) => {
       // A key can hand out only what it holds: keys:manage alone must not mint an admin key.
       const wanted = body.scopes ?? DEFAULT_SCOPES;
@@ -107,6 +114,7 @@ export function tenantRoutes(api: Api): void {
     method: 'delete', path: '/api/admin/api-keys/:id', summary: 'Revoke an API key, effective at once', tag, auth: keysAuth,
     params: idParams,
     responses: { 204: { description: 'Revoked' }, 404: { description: 'No such key' } },
+    audit: { action: 'api_key.revoke' },
     handler: async ({ params, ctx, platform }) => {
       await revokeApiKey(platform.db.knex, ctx.tenant!.id, params.id);
       return { status: 204 };

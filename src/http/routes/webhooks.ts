@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { getDelivery, listDeliveries, redeliver, replay, sendTest } from '../../domain/webhooks/deliveries';
 import { createEndpoint, deleteEndpoint, getEndpoint, listEndpoints, rotateSecret, updateEndpoint } from '../../domain/webhooks/endpoints';
 import { EVENT_TYPE_NAMES, EVENT_TYPES } from '../../domain/webhooks/event-types';
+import { replied, repliedId } from '../audit-trail';
 import type { Api } from '../route';
 import { idParams, listQuery, safeString } from '../schemas';
 
@@ -93,6 +94,8 @@ export function webhookRoutes(api: Api): void {
     method: 'post', path: '/api/admin/webhooks', summary: 'Add an endpoint (its signing secret is shown only here)', tag, auth,
     body: endpointInput,
     responses: { 201: { description: 'The endpoint, with its secret', schema: endpointWithSecret }, 403: { description: 'Endpoint quota reached' } },
+    // Not the URL: one can carry credentials in its query or user part.
+    audit: { action: 'webhook.create', target: repliedId, details: ({ body }) => body && { event_types: body.event_types ?? [] } },
     handler: async ({ body, ctx, platform }) => {
       const { endpoint, secret } = await createEndpoint(platform.db.knex, ctx.tenant!.id, body, platform.endpointSettings(), ctx.tenant!.quotas);
       return { status: 201, body: { ...endpoint, secret } };
@@ -114,6 +117,7 @@ export function webhookRoutes(api: Api): void {
     method: 'patch', path: '/api/admin/webhooks/:id', summary: 'Change an endpoint; `enabled: true` re-enables a disabled one', tag, auth,
     params: idParams, body: endpointPatch,
     responses: { 200: { description: 'The endpoint', schema: endpointSchema }, 404: { description: 'No such endpoint' } },
+    audit: { action: 'webhook.update', details: ({ body }) => (body?.enabled !== undefined ? { enabled: body.enabled } : undefined) },
     handler: async ({ params, body, ctx, platform }) => ({
       status: 200,
       body: await updateEndpoint(platform.db.knex, ctx.tenant!.id, params.id, body, platform.endpointSettings()),
@@ -123,6 +127,7 @@ export function webhookRoutes(api: Api): void {
     method: 'delete', path: '/api/admin/webhooks/:id', summary: 'Delete an endpoint and its delivery log', tag, auth,
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such endpoint' } },
+    audit: { action: 'webhook.delete' },
     handler: async ({ params, ctx, platform }) => {
       await deleteEndpoint(platform.db.knex, ctx.tenant!.id, params.id);
       return { status: 204 };
@@ -136,6 +141,7 @@ export function webhookRoutes(api: Api): void {
       404: { description: 'No such endpoint' },
       409: { description: 'Rotated less than 24 hours ago; details.rotate_again_at says when it is allowed again' },
     },
+    audit: { action: 'webhook.rotate_secret' },
     handler: async ({ params, ctx, platform }) => {
       const { endpoint, secret } = await rotateSecret(platform.db.knex, ctx.tenant!.id, params.id);
       return { status: 200, body: { ...endpoint, secret } };
@@ -149,6 +155,7 @@ export function webhookRoutes(api: Api): void {
       404: { description: 'No such endpoint' },
       409: { description: 'The endpoint is disabled' },
     },
+    audit: { action: 'webhook.test' },
     handler: async ({ params, ctx, platform }) => {
       const delivery = await sendTest(platform.deliveryDeps(), ctx.tenant!.id, params.id);
       const attempt = delivery.attempts[0];
@@ -191,6 +198,11 @@ export function webhookRoutes(api: Api): void {
     method: 'post', path: '/api/admin/webhooks/:id/deliveries/:delivery_id/redeliver', summary: 'Send the same message again, with fresh attempts', tag, auth,
     params: deliveryParams,
     responses: { 202: { description: 'The new delivery', schema: deliverySchema }, 404: { description: 'No such delivery' }, 409: { description: 'The endpoint is disabled' } },
+    audit: {
+      action: 'webhook.redeliver',
+      target: ({ params }) => params?.delivery_id,
+      details: ({ params, reply }) => ({ endpoint_id: params?.id, new_delivery_id: replied(reply, 'id') }),
+    },
     handler: async ({ params, ctx, platform }) => {
       const { delivery, work } = await redeliver(platform.db.knex, ctx.tenant!.id, params.id, params.delivery_id);
       await platform.enqueueDeliveries([work]);
@@ -212,6 +224,13 @@ export function webhookRoutes(api: Api): void {
       200: { description: 'How many events matched and were enqueued', schema: z.object({ matched: z.number().int(), enqueued: z.number().int(), per_second: z.number() }) },
       404: { description: 'No such endpoint' },
       409: { description: 'The endpoint is disabled' },
+    },
+    audit: {
+      action: 'webhook.replay',
+      details: ({ body, reply }) => ({
+        since: body?.since, until: body?.until, event_types: body?.event_types, dry_run: body?.dry_run,
+        matched: replied(reply, 'matched'), enqueued: replied(reply, 'enqueued'),
+      }),
     },
     handler: async ({ params, body, ctx, platform }) => {
       const perSecond = platform.config.WEBHOOK_REPLAY_PER_SECOND;
