@@ -5,7 +5,10 @@ import * as reconcileIndexes from './20261126000003_reconcile_indexes';
 import * as analytics from './20261126000004_analytics';
 import * as webhookIndexes from './20261126000005_webhook_indexes';
 import * as tenancy from './20261126000006_tenancy';
+import * as adminSessions from './20261126000010_admin_sessions';
 import * as usage from './20261126000007_usage';
+import * as deadLetters from './20261126000008_dead_letters';
+import * as audit from './20261126000009_audit';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -19,4 +22,7 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000005_webhook_indexes', migration: webhookIndexes },
   { name: '20261126000006_tenancy', migration: tenancy },
   { name: '20261126000007_usage', migration: usage },
+  { name: '20261126000008_dead_letters', migration: deadLetters },
+  { name: '20261126000009_audit', migration: audit },
+  { name: '20261126000010_admin_sessions', migration: adminSessions },
 ];

@@ -103,6 +103,7 @@ export const configSchema = z
       .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only')
       .default('ragworks'),
     ADMIN_TOKEN: z.string().min(24, 'must be at least 24 characters').optional(),
+    ADMIN_SESSION_HOURS: z.coerce.number().positive().max(24 * 30).default(12),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     SHUTDOWN_TIMEOUT_MS: positiveInt.default(25_000),
     MAX_BODY_BYTES: positiveInt.default(10 * 1024 * 1024),

@@ -21,6 +21,7 @@ import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
+import { MetricsWindow } from './metrics-window';
 import { connectRedis } from './redis';
 
 /**
@@ -40,6 +41,8 @@ export interface Platform {
   embedder: Embedder;
   health: DependencyHealth;
   metrics: Metrics;
+  /** The last minutes of this process's metrics, for the dashboard. */
+  metricsWindow: MetricsWindow;
   keyUsage: KeyUsageRecorder;
   dispatchIndexing: DispatchIndexing;
   /** Removes queued indexing jobs that are no longer wanted; a running one notices its item is canceled. */
@@ -106,6 +109,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const queryEmbedder = createEmbedder(config, 'queries');
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
+  const metricsWindow = new MetricsWindow(metrics);
   const cache = new SearchCache(
     redis,
     config.QUEUE_PREFIX,
@@ -129,6 +133,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   );
   health.start();
   keyUsage.start();
+  metricsWindow.start();
   const dispatchIndexing: DispatchIndexing = async (work) => {
     await queues.enqueueMany(indexingQueue, work);
   };
@@ -151,6 +156,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     embedder,
     health,
     metrics,
+    metricsWindow,
     keyUsage,
     dispatchIndexing,
     withdrawIndexing: async (work) => {
@@ -206,6 +212,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     }),
     async close() {
       health.stop();
+      metricsWindow.stop();
       await keyUsage.stop();
       await queues.close().catch(() => undefined);
       await redis.quit().catch(() => redis.disconnect());

@@ -8,15 +8,18 @@ import { AppError, dependencyUnavailable, unavailableDependency } from '../error
 import type { Platform } from '../platform';
 import { noticeQuotaExceeded, QuotaExceededError } from '../domain/tenants/quotas';
 import { requestScope } from '../request-scope';
-import { isOperatorToken, presentedSecret } from './auth';
+import { adminPages, requireOperatorPage } from './admin/pages';
 import { BOARD_PATH, bullBoardRouter } from './board';
 import { Api } from './route';
 import { analyticsRoutes } from './routes/analytics';
+import { auditRoutes } from './routes/audit';
 import { cacheRoutes } from './routes/cache';
+import { deadLetterRoutes } from './routes/dead-letters';
 import { documentRoutes } from './routes/documents';
 import { healthRoutes } from './routes/health';
 import { indexingRoutes } from './routes/indexing';
 import { jobRoutes } from './routes/jobs';
+import { metricsSummaryRoutes } from './routes/metrics-summary';
 import { searchRoutes } from './routes/search';
 import { tenantRoutes } from './routes/tenants';
 import { usageRoutes } from './routes/usage';
@@ -63,6 +66,9 @@ export function createApp(platform: Platform): express.Express {
   cacheRoutes(api);
   analyticsRoutes(api);
   usageRoutes(api);
+  deadLetterRoutes(api, platform);
+  metricsSummaryRoutes(api);
+  auditRoutes(api);
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', platform.metrics.registry.contentType);
@@ -84,7 +90,8 @@ export function createApp(platform: Platform): express.Express {
   app.get('/docs', (_req, res) => res.sendFile(path.join(__dirname, 'docs', 'index.html')));
   app.get('/docs/init.js', (_req, res) => res.sendFile(path.join(__dirname, 'docs', 'init.js')));
 
-  app.use(BOARD_PATH, requireOperatorForPages(platform), bullBoardRouter(platform));
+  app.use(adminPages(platform));
+  app.use(BOARD_PATH, requireOperatorPage(platform), bullBoardRouter(platform));
 
   app.use('/api', requireJsonBodies, express.json({ limit: platform.config.MAX_BODY_BYTES, strict: true, type: ['application/json', 'application/*+json'] }));
   app.use('/api', rejectWhileDependenciesDown(platform));
@@ -139,15 +146,6 @@ function rejectWhileDependenciesDown(platform: Platform): RequestHandler {
   };
 }
 
-/** Browser pages for operators: HTTP Basic (any user name, the token as password) or a bearer token. */
-function requireOperatorForPages(platform: Platform): RequestHandler {
-  return (req, res, next) => {
-    const secret = presentedSecret(req);
-    if (secret && isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return next();
-    res.setHeader('WWW-Authenticate', 'Basic realm="ragworks operator", charset="UTF-8"');
-    res.status(401).json({ error: { code: 'unauthenticated', message: 'Operator credentials are required.' } });
-  };
-}
 
 const errorHandler = (platform: Platform): ErrorRequestHandler => (error: unknown, req: Request, res: Response, _next: NextFunction) => {
     const appError = toAppError(error);

@@ -4,6 +4,7 @@ import { verifyApiKey, type Scope } from '../domain/apikeys/apikeys';
 import { findTenant, findTenantByDomain } from '../domain/tenants/tenants';
 import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
 import type { Platform } from '../platform';
+import { csrfValid, sameOriginChange, sessionOf } from './admin/session';
 import { hasScope, type Principal, type RequestContext } from './context';
 
 export type AuthRule = 'public' | 'operator' | { scope: Scope; tenant: 'required' | 'optional' };
@@ -35,16 +36,31 @@ export function presentedSecret(req: Request): string | undefined {
  * in on (Host, or X-Forwarded-Host from a trusted proxy), side by side.
  */
 export async function authenticate(platform: Platform, req: Request): Promise<Principal> {
+  // A browser sends cached HTTP Basic credentials on cross-site requests too: a change it says came from another site is refused.
+  if (isChange(req) && req.get('sec-fetch-site') === 'cross-site') {
+    throw new AppError(403, 'csrf_failed', 'Changes are not accepted from pages of another site.');
+  }
   const secret = presentedSecret(req);
-  if (!secret) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
+  const sessionId = secret ? null : await sessionOf(platform, req);
+  if (!secret && !sessionId) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
   const domainTenant = findTenantByDomain(platform.db.knex, req.hostname);
   domainTenant.catch(() => undefined); // awaited below; a rejection must not go unhandled meanwhile
-  const principal = await identify(platform, secret);
+  const principal: Principal = secret ? await identify(platform, secret) : fromSession(platform, req, sessionId!);
   const onDomain = await domainTenant;
   if (onDomain && principal.kind === 'key' && principal.tenant.id !== onDomain.id) {
     throw forbidden(`This API key belongs to another tenant than ${req.hostname}.`);
   }
   return onDomain ? { ...principal, domainTenant: onDomain } : principal;
+}
+
+const isChange = (req: Request) => !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
+
+/** The dashboard acts as the operator; its changes must carry the session's CSRF token and come from this origin. */
+function fromSession(platform: Platform, req: Request, sessionId: string): Principal {
+  if (isChange(req) && (!csrfValid(platform, sessionId, req.get('x-csrf-token')) || !sameOriginChange(req))) {
+    throw new AppError(403, 'csrf_failed', 'This change did not come from the dashboard page (missing or wrong X-CSRF-Token, or another origin).');
+  }
+  return { kind: 'operator', sessionId };
 }
 
 async function identify(platform: Platform, secret: string): Promise<Principal> {

@@ -3,10 +3,11 @@ import type { ApiKey, Scope } from '../domain/apikeys/apikeys';
 import type { Tenant } from '../domain/tenants/tenants';
 
 /**
- * Who is calling: the operator (ADMIN_TOKEN) or a tenant's API key, and the
- * tenant whose custom domain the request arrived on, if any.
+ * Who is calling: the operator (ADMIN_TOKEN, or a dashboard session:
+ * `sessionId`) or a tenant's API key, and the tenant whose custom domain the
+ * request arrived on, if any.
  */
-export type Principal = ({ kind: 'operator' } | { kind: 'key'; apiKey: ApiKey; tenant: Tenant }) & { domainTenant?: Tenant };
+export type Principal = ({ kind: 'operator'; sessionId?: string } | { kind: 'key'; apiKey: ApiKey; tenant: Tenant }) & { domainTenant?: Tenant };
 
 export interface RequestContext {
   /** Absent on public routes, which authenticate nobody. */

@@ -12,6 +12,8 @@ export interface PlatformStats {
   indexed_documents: number;
   total_chunks: number;
   tenants: number;
+  /** Searches since UTC midnight as recorded by analytics (so up to a minute behind). */
+  searches_today: number;
 }
 
 async function countBy(query: Knex.QueryBuilder, column: string, states: readonly string[]): Promise<Record<string, number> & { total: number }> {
@@ -44,6 +46,7 @@ export async function platformStats(db: Knex): Promise<PlatformStats> {
         trx.raw(`(select count(*) from documents where status = 'indexed')::int as indexed_documents`),
         trx.raw('(select count(*) from chunks)::int as total_chunks'),
         trx.raw('(select count(*) from tenants)::int as tenants'),
+        trx.raw(`(select count(*) from search_events where created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc')::int as searches_today`),
       )
       .first(),
   );

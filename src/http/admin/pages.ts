@@ -1,0 +1,150 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse, serialize } from 'cookie';
+import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
+import { endSession, openSession } from '../../domain/admin/sessions';
+import { recordAudit } from '../../domain/audit/audit';
+import type { Platform } from '../../platform';
+import { isOperatorToken, presentedSecret } from '../auth';
+import { clearSessionCookie, csrfTokenFor, csrfValid, sessionOf, setSessionCookie } from './session';
+
+export const ADMIN_PATH = '/admin';
+const LOGIN_PATH = `${ADMIN_PATH}/login`;
+/** Pre-session token for the login form (double submit), so another site cannot log a browser in with its own token. */
+const LOGIN_COOKIE = 'rw_login';
+const STATIC_DIR = path.join(__dirname, 'static');
+
+/** Our pages load only our own scripts, styles and data; nobody may frame them. */
+const PAGE_POLICY = [
+  "default-src 'self'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data:",
+  "connect-src 'self'",
+  "form-action 'self'",
+  "frame-ancestors 'none'",
+  "base-uri 'none'",
+].join('; ');
+
+const escapeHtml = (value: string) =>
+  value.replace(/[&<>"']/g, (char) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[char]!);
+
+/** Where to go after logging in: only our own pages, never another site. */
+function nextPath(value: unknown): string {
+  return typeof value === 'string' && /^\/admin(\/[A-Za-z0-9/_#?=&.-]*)?$/.test(value) ? value : ADMIN_PATH;
+}
+
+function template(name: string): (values: Record<string, string>) => string {
+  const source = fs.readFileSync(path.join(STATIC_DIR, name), 'utf8');
+  return (values) => source.replace(/\{\{(\w+)\}\}/g, (_match, key: string) => escapeHtml(values[key] ?? ''));
+}
+
+function sendPage(res: Response, status: number, html: string): void {
+  res.status(status).setHeader('Content-Security-Policy', PAGE_POLICY).setHeader('Cache-Control', 'no-store').type('html').send(html);
+}
+
+const sameSecret = (a: string, b: string) => {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+};
+
+/**
+ * The operator's pages: login and logout, the dashboard, its static files,
+ * and the guard in front of Bull Board. Anonymous visitors of any page go
+ * to the login page and see no content.
+ */
+export function adminPages(platform: Platform): Router {
+  const router = express.Router();
+  const loginPage = template('login.html');
+  const dashboardPage = template('index.html');
+  const forms = express.urlencoded({ extended: false, limit: '8kb' });
+
+  const renderLogin = (req: Request, res: Response, status: number, error = '') => {
+    const loginToken = randomBytes(24).toString('base64url');
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, loginToken, { httpOnly: true, sameSite: 'strict', secure: req.secure, path: LOGIN_PATH, maxAge: 3600 }));
+    sendPage(res, status, loginPage({ loginToken, next: nextPath(req.query.next ?? req.body?.next), error, errorHidden: error ? '' : 'hidden' }));
+  };
+
+  router.use(`${ADMIN_PATH}/assets`, express.static(STATIC_DIR, { index: false, maxAge: '1h' }));
+  router.get(`${ADMIN_PATH}/vendor/chart.umd.min.js`, (_req, res) => {
+    res.sendFile(path.join(path.dirname(require.resolve('chart.js')), 'chart.umd.min.js'), { maxAge: '1d' });
+  });
+
+  router.get(LOGIN_PATH, async (req, res) => {
+    if (await sessionOf(platform, req)) return res.redirect(303, nextPath(req.query.next));
+    renderLogin(req, res, 200);
+  });
+
+  router.post(LOGIN_PATH, forms, async (req, res) => {
+    const presented = parse(req.headers.cookie ?? '')[LOGIN_COOKIE];
+    const body = (req.body ?? {}) as Record<string, unknown>;
+    if (!presented || typeof body.login_token !== 'string' || !sameSecret(presented, body.login_token)) {
+      return renderLogin(req, res, 403, 'The form expired or came from another page; please sign in again.');
+    }
+    const token = typeof body.token === 'string' ? body.token : '';
+    const valid = token.length > 0 && isOperatorToken(token, platform.config.ADMIN_TOKEN);
+    const audit = (action: string, status: number, sessionId: string | null) =>
+      recordAudit(platform.db.knex, { actor: { kind: 'operator', sessionId }, action, method: 'POST', path: LOGIN_PATH, status, ip: req.ip ?? null, requestId: String(res.locals.requestId ?? '') }).catch((error) =>
+        req.log?.warn({ err: error }, 'could not record the login in the audit trail'),
+      );
+    if (!valid) {
+      await audit('admin.login_failed', 401, null);
+      return renderLogin(req, res, 401, 'That is not the operator token.');
+    }
+    const sessionId = await openSession(platform.db.knex, { hours: platform.config.ADMIN_SESSION_HOURS, ip: req.ip ?? null, userAgent: req.get('user-agent') ?? null });
+    await audit('admin.login', 303, sessionId);
+    setSessionCookie(platform, req, res, sessionId);
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: req.secure, path: LOGIN_PATH, maxAge: 0 }));
+    res.redirect(303, nextPath(body.next));
+  });
+
+  router.post(`${ADMIN_PATH}/logout`, forms, async (req, res) => {
+    const sessionId = await sessionOf(platform, req);
+    const csrf = (req.body as Record<string, unknown> | undefined)?.csrf;
+    if (sessionId && csrfValid(platform, sessionId, typeof csrf === 'string' ? csrf : undefined)) {
+      await endSession(platform.db.knex, sessionId);
+      await recordAudit(platform.db.knex, {
+        actor: { kind: 'operator', sessionId },
+        action: 'admin.logout',
+        method: 'POST',
+        path: `${ADMIN_PATH}/logout`,
+        status: 303,
+        ip: req.ip ?? null,
+        requestId: String(res.locals.requestId ?? ''),
+      }).catch((error) => req.log?.warn({ err: error }, 'could not record the logout in the audit trail'));
+    } else if (sessionId) {
+      return res.status(403).type('text').send('Refused: this logout did not come from the dashboard page.');
+    }
+    clearSessionCookie(req, res);
+    res.redirect(303, LOGIN_PATH);
+  });
+
+  // Also answers /admin/: trailing slashes are optional in Express 5 routes.
+  router.get(ADMIN_PATH, async (req, res) => {
+    const sessionId = await sessionOf(platform, req);
+    if (!sessionId) return res.redirect(302, `${LOGIN_PATH}?next=${encodeURIComponent(ADMIN_PATH)}`);
+    sendPage(res, 200, dashboardPage({ csrf: csrfTokenFor(platform, sessionId), version: platform.version }));
+  });
+
+  return router;
+}
+
+/**
+ * In front of Bull Board: a dashboard session, or the operator token (HTTP
+ * Basic with the token as password, or Bearer) for scripts. Anyone else is
+ * sent to the login page.
+ */
+export function requireOperatorPage(platform: Platform): RequestHandler {
+  return async (req, res, next) => {
+    const secret = presentedSecret(req);
+    if (secret && isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return next();
+    try {
+      if (!secret && (await sessionOf(platform, req))) return next();
+    } catch (error) {
+      return next(error);
+    }
+    res.redirect(302, `${LOGIN_PATH}?next=${encodeURIComponent(`${req.baseUrl}${req.path === '/' ? '' : req.path}`)}`);
+  };
+}
