@@ -157,6 +157,8 @@ export const configSchema = z
     ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400),
     ANALYTICS_TRENDING_MIN_VOLUME: positiveInt.default(5),
     WEBHOOK_LOG_RETENTION_DAYS: positiveInt.default(30),
+    AUDIT_RETENTION_DAYS: positiveInt.default(400),
+    DEAD_LETTER_RETENTION_DAYS: positiveInt.default(30),
 
     CACHE_ENABLED: booleanFlag.default(true),
     CACHE_L1_MAX_ITEMS: positiveInt.default(10_000),

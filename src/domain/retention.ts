@@ -5,6 +5,10 @@ import { TIER_RETENTION_DAYS } from './tenants/quotas';
 export interface RetentionPolicy {
   rollupDays: number;
   webhookLogDays: number;
+  /** Audit trail entries older than this go. */
+  auditDays: number;
+  /** Dead letters redriven or discarded longer ago than this go; open ones stay until someone acts. */
+  deadLetterDays: number;
 }
 
 /** `tier → days` as SQL rows, for joining each event to its tenant's retention; tiers that keep for good are left out. */
@@ -20,8 +24,10 @@ const BATCH = 5_000;
  * Deletes, in batches, raw search events and clicks older than their
  * tenant's tier retention, hourly rollups older than theirs, and finished
  * webhook deliveries (with their attempts) and events older than the
- * delivery-log retention. Retention is cross-tenant by nature; each batch is
- * its own short transaction.
+ * delivery-log retention, audit entries older than theirs, dead letters
+ * closed (redriven or discarded) longer ago than theirs, and dashboard
+ * sessions a day after they ended. Retention is cross-tenant by nature; each
+ * batch is its own short transaction.
  * Returns the rows removed per table.
  */
 export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promise<Record<string, number>> {
@@ -91,5 +97,9 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
     if (count < BATCH) break;
   }
   removed.webhook_events = events;
+  await sweep('audit_log', 'at', policy.auditDays);
+  await sweep('dead_letters', 'coalesce(redriven_at, discarded_at)', policy.deadLetterDays);
+  // Dashboard sessions are worthless once ended or expired; a day's grace keeps them for a look after a sign-out.
+  await sweep('admin_sessions', 'coalesce(revoked_at, expires_at)', 1);
   return removed;
 }

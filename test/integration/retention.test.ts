@@ -18,6 +18,9 @@ interface Cutoffs {
   webhookDays: number;
 }
 
+/** The operator's own tables, which the seeded tenant rows never touch: audit trail, dead letters, dashboard sessions. */
+const NO_OPERATOR_ROWS = { audit_log: 0, dead_letters: 0, admin_sessions: 0 };
+
 /** Age of raw search history that outlives any tier with a limit: a tier that keeps for good must still have it. */
 const AGE_PAST_EVERY_TIER = 400;
 
@@ -204,7 +207,7 @@ describe.each<{ database: 'postgres' | 'pglite'; env: Record<string, string>; cu
     expect(oldEvents).toBeGreaterThan(0);
 
     const removed = await runRetention(stack);
-    expect(removed).toEqual({ ...expectedRemoved(seeded), webhook_events: oldEvents });
+    expect(removed).toEqual({ ...expectedRemoved(seeded), webhook_events: oldEvents, ...NO_OPERATOR_ROWS });
     expectExactlyOlderRowsGone(seeded, await snapshot(stack, ids));
     // Spelled out per tier: a free tenant's 8-day-old events went, a standard one's 89-day-old and an unlimited one's 400-day-old stayed.
     const eventsLeft = async (tenantId: string) => (await remaining(stack, 'search_events', [tenantId])).length;
@@ -217,7 +220,7 @@ describe.each<{ database: 'postgres' | 'pglite'; env: Record<string, string>; cu
     expect(await removableEvents(stack, ids, cut.webhookDays)).toBe(0);
 
     // A second run finds nothing more to remove.
-    expect(await runRetention(stack)).toEqual({ ...Object.fromEntries(TABLES.map((table) => [table, 0])), webhook_events: 0 });
+    expect(await runRetention(stack)).toEqual({ ...Object.fromEntries(TABLES.map((table) => [table, 0])), webhook_events: 0, ...NO_OPERATOR_ROWS });
     expectExactlyOlderRowsGone(seeded, await snapshot(stack, ids));
   });
 
@@ -230,8 +233,47 @@ describe.each<{ database: 'postgres' | 'pglite'; env: Record<string, string>; cu
     const oldEvents = await removableEvents(stack, [tenant.id], cut.webhookDays);
 
     const removed = await runRetention(stack);
-    expect(removed).toEqual({ ...expectedRemoved([seeded], 12_000), webhook_events: oldEvents });
+    expect(removed).toEqual({ ...expectedRemoved([seeded], 12_000), webhook_events: oldEvents, ...NO_OPERATOR_ROWS });
     expectExactlyOlderRowsGone([seeded], await snapshot(stack, [tenant.id]));
     expect(await deletedMetric(stack, 'search_events')).toBe(before + 12_001);
+  });
+
+  it('removes old audit entries, dead letters closed long ago and ended dashboard sessions, and keeps the rest', async () => {
+    const tenant = await stack.createTenant();
+    const daysAgo = (days: number) => new Date(Date.now() - days * 86_400_000);
+    const audit = (id: string, days: number) => ({ id, at: daysAgo(days), actor_kind: 'operator', tenant_id: tenant.id, action: 'test.seed', details: {} });
+    const letter = (id: string, closed: { redriven_at?: Date; discarded_at?: Date }) => ({
+      id, queue: 'indexing', job_id: `job-${id}`, job_name: 'indexing', tenant_id: tenant.id, payload: {}, error_class: 'Error', error_message: 'seeded',
+      attempts: 1, failed_at: daysAgo(60), ...closed,
+    });
+    const ids = Array.from({ length: 10 }, () => randomUUID());
+    await stack.sql(async (db) => {
+      await db('audit_log').insert([audit(ids[0], 401), audit(ids[1], 399)]);
+      await db('dead_letters').insert([
+        letter(ids[2], { redriven_at: daysAgo(31) }),
+        letter(ids[3], { discarded_at: daysAgo(31) }),
+        letter(ids[4], { discarded_at: daysAgo(29) }),
+        // Open, however old: it waits for an operator.
+        letter(ids[5], {}),
+      ]);
+      await db('admin_sessions').insert([
+        { id: ids[6], expires_at: daysAgo(2) },
+        { id: ids[7], expires_at: daysAgo(-1), revoked_at: daysAgo(2) },
+        { id: ids[8], expires_at: daysAgo(-1) },
+        { id: ids[9], expires_at: daysAgo(0.5) },
+      ]);
+    });
+    const removed = await runRetention(stack);
+    expect({ audit_log: removed.audit_log, dead_letters: removed.dead_letters, admin_sessions: removed.admin_sessions }).toEqual({ audit_log: 1, dead_letters: 2, admin_sessions: 2 });
+    const left = await stack.sql(async (db) => ({
+      audit_log: await db('audit_log').whereIn('id', ids).pluck('id'),
+      dead_letters: await db('dead_letters').whereIn('id', ids).pluck('id'),
+      admin_sessions: await db('admin_sessions').whereIn('id', ids).pluck('id'),
+    }));
+    expect({ audit_log: left.audit_log.sort(), dead_letters: left.dead_letters.sort(), admin_sessions: left.admin_sessions.sort() }).toEqual({
+      audit_log: [ids[1]],
+      dead_letters: [ids[4], ids[5]].sort(),
+      admin_sessions: [ids[8], ids[9]].sort(),
+    });
   });
 });
