@@ -9,6 +9,9 @@ const REDACTED_PATHS = [
   'req.headers.authorization',
   'req.headers["x-api-key"]',
   'req.headers.cookie',
+  'req.headers["x-csrf-token"]',
+  // The dashboard's session cookie, as pino-http logs a sign-in's response.
+  'res.headers["set-cookie"]',
   'headers.authorization',
   '*.apiKey',
   '*.api_key',

@@ -1,7 +1,7 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { closeOnRerun, recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
-import { SUSPENDED_RECHECK_MS } from '../src/domain/tenants/suspension';
+import { recheckDelayMs } from '../src/domain/tenants/suspension';
 import { unavailableDependency } from '../src/errors';
 import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
@@ -103,7 +103,8 @@ export class WorkerRuntime {
       if (processor.definition.holdsWhileSuspended && tenantId && token && (await platform.suspension.isSuspended(platform.db.knex, tenantId))) {
         // Not failed, not run: it waits for the tenant's resumption, which promotes it.
         await platform.suspension.note(tenantId, queue, String(job.id));
-        await job.moveToDelayed(Date.now() + SUSPENDED_RECHECK_MS, token);
+        // attemptsStarted counts every time a worker picked the job up, each look included.
+        await job.moveToDelayed(Date.now() + recheckDelayMs(job.attemptsStarted), token);
         throw new DelayedError();
       }
       // Only a job that has run before can be one retried after failing for good.
@@ -179,8 +180,12 @@ export class WorkerRuntime {
    * what its final failure closed, as a redrive does, so the work is redone.
    */
   private async reopenIfRetried(processor: Processor, job: Job, payload: unknown, logger: Logger): Promise<void> {
-    if (!(await closeOnRerun(this.platform.db.knex, processor.definition.name, String(job.id)))) return;
-    logger.info('a job that failed for good runs again; its dead letter is marked redriven');
+    const hadDeadLetter = await closeOnRerun(this.platform.db.knex, processor.definition.name, String(job.id));
+    // A retry that does not reset the count starts with every attempt spent: it too follows a final failure,
+    // even when its dead letter was discarded or never got written.
+    const outOfAttempts = job.attemptsMade >= (job.opts.attempts ?? 1);
+    if (!hadDeadLetter && !outOfAttempts) return;
+    logger.info({ dead_letter_closed: hadDeadLetter }, 'a job that failed for good runs again');
     const refusal = await processor.beforeRedrive?.(payload, this.platform);
     if (refusal) logger.warn({ reason: refusal }, 'the retried job will find nothing to redo');
   }

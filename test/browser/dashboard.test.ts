@@ -233,14 +233,54 @@ describe('the operator dashboard in Chromium (PGlite, workers, an embeddings pro
       await stack.waitForDocument(tenant.key, documents[1], 'indexed');
     });
 
+    it('stops the Jobs poller when another tab is opened before the Jobs tab finished loading', async () => {
+      await pickTenant();
+      const polls: number[] = [];
+      const onRequest = (sent: { url(): string }) => {
+        if (sent.url().includes('/api/index/jobs')) polls.push(Date.now());
+      };
+      page.on('request', onRequest);
+      try {
+        await page.getByRole('tab', { name: 'Jobs' }).click();
+        await page.getByRole('tab', { name: 'Overview' }).click();
+        await page.getByTestId('health').waitFor();
+        const switched = Date.now();
+        // The Jobs tab polls every 2 s: 5 s without a poll means nothing is left running.
+        await new Promise((resolve) => setTimeout(resolve, 5_000));
+        expect(polls.filter((at) => at > switched + 500)).toEqual([]);
+      } finally {
+        page.off('request', onRequest);
+      }
+    });
+
+    it('offers every tenant in the picker and pages the tenants tab, past the first hundred', async () => {
+      for (let index = 0; index < 101; index++) {
+        await stack.operator('post', '/api/admin/tenants').send({ slug: `bulk-${index}-${tenant.slug}`.slice(0, 63), name: `Bulk ${index}` }).expect(201);
+      }
+      const total = (await stack.sql((db) => db('tenants').count('* as n').first()))!.n as number;
+      await page.reload();
+      await page.getByRole('tab', { name: 'Overview' }).waitFor();
+      await waitFor(async () => (await page.getByLabel('Tenant', { exact: true }).locator('option').count()) === total + 1, { what: 'every tenant in the picker' });
+      await page.getByRole('tab', { name: 'Tenants' }).click();
+      await page.getByText(`Page 1 of ${Math.ceil(total / 50)}`).waitFor();
+      await page.getByRole('button', { name: 'Next tenants' }).click();
+      await page.getByText(`Page 2 of ${Math.ceil(total / 50)}`).waitFor();
+    });
+
     it('lists every change in the audit tab, newest first', async () => {
       // All tenants: queue pauses and sign-ins belong to none.
       await page.getByLabel('Tenant', { exact: true }).selectOption('');
       await page.getByRole('tab', { name: 'Audit' }).click();
       const audit = page.getByTestId('audit');
-      await audit.getByText('tenant.update').first().waitFor();
-      for (const action of ['tenant.suspend', 'tenant.resume', 'queue.pause', 'job.retry', 'admin.login']) await audit.getByText(action).first().waitFor();
+      // Newest first: the hundred tenants just created lead the list.
+      await audit.getByText('tenant.create').first().waitFor();
       await browser.screenshot(page, 'audit');
+      for (const action of ['tenant.update', 'tenant.suspend', 'tenant.resume', 'queue.pause', 'job.retry', 'dead_letter.redrive', 'admin.login']) {
+        await page.getByLabel('Action').fill(action);
+        await page.getByRole('button', { name: 'Filter' }).click();
+        await audit.getByRole('cell', { name: action, exact: true }).first().waitFor();
+        expect(await audit.getByRole('cell', { name: 'tenant.create', exact: true }).count()).toBe(0);
+      }
     });
   });
 });

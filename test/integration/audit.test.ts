@@ -305,6 +305,11 @@ describe('audit trail (postgres)', () => {
     it("shows a tenant admin key its tenant's rows only, the operator one tenant on request, and refuses keys without the admin scope", async () => {
       const mine = await readAll('', (url) => stack.as(a.key, 'get', url));
       expect(ids(mine)).toEqual(ids(seeded.filter((row) => row.tenant_id === a.id)));
+      // The tenant sees that the operator acted, not which session it was nor from where.
+      const byOperator = mine.filter((row) => row.actor_kind === 'operator');
+      expect(byOperator.length).toBeGreaterThan(0);
+      expect(byOperator.every((row) => row.actor_id === null && row.ip === null)).toBe(true);
+      expect(mine.filter((row) => row.actor_kind === 'key').every((row) => row.actor_id === aKeyId)).toBe(true);
       // Asking for another tenant's rows finds none.
       expect(await readAll(`tenant=${b.id}`, (url) => stack.as(a.key, 'get', url))).toEqual([]);
       const everyAOf = await stack.as(a.key, 'get', '/api/admin/audit?limit=100').expect(200);

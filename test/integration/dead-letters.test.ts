@@ -415,6 +415,19 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
       expectError(await stack.as(a.key, 'post', `/api/admin/dead-letters/${row.id}/redrive`), 409, 'conflict');
       expect(receiver.requests.length).toBe(received);
     });
+
+    it('retried from the jobs API after its dead letter was discarded, the delivery is still reopened and delivered', async () => {
+      await stack.as(a.key, 'patch', `/api/admin/webhooks/${endpointId}`).send({ enabled: true }).expect(200);
+      receiver.defaultResponse = { status: 500, body: 'down' };
+      const { row, deliveryId } = await failedDelivery('Webhook discarded first');
+      await stack.operator('delete', `/api/admin/dead-letters/${row.id}`).expect(200);
+      receiver.defaultResponse = { status: 200, body: 'ok' };
+      await stack.operator('post', `/api/admin/jobs/webhooks/${encodeURIComponent(row.job_id)}/retry`).expect(200);
+      await waitFor(
+        async () => (await stack.as(a.key, 'get', `/api/admin/webhooks/${endpointId}/deliveries/${deliveryId}`).expect(200)).body.status === 'succeeded',
+        { what: 'the retried delivery to succeed' },
+      );
+    });
   });
 
   it('discards in bulk what matches, after a dry run that changes nothing', async () => {

@@ -52,6 +52,21 @@ describe('log lines', () => {
     expect(text).not.toContain('rw_live_other');
     expect(lines[0]).toMatchObject({ job: { apiKey: '[redacted]', secret: '[redacted]' } });
   });
+
+  it("redact the dashboard's session cookie and CSRF token, as pino-http logs requests and responses", () => {
+    const { lines, logger } = captureLogger();
+    logger.info(
+      {
+        req: { headers: { cookie: 'rw_admin=session-secret.mac', 'x-csrf-token': 'csrf-secret' } },
+        res: { statusCode: 303, headers: { 'set-cookie': 'rw_admin=session-secret.mac; Path=/; HttpOnly; SameSite=Strict' } },
+      },
+      'request completed',
+    );
+    const text = JSON.stringify(lines[0]);
+    expect(text).not.toContain('session-secret');
+    expect(text).not.toContain('csrf-secret');
+    expect(lines[0]).toMatchObject({ res: { statusCode: 303, headers: { 'set-cookie': '[redacted]' } } });
+  });
 });
 
 describe('OpenTelemetry', () => {

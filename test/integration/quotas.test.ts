@@ -57,6 +57,14 @@ describe('quotas (postgres)', () => {
       expect(unlimited.body.retention_days).toBeNull();
     });
 
+    it('keeps every override when operators change different quotas at the same moment', async () => {
+      const tenant = await stack.createTenant(undefined, 'free');
+      const changes = [{ documents: 11 }, { storage_mb: 12 }, { searches_per_day: 13 }, { api_keys: 14 }, { webhook_endpoints: 15 }];
+      await Promise.all(changes.map((quotas) => stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ quotas }).expect(200)));
+      const after = await stack.operator('get', `/api/admin/tenants/${tenant.id}`).expect(200);
+      expect(after.body.quota_overrides).toEqual({ documents: 11, storage_mb: 12, searches_per_day: 13, api_keys: 14, webhook_endpoints: 15 });
+    });
+
     it('refuses malformed overrides with 400 and changes nothing', async () => {
       const tenant = await stack.createTenant(undefined, 'free');
       for (const quotas of [{ documents: -1 }, { documents: 1.5 }, { documents: 'lots' }, { bananas: 3 }, { documents: '5' }]) {
@@ -167,6 +175,14 @@ describe('quotas (postgres)', () => {
       const second = await createKey(tenant).expect(201);
       expectQuotaError(await createKey(tenant), 403, 'api_keys', 2, 2);
       await stack.operator('delete', `/api/admin/api-keys/${second.body.id}`, tenant.id).expect(204);
+      await createKey(tenant).expect(201);
+    });
+
+    it('does not count an expired key', async () => {
+      const tenant = await stack.createTenant(undefined, 'free');
+      await stack.operator('post', '/api/admin/api-keys', tenant.id).send({ name: 'brief', expires_at: new Date(Date.now() + 1_000).toISOString() }).expect(201);
+      expectQuotaError(await createKey(tenant), 403, 'api_keys', 2, 2);
+      await new Promise((resolve) => setTimeout(resolve, 1_100));
       await createKey(tenant).expect(201);
     });
 

@@ -115,9 +115,19 @@ describe('suspension (postgres)', () => {
     const resumedAt = Date.now();
     await stack.operator('post', `/api/admin/tenants/${tenant.id}/resume`).expect(200);
     await stack.waitForDocument(tenant.key, held.body.id);
-    // Promoted on resume, not left to its one-minute recheck.
+    // Promoted on resume, not left to its recheck (a minute at the soonest).
     expect(Date.now() - resumedAt).toBeLessThan(20_000);
     expect(await queue.getJobs(['failed'])).toHaveLength(0);
     await stack.as(tenant.key, 'post', '/api/search').send({ query: 'ferry', mode: 'keyword' }).expect(200);
+  });
+
+  it("forgets a deleted tenant's held jobs", async () => {
+    const tenant = await stack.createTenant();
+    await stack.operator('post', `/api/admin/tenants/${tenant.id}/suspend`).expect(200);
+    const held = await stack.operator('post', '/api/documents', tenant.id).send({ title: 'Held', content: 'Waits for the resumption.' }).expect(202);
+    const note = `${stack.config.QUEUE_PREFIX}:suspended-jobs:${tenant.id}`;
+    await waitFor(async () => (await stack.platform.redis.smembers(note)).some((member) => member.includes(held.body.id)), { what: 'the job to be held' });
+    await stack.operator('delete', `/api/admin/tenants/${tenant.id}`).expect(204);
+    expect(await stack.platform.redis.exists(note)).toBe(0);
   });
 });

@@ -78,16 +78,24 @@ export interface NewApiKey {
   expires_at?: string | null;
 }
 
+/** Keys that still authenticate: neither revoked nor expired. These are what the api_keys quota counts. */
+export function usableKeys(trx: Knex, tenantId: string): Knex.QueryBuilder {
+  return trx('api_keys')
+    .where({ tenant_id: tenantId })
+    .whereNull('revoked_at')
+    .andWhere((live) => live.whereNull('expires_at').orWhere('expires_at', '>', trx.fn.now()));
+}
+
 /**
  * Creates a key; the plaintext is in the result and nowhere else, ever.
- * Active keys are counted under the tenant's counter lock, so concurrent
+ * Usable keys are counted under the tenant's counter lock, so concurrent
  * creations cannot pass the api_keys quota together.
  */
 export async function createApiKey(db: Knex, tenantId: string, input: NewApiKey, quotas: Quotas): Promise<{ apiKey: ApiKey; key: string }> {
   const key = KEY_PREFIX + randomBytes(KEY_RANDOM_BYTES).toString('base64url');
   const row = await withTenant(db, tenantId, async (trx) => {
     await lockTenantCounters(trx, tenantId);
-    const { count } = (await trx('api_keys').where({ tenant_id: tenantId }).whereNull('revoked_at').count('* as count').first()) as { count: number };
+    const { count } = (await usableKeys(trx, tenantId).count('* as count').first()) as { count: number };
     assertRoomFor(quotas, 'api_keys', Number(count), 1);
     const [inserted] = await trx<ApiKeyRow>('api_keys')
     .insert({

@@ -144,13 +144,13 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
   }));
   assertUniqueExternalIds(rows);
   const inserted = await withTenant(deps.db, tenantId, async (trx) => {
+    await assertDocumentCapacity(trx, tenantId, quotas, { documents: rows.length, bytes: rows.reduce((sum, row) => sum + row.content_bytes, 0) });
     try {
       const created: SummaryRow[] = [];
       // Insert in slices: a 1000-document batch of large texts would exceed one statement's parameter limit.
       for (const slice of chunked(rows, 200)) {
         created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
       }
-      await assertDocumentCapacity(trx, tenantId, quotas, { documents: rows.length, bytes: rows.reduce((sum, row) => sum + row.content_bytes, 0) });
       await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false, deps.events);
       await recordDocumentEvents(trx, deps.events, tenantId, 'document.created', created);
       return created;
@@ -211,6 +211,7 @@ export async function updateDocument(
     if (changes.content !== undefined) {
       update.content = changes.content;
       update.content_bytes = Buffer.byteLength(changes.content, 'utf8');
+      await assertDocumentCapacity(trx, tenantId, quotas, { documents: 0, bytes: Number(update.content_bytes) - current.content_bytes });
     }
     let indexJobId: string | null = null;
     if (reindex) {
@@ -219,9 +220,6 @@ export async function updateDocument(
       await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false, deps.events);
     }
     const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);
-    if (update.content_bytes !== undefined) {
-      await assertDocumentCapacity(trx, tenantId, quotas, { documents: 0, bytes: Number(update.content_bytes) - current.content_bytes });
-    }
     return { row, indexJobId };
   });
   if (result.indexJobId) {

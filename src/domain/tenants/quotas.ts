@@ -64,18 +64,20 @@ export function assertRoomFor(quotas: Quotas, quota: QuotaName, used: number, ad
 const megabytes = (bytes: number) => Math.round((bytes / BYTES_PER_MB) * 1000) / 1000;
 
 /**
- * Checks documents and storage after the caller's inserts or updates in
- * `trx`, which added `added`. The counter row is kept by triggers and stays
- * locked by this transaction from its first change on, so concurrent writers
- * of the same tenant check one after another: the limits hold exactly.
+ * Refuses, before anything is written, documents or bytes that would pass
+ * the tenant's limits. The tenant's counter row (kept by triggers on
+ * `documents`) is locked first and stays locked until the caller's
+ * transaction ends, so concurrent writers of one tenant check one after
+ * another against counts that include each other's work: the limits hold
+ * exactly, and a refused batch costs no insert.
  */
-export async function assertDocumentCapacity(trx: Knex.Transaction, tenantId: string, quotas: Quotas, added: { documents: number; bytes: number }): Promise<void> {
+export async function assertDocumentCapacity(trx: Knex.Transaction, tenantId: string, quotas: Quotas, adding: { documents: number; bytes: number }): Promise<void> {
+  await lockTenantCounters(trx, tenantId);
   const usage = await trx('tenant_usage').first('documents', 'storage_bytes').where({ tenant_id: tenantId });
-  if (!usage) return;
-  assertRoomFor(quotas, 'documents', usage.documents - added.documents, added.documents);
+  assertRoomFor(quotas, 'documents', usage.documents, adding.documents);
   const limit = quotas.storage_mb;
-  if (limit !== null && usage.storage_bytes > limit * BYTES_PER_MB && added.bytes > 0) {
-    throw new QuotaExceededError('storage_mb', limit, megabytes(usage.storage_bytes - added.bytes));
+  if (limit !== null && adding.bytes > 0 && usage.storage_bytes + adding.bytes > limit * BYTES_PER_MB) {
+    throw new QuotaExceededError('storage_mb', limit, megabytes(usage.storage_bytes));
   }
 }
 

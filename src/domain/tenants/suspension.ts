@@ -2,8 +2,19 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 
-/** How long a suspended tenant's job waits before it looks again, in case the promotion at resume was missed. */
-export const SUSPENDED_RECHECK_MS = 60_000;
+/** How long a suspended tenant's job first waits before it looks again, in case the promotion at resume was missed. */
+const FIRST_RECHECK_MS = 60_000;
+const LONGEST_RECHECK_MS = 3_600_000;
+
+/**
+ * The wait before a held job looks again: a minute, doubling with each look
+ * up to an hour. Resuming promotes held jobs at once, so the recheck is only
+ * a safety net, and a long suspension with a large backlog must not keep
+ * taking worker slots from other tenants.
+ */
+export function recheckDelayMs(looks: number): number {
+  return Math.min(FIRST_RECHECK_MS * 2 ** Math.min(Math.max(looks - 1, 0), 10), LONGEST_RECHECK_MS);
+}
 
 /**
  * Jobs of suspended tenants wait in their queue's delayed set instead of
@@ -28,6 +39,11 @@ export class SuspensionHold {
 
   async note(tenantId: string, queue: string, jobId: string): Promise<void> {
     await this.redis.sadd(this.key(tenantId), `${queue}\u0000${jobId}`);
+  }
+
+  /** Drops the note of a deleted tenant's held jobs (the jobs themselves skip: their rows are gone). */
+  async forget(tenantId: string): Promise<void> {
+    await this.redis.del(this.key(tenantId));
   }
 
   /** Moves the tenant's held jobs back to waiting; returns how many were promoted. */

@@ -95,7 +95,11 @@ export async function updateTenant(db: Knex, idOrSlug: string, changes: TenantCh
   if (Object.keys(changes).length === 0) return tenant;
   const { quotas, ...columns } = changes;
   const update: Record<string, unknown> = { ...columns, updated_at: db.fn.now() };
-  if (quotas) update.quota_overrides = JSON.stringify(mergeOverrides(tenant.quota_overrides, quotas));
+  // Merged by PostgreSQL in the UPDATE itself, so two operators changing different quotas at once both keep their change.
+  if (quotas) {
+    const { set, removed } = splitOverrides(quotas);
+    update.quota_overrides = db.raw('(quota_overrides || ?::jsonb) - ?::text[]', [JSON.stringify(set), removed]);
+  }
   try {
     const [row] = await db<TenantRow>('tenants').where({ id: tenant.id }).update(update).returning('*');
     return toTenant(row);
@@ -118,22 +122,25 @@ export async function setTenantStatus(db: Knex, idOrSlug: string, status: Tenant
  * index job items are locked first, in the order the indexer locks them,
  * so a deletion during indexing waits instead of deadlocking.
  */
-export async function deleteTenant(db: Knex, idOrSlug: string): Promise<void> {
+export async function deleteTenant(db: Knex, idOrSlug: string): Promise<Tenant> {
   const tenant = await getTenant(db, idOrSlug);
   await withTenant(db, tenant.id, async (trx) => {
     await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
     await trx('tenants').where({ id: tenant.id }).delete();
   });
+  return tenant;
 }
 
-function mergeOverrides(current: QuotaOverrides, changes: NonNullable<TenantChanges['quotas']>): QuotaOverrides {
-  const merged: QuotaOverrides = { ...current };
+/** The overrides a PATCH sets, and the ones it removes (`null`: back to the tier's value). */
+function splitOverrides(changes: NonNullable<TenantChanges['quotas']>): { set: QuotaOverrides; removed: string[] } {
+  const set: QuotaOverrides = {};
+  const removed: string[] = [];
   for (const name of QUOTA_NAMES) {
     const change = changes[name];
-    if (change === null) delete merged[name];
-    else if (change !== undefined) merged[name] = change;
+    if (change === null) removed.push(name);
+    else if (change !== undefined) set[name] = change;
   }
-  return merged;
+  return { set, removed };
 }
 
 function translateUnique(error: unknown): unknown {

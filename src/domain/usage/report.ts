@@ -4,6 +4,7 @@ import { badRequest } from '../../errors';
 import { BYTES_PER_MB, QUOTA_NAMES, type QuotaName, type Quotas } from '../tenants/quotas';
 import { COUNTERS, GAUGES, type CounterName, type GaugeName } from './counters';
 import { dayCount, dayOf, laterDay } from './days';
+import { usableKeys } from '../apikeys/apikeys';
 
 /** One stored day of usage. */
 export interface UsageDay {
@@ -77,7 +78,7 @@ export async function usageSnapshot(db: Knex, tenant: { id: string; quotas: Quot
   const day = dayOf(now);
   return withTenant(db, tenant.id, async (trx) => {
     const held = await trx('tenant_usage').first('documents', 'storage_bytes').where({ tenant_id: tenant.id });
-    const keys = await trx('api_keys').where({ tenant_id: tenant.id }).whereNull('revoked_at').count({ count: '*' }).first();
+    const keys = await usableKeys(trx, tenant.id).count({ count: '*' }).first();
     const endpoints = await trx('webhook_endpoints').where({ tenant_id: tenant.id }).count({ count: '*' }).first();
     const today = await usageDays(trx, tenant.id).where('usage_daily.day', day).first();
     const storageBytes = Number(held?.storage_bytes ?? 0);

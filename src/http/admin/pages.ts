@@ -3,17 +3,21 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse, serialize } from 'cookie';
 import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
+import { RateLimiterRedis } from 'rate-limiter-flexible';
 import { endSession, openSession } from '../../domain/admin/sessions';
 import { recordAudit } from '../../domain/audit/audit';
 import type { Platform } from '../../platform';
 import { isOperatorToken, presentedSecret } from '../auth';
-import { clearSessionCookie, csrfTokenFor, csrfValid, sessionOf, setSessionCookie } from './session';
+import { clearSessionCookie, csrfTokenFor, csrfValid, secureCookies, sessionOf, setSessionCookie } from './session';
 
 export const ADMIN_PATH = '/admin';
 const LOGIN_PATH = `${ADMIN_PATH}/login`;
 /** Pre-session token for the login form (double submit), so another site cannot log a browser in with its own token. */
 const LOGIN_COOKIE = 'rw_login';
 const STATIC_DIR = path.join(__dirname, 'static');
+/** Failed sign-ins one address may make per window before it must wait; successful ones cost nothing. */
+const LOGIN_FAILURES_ALLOWED = 10;
+const LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60;
 
 /** Our pages load only our own scripts, styles and data; nobody may frame them. */
 const PAGE_POLICY = [
@@ -60,10 +64,22 @@ export function adminPages(platform: Platform): Router {
   const loginPage = template('login.html');
   const dashboardPage = template('index.html');
   const forms = express.urlencoded({ extended: false, limit: '8kb' });
+  const failedLogins = new RateLimiterRedis({
+    storeClient: platform.redis,
+    keyPrefix: `${platform.config.QUEUE_PREFIX}:admin-login-failures`,
+    points: LOGIN_FAILURES_ALLOWED,
+    duration: LOGIN_FAILURE_WINDOW_SECONDS,
+    rejectIfRedisNotReady: true,
+  });
+  /** Seconds until this address may try again, or 0. Without Redis, sign-in stays possible: the token itself is the defence. */
+  const loginBlockedFor = async (ip: string): Promise<number> => {
+    const state = await failedLogins.get(ip).catch(() => null);
+    return state && state.consumedPoints >= LOGIN_FAILURES_ALLOWED ? Math.max(1, Math.ceil(state.msBeforeNext / 1000)) : 0;
+  };
 
   const renderLogin = (req: Request, res: Response, status: number, error = '') => {
     const loginToken = randomBytes(24).toString('base64url');
-    res.append('Set-Cookie', serialize(LOGIN_COOKIE, loginToken, { httpOnly: true, sameSite: 'strict', secure: req.secure, path: LOGIN_PATH, maxAge: 3600 }));
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, loginToken, { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: LOGIN_PATH, maxAge: 3600 }));
     sendPage(res, status, loginPage({ loginToken, next: nextPath(req.query.next ?? req.body?.next), error, errorHidden: error ? '' : 'hidden' }));
   };
 
@@ -83,6 +99,12 @@ export function adminPages(platform: Platform): Router {
     if (!presented || typeof body.login_token !== 'string' || !sameSecret(presented, body.login_token)) {
       return renderLogin(req, res, 403, 'The form expired or came from another page; please sign in again.');
     }
+    const ip = req.ip ?? 'unknown';
+    const waitSeconds = await loginBlockedFor(ip);
+    if (waitSeconds > 0) {
+      res.setHeader('Retry-After', String(waitSeconds));
+      return renderLogin(req, res, 429, `Too many failed sign-ins from this address; try again in ${Math.ceil(waitSeconds / 60)} minutes.`);
+    }
     const token = typeof body.token === 'string' ? body.token : '';
     const valid = token.length > 0 && isOperatorToken(token, platform.config.ADMIN_TOKEN);
     const audit = (action: string, status: number, sessionId: string | null) =>
@@ -90,13 +112,14 @@ export function adminPages(platform: Platform): Router {
         req.log?.warn({ err: error }, 'could not record the login in the audit trail'),
       );
     if (!valid) {
+      await failedLogins.penalty(ip).catch(() => undefined);
       await audit('admin.login_failed', 401, null);
       return renderLogin(req, res, 401, 'That is not the operator token.');
     }
     const sessionId = await openSession(platform.db.knex, { hours: platform.config.ADMIN_SESSION_HOURS, ip: req.ip ?? null, userAgent: req.get('user-agent') ?? null });
     await audit('admin.login', 303, sessionId);
     setSessionCookie(platform, req, res, sessionId);
-    res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: req.secure, path: LOGIN_PATH, maxAge: 0 }));
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: LOGIN_PATH, maxAge: 0 }));
     res.redirect(303, nextPath(body.next));
   });
 
@@ -117,7 +140,7 @@ export function adminPages(platform: Platform): Router {
     } else if (sessionId) {
       return res.status(403).type('text').send('Refused: this logout did not come from the dashboard page.');
     }
-    clearSessionCookie(req, res);
+    clearSessionCookie(platform, req, res);
     res.redirect(303, LOGIN_PATH);
   });
 

@@ -33,21 +33,30 @@ export function csrfValid(platform: Platform, sessionId: string, presented: stri
   return presented !== undefined && sameSecret(presented, csrfTokenFor(platform, sessionId));
 }
 
+/**
+ * Cookies are Secure over HTTPS (as a trusted proxy reports it) and always
+ * in production, where a proxy that does not send X-Forwarded-Proto must not
+ * make them travel in clear.
+ */
+export function secureCookies(platform: Platform, req: Request): boolean {
+  return req.secure || platform.config.NODE_ENV === 'production';
+}
+
 export function setSessionCookie(platform: Platform, req: Request, res: Response, sessionId: string): void {
   res.append(
     'Set-Cookie',
     serialize(SESSION_COOKIE, `${sessionId}.${mac(platform, 'session', sessionId)}`, {
       httpOnly: true,
       sameSite: 'strict',
-      secure: req.secure,
+      secure: secureCookies(platform, req),
       path: '/',
       maxAge: Math.round(platform.config.ADMIN_SESSION_HOURS * 3600),
     }),
   );
 }
 
-export function clearSessionCookie(req: Request, res: Response): void {
-  res.append('Set-Cookie', serialize(SESSION_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: req.secure, path: '/', maxAge: 0 }));
+export function clearSessionCookie(platform: Platform, req: Request, res: Response): void {
+  res.append('Set-Cookie', serialize(SESSION_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: '/', maxAge: 0 }));
 }
 
 /** The live session the request's cookie names, if its signature holds. */
@@ -69,7 +78,8 @@ export function sameOriginChange(req: Request): boolean {
   const origin = req.get('origin');
   if (origin === undefined) return req.get('sec-fetch-site') === undefined || req.get('sec-fetch-site') === 'same-origin';
   try {
-    return new URL(origin).host === req.get('host');
+    // req.host: the Host a trusted proxy forwarded (X-Forwarded-Host), else the request's own.
+    return new URL(origin).host === req.host;
   } catch {
     return false;
   }

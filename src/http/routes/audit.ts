@@ -48,7 +48,10 @@ export function auditRoutes(api: Api): void {
         { limit, cursor },
         scope,
       );
-      return { status: 200, body: page };
+      if (ctx.principal?.kind !== 'key') return { status: 200, body: page };
+      // A tenant sees that the operator acted, and what; not which session or from where.
+      const items = page.items.map((item) => (item.actor_kind === 'operator' ? { ...item, actor_id: null, ip: null } : item));
+      return { status: 200, body: { ...page, items } };
     },
   });
 }

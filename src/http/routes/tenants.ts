@@ -59,7 +59,8 @@ export function tenantRoutes(api: Api): void {
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such tenant' } },
     audit: { action: 'tenant.delete', targetsTenant: true },
     handler: async ({ params, platform }) => {
-      await deleteTenant(platform.db.knex, params.id);
+      const deleted = await deleteTenant(platform.db.knex, params.id);
+      await platform.suspension.forget(deleted.id).catch((error) => platform.logger.warn({ err: error, tenant_id: deleted.id }, 'could not drop the held-jobs note of a deleted tenant'));
       return { status: 204 };
     },
   });

@@ -19,6 +19,8 @@ const picker = document.getElementById('tenant-picker');
 let current = null;
 let cleanup = null;
 let tenants = [];
+/** Counts calls of show(): a render that finishes after a newer one started is stale. */
+let shown = 0;
 
 const context = () => ({
   tenant: picker.value,
@@ -48,6 +50,7 @@ tablist.addEventListener('keydown', (event) => {
 });
 
 async function show(id, pushHash) {
+  const mine = ++shown;
   const index = Math.max(0, TABS.findIndex((tab) => tab.id === id));
   const tab = TABS[index];
   current = tab.id;
@@ -66,15 +69,31 @@ async function show(id, pushHash) {
     return;
   }
   try {
-    cleanup = await tab.render(panel, context());
+    const stop = await tab.render(panel, context());
+    // Another tab was opened while this one loaded: stop what it started (pollers) at once.
+    if (mine !== shown) {
+      if (typeof stop === 'function') stop();
+      return;
+    }
+    cleanup = stop;
   } catch (error) {
-    panel.append(h('p', { class: 'error', role: 'alert' }, `Could not load: ${error.message}`));
+    if (mine === shown) panel.append(h('p', { class: 'error', role: 'alert' }, `Could not load: ${error.message}`));
   }
 }
 
+/** Every tenant, page by page (at most MAX_TENANT_PAGES × 100: a picker for more would want a search box). */
+const MAX_TENANT_PAGES = 50;
+
 async function reloadTenants() {
-  const page = await api('GET', '/api/admin/tenants?limit=100');
-  tenants = page.items;
+  const all = [];
+  let cursor = null;
+  for (let pages = 0; pages < MAX_TENANT_PAGES; pages++) {
+    const page = await api('GET', `/api/admin/tenants?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+    all.push(...page.items);
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  tenants = all;
   const chosen = picker.value || localStorage.getItem(TENANT_KEY) || '';
   picker.replaceChildren(h('option', { value: '' }, 'All tenants'), ...tenants.map((tenant) => h('option', { value: tenant.id }, `${tenant.name} (${tenant.slug})`)));
   picker.value = tenants.some((tenant) => tenant.id === chosen) ? chosen : '';

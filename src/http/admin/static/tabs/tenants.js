@@ -2,6 +2,9 @@ import { api } from '../api.js';
 import { attempt, badge, field, formatNumber, h, section, table } from '../ui.js';
 
 const TIERS = ['free', 'standard', 'enterprise', 'unlimited'];
+const PAGE_SIZE = 50;
+/** The page of tenants on screen, kept across refreshes of the tab. */
+let currentPage = 0;
 const QUOTAS = [
   ['documents', 'Documents'],
   ['storage_mb', 'Storage (MB)'],
@@ -25,8 +28,26 @@ export default {
   id: 'tenants',
   title: 'Tenants',
   async render(panel, { tenants, reloadTenants, rerender }) {
-    const usages = await Promise.all(tenants.map((tenant) => api('GET', `/api/admin/tenants/${tenant.id}/usage`).catch(() => null)));
-    const rows = tenants.map((tenant, index) => ({ tenant, usage: usages[index] }));
+    const pages = Math.max(1, Math.ceil(tenants.length / PAGE_SIZE));
+    const pageIndex = Math.min(currentPage, pages - 1);
+    const shown = tenants.slice(pageIndex * PAGE_SIZE, (pageIndex + 1) * PAGE_SIZE);
+    // Usage is fetched for the tenants on screen only.
+    const usages = await Promise.all(shown.map((tenant) => api('GET', `/api/admin/tenants/${tenant.id}/usage`).catch(() => null)));
+    const rows = shown.map((tenant, index) => ({ tenant, usage: usages[index] }));
+    const turnTo = (page) => {
+      currentPage = page;
+      rerender();
+    };
+    const pager =
+      pages > 1
+        ? h(
+            'div',
+            { class: 'actions' },
+            h('button', { type: 'button', disabled: pageIndex === 0, onclick: () => turnTo(pageIndex - 1) }, 'Previous tenants'),
+            h('span', {}, `Page ${pageIndex + 1} of ${pages}`),
+            h('button', { type: 'button', disabled: pageIndex === pages - 1, onclick: () => turnTo(pageIndex + 1) }, 'Next tenants'),
+          )
+        : null;
     const refresh = async () => {
       await reloadTenants();
       rerender();
@@ -57,7 +78,7 @@ export default {
       section(
         'Tenants',
         table(
-          `${rows.length} tenants, with their use of each quota`,
+          `${tenants.length} tenants, with their use of each quota`,
           [
             ['Tenant', ({ tenant }) => h('div', {}, h('strong', {}, tenant.name), h('div', { class: 'card-hint' }, tenant.slug))],
             ['Status', ({ tenant }) => badge(tenant.status, tenant.status === 'active' ? 'ok' : 'bad')],
@@ -68,6 +89,7 @@ export default {
           rows,
           { empty: 'No tenants yet: create one below or with POST /api/admin/tenants.' },
         ),
+        pager,
       ),
       createForm(refresh),
     );
