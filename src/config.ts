@@ -118,6 +118,8 @@ export const configSchema = z
     WORKER_LOCK_DURATION_MS: positiveInt.default(30_000),
     WORKER_STALLED_INTERVAL_MS: positiveInt.default(30_000),
     METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+    /** When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>` (Prometheus: `authorization: {credentials: …}`). */
+    METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
 
     EMBEDDINGS_PROVIDER: z.enum(['hash', 'openai']).default('hash'),
     EMBEDDINGS_URL: z.url().optional(),

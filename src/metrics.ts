@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface QueueSnapshot {
@@ -156,4 +157,17 @@ export class Metrics {
       },
     });
   }
+}
+
+/**
+ * Whether a scrape may read the metrics: always when no METRICS_TOKEN is
+ * set, else only with `Authorization: Bearer <token>` (compared in constant
+ * time).
+ */
+export function scrapeAllowed(authorization: string | undefined, token: string | undefined): boolean {
+  if (!token) return true;
+  const [scheme, presented] = (authorization ?? '').split(/\s+/, 2);
+  if (!/^bearer$/i.test(scheme) || !presented) return false;
+  const digest = (value: string) => createHash('sha256').update(value).digest();
+  return timingSafeEqual(digest(presented), digest(token));
 }

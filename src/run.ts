@@ -9,6 +9,7 @@ import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
+import { scrapeAllowed } from './metrics';
 import { createPlatform, migrationOptions, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
 
@@ -161,6 +162,10 @@ function metricsOnly(platform: Platform): http.RequestListener {
   return (req, res) => {
     if (req.url !== '/metrics') {
       res.writeHead(404).end();
+      return;
+    }
+    if (!scrapeAllowed(req.headers.authorization, platform.config.METRICS_TOKEN)) {
+      res.writeHead(401, { 'WWW-Authenticate': 'Bearer realm="ragworks metrics"' }).end();
       return;
     }
     platform.metrics.registry.metrics().then(

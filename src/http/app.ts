@@ -5,6 +5,7 @@ import express, { type ErrorRequestHandler, type NextFunction, type Request, typ
 import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import { AppError, dependencyUnavailable, unavailableDependency } from '../errors';
+import { scrapeAllowed } from '../metrics';
 import type { Platform } from '../platform';
 import { noticeQuotaExceeded, QuotaExceededError } from '../domain/tenants/quotas';
 import { requestScope } from '../request-scope';
@@ -70,7 +71,12 @@ export function createApp(platform: Platform): express.Express {
   metricsSummaryRoutes(api);
   auditRoutes(api);
 
-  app.get('/metrics', async (_req, res) => {
+  app.get('/metrics', async (req, res) => {
+    if (!scrapeAllowed(req.get('authorization'), platform.config.METRICS_TOKEN)) {
+      res.setHeader('WWW-Authenticate', 'Bearer realm="ragworks metrics"');
+      res.status(401).json({ error: { code: 'unauthenticated', message: 'Send the METRICS_TOKEN as "Authorization: Bearer <token>".' } });
+      return;
+    }
     res.setHeader('Content-Type', platform.metrics.registry.contentType);
     res.send(await platform.metrics.registry.metrics());
   });

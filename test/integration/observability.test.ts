@@ -3,8 +3,9 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/logger';
 import { requestScope } from '../../src/request-scope';
-import { startStack, type TestStack } from '../helpers/harness';
-import { killLeftoverProcesses, startRagworks } from '../helpers/processes';
+import request from 'supertest';
+import { ADMIN_TOKEN, startStack, type TestStack } from '../helpers/harness';
+import { killLeftoverProcesses, startRagworks, unusedPort } from '../helpers/processes';
 import { waitFor } from '../helpers/wait';
 
 jest.setTimeout(120_000);
@@ -122,5 +123,45 @@ describe('OpenTelemetry', () => {
     const requestLine = web.logs.find((line) => line.msg === 'request completed' && JSON.stringify(line).includes('traced-request-1'));
     expect(requestLine).toBeDefined();
     expect(requestLine!.trace_id).toBe(serverSpan!.traceId);
+  });
+});
+
+describe('/metrics with METRICS_TOKEN (postgres)', () => {
+  const token = 'metrics-scrape-token-0123456789';
+  let stack: TestStack;
+
+  beforeAll(async () => {
+    stack = await startStack({ database: 'postgres', workers: false, env: { METRICS_TOKEN: token } });
+  });
+  afterAll(async () => {
+    await killLeftoverProcesses();
+    await stack?.close();
+  });
+
+  it('answers only a scrape that brings the token, on the API port and on a worker METRICS_PORT', async () => {
+    const api = (authorization?: string) => {
+      const call = request(stack.app).get('/metrics');
+      return authorization ? call.set('Authorization', authorization) : call;
+    };
+    expect((await api()).status).toBe(401);
+    expect((await api(`Bearer ${token}x`)).status).toBe(401);
+    expect((await api(`Bearer ${ADMIN_TOKEN}`)).status).toBe(401);
+    const scraped = await api(`Bearer ${token}`).expect(200);
+    expect(scraped.text).toContain('ragworks_queue_jobs');
+
+    const port = await unusedPort();
+    const worker = startRagworks('worker', { ...stack.env, METRICS_PORT: String(port), LOG_LEVEL: 'info' });
+    try {
+      await worker.waitForMessage('workers started');
+      const scrape = (authorization?: string) => fetch(`http://127.0.0.1:${port}/metrics`, { headers: authorization ? { Authorization: authorization } : {} });
+      const refused = await waitFor(async () => (await scrape().catch(() => null))?.status, { what: 'the worker metrics server' });
+      expect(refused).toBe(401);
+      const allowed = await scrape(`Bearer ${token}`);
+      expect(allowed.status).toBe(200);
+      expect(await allowed.text()).toContain('ragworks_job_failures_total');
+      expect((await fetch(`http://127.0.0.1:${port}/other`)).status).toBe(404);
+    } finally {
+      await worker.stop();
+    }
   });
 });
