@@ -98,30 +98,6 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  /**
-   * The last usage reconciliation run by this process (set by the job, so
-   * with several workers read the series with the newest timestamp).
-   */
-  readonly usageDrift = new Gauge({
-    name: 'ragworks_usage_drift',
-    help: 'Last usage reconciliation: sum over closed tenant-days of |raw count - rollup|, per counter',
-    labelNames: ['metric'] as const,
-    registers: [this.registry],
-  });
-
-  readonly usageDriftTenantDays = new Gauge({
-    name: 'ragworks_usage_drift_tenant_days',
-    help: 'Last usage reconciliation: closed tenant-days whose counters drift (kind=drifting), and days past their close still open (kind=unclosed)',
-    labelNames: ['kind'] as const,
-    registers: [this.registry],
-  });
-
-  readonly usageReconciledAt = new Gauge({
-    name: 'ragworks_usage_reconciliation_timestamp_seconds',
-    help: 'When this process last reconciled usage (the tick it ran for), Unix seconds',
-    registers: [this.registry],
-  });
-
   constructor(readQueues?: () => Promise<QueueSnapshot[]>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ragworks_process_' });
     if (!readQueues) return;

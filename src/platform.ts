@@ -21,6 +21,7 @@ import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
+import { registerUsageMetrics } from './domain/usage/metrics';
 import { MetricsWindow } from './metrics-window';
 import { connectRedis } from './redis';
 
@@ -110,6 +111,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
   const metricsWindow = new MetricsWindow(metrics);
+  registerUsageMetrics(metrics.registry, db.knex, logger);
   const cache = new SearchCache(
     redis,
     config.QUEUE_PREFIX,

@@ -37,11 +37,6 @@ export const usageProcessor = defineProcessor({
       }
       case 'reconcile': {
         const report = await reconcileUsage(db, now, settingsOf(platform));
-        const { metrics } = platform;
-        for (const [metric, drift] of Object.entries(report.drift)) metrics.usageDrift.set({ metric }, drift);
-        metrics.usageDriftTenantDays.set({ kind: 'drifting' }, report.drifting_tenant_days);
-        metrics.usageDriftTenantDays.set({ kind: 'unclosed' }, report.unclosed_tenant_days);
-        metrics.usageReconciledAt.set(now.getTime() / 1000);
         for (const finding of report.findings) {
           logger.warn(finding, finding.kind === 'drift' ? 'usage rollup drifts from the raw data' : 'usage day past its close is still open');
         }

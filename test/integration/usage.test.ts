@@ -9,6 +9,7 @@ import { SCHEDULES, tickOf } from '../../workers/scheduler';
 import { parseCsv } from '../helpers/csv';
 import { uniqueName } from '../helpers/databases';
 import { startStack, type TestStack } from '../helpers/harness';
+import { startRagworks, unusedPort } from '../helpers/processes';
 import { waitFor } from '../helpers/wait';
 
 // Usage rollups, their close, billing statements, the usage endpoints and the
@@ -493,6 +494,17 @@ describe('usage reconciliation and the scheduled rollup (postgres, through the u
     expect(await metricValue('ragworks_usage_drift', '{metric="searches"}')).toBe(6);
     expect(await metricValue('ragworks_usage_drift', '{metric="index_jobs"}')).toBe(0);
     expect(await metricValue('ragworks_usage_drift_tenant_days', '{kind="drifting"}')).toBe(2);
+    // Another process, which ran no reconciliation, exports the same figures: they are read from the stored report.
+    const port = await unusedPort();
+    const web = startRagworks('web', { ...stack.env, PORT: String(port), LOG_LEVEL: 'info' });
+    try {
+      await web.waitForMessage('api listening');
+      const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(scraped).toMatch(/^ragworks_usage_drift\{metric="searches"\} 6$/m);
+      expect(scraped).toMatch(/^ragworks_usage_drift_tenant_days\{kind="drifting"\} 2$/m);
+    } finally {
+      await web.stop();
+    }
 
     const report = await stack.operator('get', '/api/admin/usage/reconciliation').expect(200);
     expect(report.body).toMatchObject({ ran_at: later.toISOString(), drifting_tenant_days: 2, drift: { searches: 6 } });
