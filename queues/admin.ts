@@ -140,13 +140,23 @@ export class QueueAdmin {
     };
   }
 
-  /** Retries one failed job. Returns its state when it was not failed. */
-  async retryJob(queueName: string, jobId: string, tenantId?: string): Promise<{ retried: true } | { retried: false; state: string } | null> {
+  /**
+   * Retries one failed job with a fresh attempts budget, as a redrive does.
+   * `prepare` runs first, once the job is known to be failed, and may refuse
+   * by throwing. Returns its state when it was not failed.
+   */
+  async retryJob(
+    queueName: string,
+    jobId: string,
+    tenantId: string | undefined,
+    prepare: (job: Job) => Promise<void>,
+  ): Promise<{ retried: true } | { retried: false; state: string } | null> {
     const job = await this.queues.queue(queueName).getJob(jobId);
     if (!job || (tenantId && tenantOf(job) !== tenantId)) return null;
     const state = await job.getState();
     if (state !== 'failed') return { retried: false, state };
-    await job.retry('failed');
+    await prepare(job);
+    await job.retry('failed', { resetAttemptsMade: true });
     return { retried: true };
   }
 
@@ -155,7 +165,11 @@ export class QueueAdmin {
    * insensitive); with `dryRun`, only counts them. Matches are collected
    * first, since retrying removes jobs from the set being paged through.
    */
-  async retryFailed(queueName: string, options: { dryRun: boolean; reasonContains?: string; tenantId?: string }): Promise<{ matched: number; retried: number }> {
+  async retryFailed(
+    queueName: string,
+    options: { dryRun: boolean; reasonContains?: string; tenantId?: string },
+    prepare: (job: Job) => Promise<void>,
+  ): Promise<{ matched: number; retried: number }> {
     const queue = this.queues.queue(queueName);
     const needle = options.reasonContains?.toLowerCase();
     const matches: Job[] = [];
@@ -173,9 +187,14 @@ export class QueueAdmin {
     if (options.dryRun) return { matched: matches.length, retried: 0 };
     let retried = 0;
     for (const job of matches) {
-      // A job retried meanwhile by someone else is no longer failed: skip it.
+      // A job retried meanwhile by someone else is no longer failed: skip it; so is one whose work may not run again.
       if ((await job.getState()) !== 'failed') continue;
-      await job.retry('failed');
+      try {
+        await prepare(job);
+      } catch {
+        continue;
+      }
+      await job.retry('failed', { resetAttemptsMade: true });
       retried += 1;
     }
     return { matched: matches.length, retried };

@@ -1,5 +1,5 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { closeOnRerun, recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
+import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { recheckDelayMs } from '../src/domain/tenants/suspension';
 import { unavailableDependency } from '../src/errors';
@@ -107,8 +107,6 @@ export class WorkerRuntime {
         await job.moveToDelayed(Date.now() + recheckDelayMs(job.attemptsStarted), token);
         throw new DelayedError();
       }
-      // Only a job that has run before can be one retried after failing for good.
-      if (job.attemptsStarted > 1) await this.reopenIfRetried(processor, job, parsed.data, context.logger);
       const result = await untilAborted(processor.process(parsed.data, context), abort);
       platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
       return result;
@@ -172,22 +170,6 @@ export class WorkerRuntime {
     } catch (recordError) {
       logger.error({ err: recordError }, 'could not record the dead letter');
     }
-  }
-
-  /**
-   * A job with an open dead letter that runs again was retried outside a
-   * redrive (the jobs API, Bull Board): close its dead letter and reopen
-   * what its final failure closed, as a redrive does, so the work is redone.
-   */
-  private async reopenIfRetried(processor: Processor, job: Job, payload: unknown, logger: Logger): Promise<void> {
-    const hadDeadLetter = await closeOnRerun(this.platform.db.knex, processor.definition.name, String(job.id));
-    // A retry that does not reset the count starts with every attempt spent: it too follows a final failure,
-    // even when its dead letter was discarded or never got written.
-    const outOfAttempts = job.attemptsMade >= (job.opts.attempts ?? 1);
-    if (!hadDeadLetter && !outOfAttempts) return;
-    logger.info({ dead_letter_closed: hadDeadLetter }, 'a job that failed for good runs again');
-    const refusal = await processor.beforeRedrive?.(payload, this.platform);
-    if (refusal) logger.warn({ reason: refusal }, 'the retried job will find nothing to redo');
   }
 
   private async pauseWhileDown(name: string, up: boolean): Promise<void> {

@@ -157,8 +157,8 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
 
   it('records the same job failing for good again once: its open row is updated, not doubled', async () => {
     const total = await recordedTotal(stack, 'indexing');
-    // Retried from the jobs API, the invalid job fails for good a second time.
-    await stack.operator('post', '/api/admin/jobs/indexing/dl-bad-a/retry').expect(200);
+    // Retried behind ragworks' back (straight through BullMQ, so nothing closes its dead letter), the invalid job fails for good a second time.
+    await (await stack.platform.queues.queue('indexing').getJob('dl-bad-a'))!.retry('failed');
     const again = await waitFor(
       async () => (await list('queue=indexing&limit=100')).find((row) => row.job_id === 'dl-bad-a' && row.attempts === 2),
       { what: 'the invalid job to fail for good again' },

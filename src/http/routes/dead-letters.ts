@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { QUEUE_NAMES } from '../../../queues';
-import { PROCESSORS } from '../../../workers';
+import { reopenWork } from '../../../workers/reopen';
 import {
   DEAD_LETTER_STATES,
   discardDeadLetter,
@@ -59,12 +59,7 @@ function redriveDeps(platform: Platform): RedriveDeps {
   return {
     db: platform.db.knex,
     queueAdmin: platform.queueAdmin,
-    async reopen(queue, payload) {
-      const processor = PROCESSORS.find((candidate) => candidate.definition.name === queue);
-      const parsed = processor?.definition.payload.safeParse(payload);
-      if (!processor?.beforeRedrive || !parsed?.success) return null;
-      return processor.beforeRedrive(parsed.data, platform);
-    },
+    reopen: (queue, payload) => reopenWork(platform, queue, payload),
   };
 }
 

@@ -1,3 +1,4 @@
+import type { Job } from 'bullmq';
 import { z } from 'zod';
 import { JOB_STATES } from '../../../queues/admin';
 import { QUEUE_NAMES } from '../../../queues';
@@ -6,6 +7,9 @@ import { conflict, notFound } from '../../errors';
 import { replied } from '../audit-trail';
 import type { Api } from '../route';
 import { safeString } from '../schemas';
+import { closeOnRerun } from '../../domain/dead-letters/dead-letters';
+import type { Platform } from '../../platform';
+import { reopenWork } from '../../../workers/reopen';
 
 const tag = 'Jobs and queues';
 const jobsAuth = { scope: 'jobs:manage', tenant: 'optional' } as const;
@@ -33,6 +37,19 @@ const jobSchema = z.object({
   id: z.string(), queue: z.string(), name: z.string(), state: z.string(), tenant_id: z.string().nullable(), attempts_made: z.number().int(),
   progress: z.unknown(), failed_reason: z.string().nullable(), created_at: z.string(), processed_at: z.string().nullable(), finished_at: z.string().nullable(),
 });
+
+/**
+ * A retried job runs like a redriven dead letter: what its final failure
+ * closed is reopened first (409 when it must not run again), and its dead
+ * letter, if one is open, is marked redriven.
+ */
+function rerunAsRedrive(platform: Platform, queue: string) {
+  return async (job: Job) => {
+    const refusal = await reopenWork(platform, queue, job.data);
+    if (refusal) throw conflict(refusal);
+    await closeOnRerun(platform.db.knex, queue, String(job.id));
+  };
+}
 
 export function jobRoutes(api: Api): void {
   api.add({
@@ -71,7 +88,7 @@ export function jobRoutes(api: Api): void {
     responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
     audit: { action: 'job.retry', target: ({ params }) => params && `${params.queue}/${params.id}` },
     handler: async ({ params, ctx, platform }) => {
-      const outcome = await platform.queueAdmin.retryJob(params.queue, params.id, ctx.tenant?.id);
+      const outcome = await platform.queueAdmin.retryJob(params.queue, params.id, ctx.tenant?.id, rerunAsRedrive(platform, params.queue));
       if (!outcome) throw notFound('Job');
       if (!outcome.retried) throw conflict(`Only failed jobs can be retried; this one is ${outcome.state}.`, { state: outcome.state });
       return { status: 200, body: { id: params.id, queue: params.queue, retried: true } };
@@ -92,7 +109,11 @@ export function jobRoutes(api: Api): void {
     },
     handler: async ({ params, body, ctx, platform }) => ({
       status: 200,
-      body: await platform.queueAdmin.retryFailed(params.queue, { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id }),
+      body: await platform.queueAdmin.retryFailed(
+        params.queue,
+        { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id },
+        rerunAsRedrive(platform, params.queue),
+      ),
     }),
   });
   for (const action of ['pause', 'resume'] as const) {
