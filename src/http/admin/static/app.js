@@ -68,16 +68,21 @@ async function show(id, pushHash) {
     panel.append(h('p', { class: 'empty' }, 'Pick a tenant above to see this section.'));
     return;
   }
+  // Each render draws into its own view, so one that finishes after a newer one started can be dropped whole.
+  const view = h('div', { class: 'view' });
+  panel.append(view);
   try {
-    const stop = await tab.render(panel, context());
-    // Another tab was opened while this one loaded: stop what it started (pollers) at once.
+    const stop = await tab.render(view, context());
+    // Another tab (or this one again) was opened while this render loaded: drop it, and stop what it started (pollers).
     if (mine !== shown) {
       if (typeof stop === 'function') stop();
+      view.remove();
       return;
     }
     cleanup = stop;
   } catch (error) {
-    if (mine === shown) panel.append(h('p', { class: 'error', role: 'alert' }, `Could not load: ${error.message}`));
+    if (mine === shown) view.append(h('p', { class: 'error', role: 'alert' }, `Could not load: ${error.message}`));
+    else view.remove();
   }
 }
 

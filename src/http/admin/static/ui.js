@@ -78,11 +78,9 @@ export async function attempt(action, success) {
   }
 }
 
-/** A labelled form field. */
+/** A labelled form field: the input sits inside its label, so the two stay tied wherever the field is drawn. */
 export function field(label, input) {
-  const id = input.id || `f-${Math.random().toString(36).slice(2)}`;
-  input.id = id;
-  return h('div', { class: 'field' }, h('label', { for: id }, label), input);
+  return h('label', { class: 'field' }, h('span', { class: 'field-label' }, label), input);
 }
 
 /** A secret shown once, with a copy button. */
