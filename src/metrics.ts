@@ -1,5 +1,5 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { sameSecret } from './same-secret';
 
 export interface QueueSnapshot {
   name: string;
@@ -144,6 +144,5 @@ export function scrapeAllowed(authorization: string | undefined, token: string |
   if (!token) return true;
   const [scheme, presented] = (authorization ?? '').split(/\s+/, 2);
   if (!/^bearer$/i.test(scheme) || !presented) return false;
-  const digest = (value: string) => createHash('sha256').update(value).digest();
-  return timingSafeEqual(digest(presented), digest(token));
+  return sameSecret(presented, token);
 }

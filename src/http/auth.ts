@@ -1,19 +1,17 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Request } from 'express';
 import { verifyApiKey, type Scope } from '../domain/apikeys/apikeys';
 import { findTenant, findTenantByDomain } from '../domain/tenants/tenants';
 import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
 import type { Platform } from '../platform';
+import { sameSecret } from '../same-secret';
 import { csrfValid, sameOriginChange, sessionOf } from './admin/session';
 import { hasScope, type Principal, type RequestContext } from './context';
 
 export type AuthRule = 'public' | 'operator' | { scope: Scope; tenant: 'required' | 'optional' };
 
-const digest = (value: string) => createHash('sha256').update(value, 'utf8').digest();
-
 /** Constant-time comparison of a presented secret with the operator token. */
 export function isOperatorToken(presented: string, adminToken: string): boolean {
-  return timingSafeEqual(digest(presented), digest(adminToken));
+  return sameSecret(presented, adminToken);
 }
 
 /** The secret a request presents: `Authorization: Bearer …`, HTTP Basic's password, or `X-API-Key`. */

@@ -1,4 +1,4 @@
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse, serialize } from 'cookie';
@@ -7,6 +7,7 @@ import { RateLimiterRedis } from 'rate-limiter-flexible';
 import { endSession, openSession } from '../../domain/admin/sessions';
 import { recordAudit } from '../../domain/audit/audit';
 import type { Platform } from '../../platform';
+import { sameSecret } from '../../same-secret';
 import { isOperatorToken, presentedSecret } from '../auth';
 import { clearSessionCookie, csrfTokenFor, csrfValid, secureCookies, sessionOf, setSessionCookie } from './session';
 
@@ -47,12 +48,6 @@ function template(name: string): (values: Record<string, string>) => string {
 function sendPage(res: Response, status: number, html: string): void {
   res.status(status).setHeader('Content-Security-Policy', PAGE_POLICY).setHeader('Cache-Control', 'no-store').type('html').send(html);
 }
-
-const sameSecret = (a: string, b: string) => {
-  const left = Buffer.from(a);
-  const right = Buffer.from(b);
-  return left.length === right.length && timingSafeEqual(left, right);
-};
 
 /**
  * The operator's pages: login and logout, the dashboard, its static files,

@@ -1,9 +1,10 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { parse, serialize } from 'cookie';
 import type { Request, Response } from 'express';
 import { isLiveSession } from '../../domain/admin/sessions';
 import { isUuid } from '../../domain/ids';
 import type { Platform } from '../../platform';
+import { sameSecret } from '../../same-secret';
 
 /**
  * The dashboard's session cookie and its CSRF token. The cookie holds the
@@ -18,12 +19,6 @@ export const SESSION_COOKIE = 'rw_admin';
 
 const keyOf = (platform: Platform) => createHmac('sha256', platform.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
 const mac = (platform: Platform, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
-
-function sameSecret(a: string, b: string): boolean {
-  const left = Buffer.from(a);
-  const right = Buffer.from(b);
-  return left.length === right.length && timingSafeEqual(left, right);
-}
 
 export function csrfTokenFor(platform: Platform, sessionId: string): string {
   return mac(platform, 'csrf', sessionId);
