@@ -41,14 +41,13 @@ export async function authenticate(platform: Platform, req: Request): Promise<Pr
   const secret = presentedSecret(req);
   const sessionId = secret ? null : await sessionOf(platform, req);
   if (!secret && !sessionId) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
-  const domainTenant = findTenantByDomain(platform.db.knex, req.hostname);
-  domainTenant.catch(() => undefined); // awaited below; a rejection must not go unhandled meanwhile
-  const principal: Principal = secret ? await identify(platform, secret) : fromSession(platform, req, sessionId!);
-  const onDomain = await domainTenant;
+  const principal = secret ? await identify(platform, secret, req.hostname) : fromSession(platform, req, sessionId!);
+  // A key's lookup brought the domain's tenant along; the operator's requests look it up here.
+  const onDomain = principal.kind === 'key' ? principal.domainTenant : await findTenantByDomain(platform.db.knex, req.hostname);
   if (onDomain && principal.kind === 'key' && principal.tenant.id !== onDomain.id) {
     throw forbidden(`This API key belongs to another tenant than ${req.hostname}.`);
   }
-  return onDomain ? { ...principal, domainTenant: onDomain } : principal;
+  return principal.kind === 'operator' && onDomain ? { ...principal, domainTenant: onDomain } : principal;
 }
 
 const isChange = (req: Request) => !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
@@ -61,15 +60,15 @@ function fromSession(platform: Platform, req: Request, sessionId: string): Princ
   return { kind: 'operator', sessionId };
 }
 
-async function identify(platform: Platform, secret: string): Promise<Principal> {
+async function identify(platform: Platform, secret: string, host: string): Promise<Principal> {
   if (isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return { kind: 'operator' };
-  const verdict = await verifyApiKey(platform.db.knex, secret);
+  const verdict = await verifyApiKey(platform.db.knex, secret, { host });
   if (!verdict.ok) {
     const messages = { unknown: 'The API key is not valid.', revoked: 'The API key has been revoked.', expired: 'The API key has expired.' };
     throw unauthenticated(messages[verdict.reason]);
   }
   platform.keyUsage.record(verdict.apiKey.id);
-  return { kind: 'key', apiKey: verdict.apiKey, tenant: verdict.tenant };
+  return { kind: 'key', apiKey: verdict.apiKey, tenant: verdict.tenant, domainTenant: verdict.domainTenant ?? undefined };
 }
 
 /** Applies a route's rule to an authenticated caller and finds the tenant it acts on. */

@@ -5,7 +5,7 @@ import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
 import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import { assertRoomFor, lockTenantCounters, type Quotas } from '../tenants/quotas';
-import { toTenant, type Tenant, type TenantRow } from '../tenants/tenants';
+import { customDomainOf, toTenant, type Tenant, type TenantRow } from '../tenants/tenants';
 
 export const SCOPES = [
   'documents:read',
@@ -126,7 +126,7 @@ export async function revokeApiKey(db: Knex, tenantId: string, keyId: string): P
 }
 
 export type KeyVerdict =
-  | { ok: true; apiKey: ApiKey; tenant: Tenant }
+  | { ok: true; apiKey: ApiKey; tenant: Tenant; domainTenant: Tenant | null }
   | { ok: false; reason: 'unknown' | 'revoked' | 'expired' };
 
 /**
@@ -136,21 +136,29 @@ export type KeyVerdict =
  * compared again in constant time so no early-exit comparison ever sees
  * secret-derived bytes.
  */
-export async function verifyApiKey(db: Knex, presented: string, now = new Date()): Promise<KeyVerdict> {
+export async function verifyApiKey(db: Knex, presented: string, options: { host?: string; now?: Date } = {}): Promise<KeyVerdict> {
   if (!presented.startsWith(KEY_PREFIX)) return { ok: false, reason: 'unknown' };
   const digest = hashKey(presented);
+  const domain = customDomainOf(options.host);
   const row = await acrossTenants(db, (trx) =>
     trx('api_keys as k')
       .join('tenants as t', 't.id', 'k.tenant_id')
-      .first(trx.raw('row_to_json(k.*) as key'), trx.raw('row_to_json(t.*) as tenant'))
+      .first(
+        trx.raw('row_to_json(k.*) as key'),
+        trx.raw('row_to_json(t.*) as tenant'),
+        // The tenant whose custom domain the request came in on, in the same round trip.
+        trx.raw('(select row_to_json(d.*) from tenants d where d.custom_domain = ?) as domain_tenant', [domain]),
+      )
       .where('k.key_hash', digest),
   );
+  const now = options.now ?? new Date();
   if (!row) return { ok: false, reason: 'unknown' };
   const key = reviveDates<ApiKeyRow>(row.key, ['expires_at', 'revoked_at', 'last_used_at', 'created_at']);
   if (!timingSafeEqual(Buffer.from(key.key_hash, 'hex'), Buffer.from(digest, 'hex'))) return { ok: false, reason: 'unknown' };
   if (key.revoked_at) return { ok: false, reason: 'revoked' };
   if (key.expires_at && key.expires_at <= now) return { ok: false, reason: 'expired' };
-  return { ok: true, apiKey: toApiKey(key), tenant: toTenant(reviveDates<TenantRow>(row.tenant, ['created_at', 'updated_at'])) };
+  const tenantOf = (json: Record<string, unknown>) => toTenant(reviveDates<TenantRow>(json, ['created_at', 'updated_at']));
+  return { ok: true, apiKey: toApiKey(key), tenant: tenantOf(row.tenant), domainTenant: row.domain_tenant ? tenantOf(row.domain_tenant) : null };
 }
 
 /** row_to_json gives timestamps as strings; the row mappers expect Dates. */

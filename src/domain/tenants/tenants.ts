@@ -76,10 +76,16 @@ export async function findTenant(db: Knex, idOrSlug: string): Promise<Tenant | n
   return row ? toTenant(row) : null;
 }
 
-/** The tenant serving `host` as its custom domain; names that cannot be one (localhost, addresses) are not looked up. */
-export async function findTenantByDomain(db: Knex, host: string | undefined): Promise<Tenant | null> {
+/** `host` as a custom domain is stored (lower case), or null for names that cannot be one (localhost, addresses): those are never looked up. */
+export function customDomainOf(host: string | undefined): string | null {
   const name = host?.toLowerCase();
-  if (!name || !/^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/.test(name)) return null;
+  return name && /^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/.test(name) ? name : null;
+}
+
+/** The tenant serving `host` as its custom domain. */
+export async function findTenantByDomain(db: Knex, host: string | undefined): Promise<Tenant | null> {
+  const name = customDomainOf(host);
+  if (!name) return null;
   const row = await db<TenantRow>('tenants').first('*').where({ custom_domain: name });
   return row ? toTenant(row) : null;
 }
