@@ -139,6 +139,25 @@ describe('chunkDocument', () => {
       }
     });
 
+    it('reads setext headings, and not a list or quote line above ---', () => {
+      const doc = ['Install', '=======', '', 'Use the installer.', '', 'Linux', '-----', '', 'Use apt.', '', '- one item', '---', '', '> a quote', '---', '', 'More text.'].join('\n');
+      const chunks = chunkDocument(doc, 'markdown', { targetWords: 4, overlapWords: 1, minWords: 1, maxWords: 6 });
+      expectWellFormed(doc, chunks, { targetWords: 4, overlapWords: 1, minWords: 1, maxWords: 6 });
+      expect([...new Set(chunks.map((c) => c.heading))]).toEqual(['Install', 'Install > Linux']);
+      expect(chunks.find((c) => c.content.includes('More'))!.heading).toBe('Install > Linux');
+    });
+
+    it('takes heading text without markers, closing #s or runs of whitespace', () => {
+      const doc = `#   Install   ##\n\nx\n\n## C#\n\ny\n\n## a${' '.repeat(50_000)}b ###\n\nz\n`;
+      const headings = chunkDocument(doc, 'markdown', { targetWords: 3, overlapWords: 0, minWords: 1, maxWords: 4 }).map((c) => c.heading);
+      expect([...new Set(headings)]).toEqual(['Install', 'Install > C#', 'Install > a b']);
+    });
+
+    it('does not read headings or fences inside indented code', () => {
+      const doc = `# Real\n\n    # indented\n    \`\`\`\n\ntext after\n`;
+      expect(chunkDocument(doc, 'markdown').map((c) => c.heading)).toEqual(['Real']);
+    });
+
     it('handles CRLF line endings', () => {
       const doc = '# One\r\n\r\nfirst text\r\n\r\n## Two ##\r\n\r\nsecond text\r\n';
       const chunks = chunkDocument(doc, 'markdown', { ...SMALL, targetWords: 4, overlapWords: 1, minWords: 1 });
@@ -190,6 +209,20 @@ describe('chunkDocument', () => {
       }
       // Cuts land after a full stop.
       expect(chunks.slice(0, -1).every((c) => c.content.endsWith('.'))).toBe(true);
+    });
+
+    it('ends each window past the previous one, giving up overlap before a block that must stay whole', () => {
+      const fence = `\`\`\`\n${prose(28, 'c')}\n\`\`\``;
+      const doc = `# T\n\n${prose(40, 'p')}\n\n${fence}\n\nafter words here\n`;
+      const small = { targetWords: 20, overlapWords: 5, minWords: 5, maxWords: 30 };
+      const chunks = chunkDocument(doc, 'markdown', small);
+      expectWellFormed(doc, chunks, small);
+      for (let i = 1; i < chunks.length; i++) expect(chunks[i]!.charEnd).toBeGreaterThan(chunks[i - 1]!.charEnd);
+      expect(chunks.filter((c) => c.content.includes('c0'))).toEqual([expect.objectContaining({ content: fence })]);
+      // The same holds in prose when the overlap is almost the whole target.
+      const paragraphs = ['a', 'b', 'c', 'd'].map((p) => prose(12, p)).join('\n\n');
+      const windows = chunkDocument(paragraphs, 'text', { targetWords: 10, overlapWords: 9, minWords: 1, maxWords: 14 });
+      for (let i = 1; i < windows.length; i++) expect(windows[i]!.charEnd).toBeGreaterThan(windows[i - 1]!.charEnd);
     });
 
     it('merges a trailing piece smaller than minWords into the previous chunk', () => {
@@ -293,6 +326,13 @@ describe('chunkDocument', () => {
     it('keeps preformatted whitespace and tolerates broken markup', () => {
       expect(extractHtmlText('<p>a<br>b</p><pre>\n  x\n    y</pre><p>c &unknown; AT&T < d')).toBe('a\nb\n\n  x\n    y\n\nc &unknown; AT&T < d');
       expect(extractHtmlText('<div title="a > b">text</div><script>unterminated')).toBe('text');
+    });
+    it('reads markup and character references as browsers do', () => {
+      // A title is never rendered; a skipped element may nest in itself.
+      expect(extractHtmlText('<body><title>T</title><svg><svg></svg>icon</svg>text</body>')).toBe('text');
+      // Legacy references decode without their semicolon, but not inside a longer name.
+      expect(extractHtmlText('<p>&copy 2024 &amp co &notit; a&b=c &#128;</p>')).toBe('© 2024 & co ¬it; a&b=c €');
+      expect(extractHtmlText('<p>a &#0; &#x110000; &#xD800; b</p>')).toBe('a \ufffd \ufffd \ufffd b');
     });
   });
 

@@ -1,4 +1,5 @@
 import { extractHtmlText } from './html';
+import { outlineMarkdown, type HeadingSpan } from './markdown-outline';
 
 export type ContentType = 'markdown' | 'text' | 'code' | 'html';
 
@@ -172,14 +173,18 @@ interface Span {
   heading: string | null;
 }
 
-/** Lowest-cost place to end a window that starts at word `s`, given that [s, b) exceeds the target. */
-function pickCut(layout: Layout, s: number, b: number): number {
+/**
+ * Lowest-cost place to end a window that starts at word `s`, given that [s, b)
+ * exceeds the target; not before `minEnd`, so that it holds words the previous
+ * window lacks.
+ */
+function pickCut(layout: Layout, s: number, b: number, minEnd: number): number {
   const { penalty, opts } = layout;
   const target = opts.targetWords;
   const hi = s + Math.min(opts.maxWords, b - s);
   let best = -1;
   let bestCost = Number.POSITIVE_INFINITY;
-  for (let e = s + 1; e <= hi; e++) {
+  for (let e = Math.max(s + 1, minEnd); e <= hi; e++) {
     const p = e === b ? 0 : penalty[e];
     if (p === NEVER) continue;
     const off = e - s - target;
@@ -189,9 +194,28 @@ function pickCut(layout: Layout, s: number, b: number): number {
       best = e;
     }
   }
-  // Unreachable while windows only start where penalty allows, but a forced
-  // cut is better than an oversized chunk.
+  // Unreachable while overlapStart leaves room to pass the previous cut, but a
+  // forced cut is better than an oversized chunk.
   return best === -1 ? hi : best;
+}
+
+/**
+ * Where the window after [s, e) starts: overlapWords before e, but not inside
+ * an unsplittable block or mid-line in code, and late enough that the window
+ * can reach the first good cut after e. Otherwise, before a block that fits
+ * in maxWords only without the overlap, windows would creep one word at a
+ * time, each a near-duplicate of the last (and a long line of code would be
+ * cut mid-line).
+ */
+function overlapStart(layout: Layout, s: number, e: number, b: number): number {
+  const { penalty, opts } = layout;
+  // Looking further than maxWords ahead cannot change the result (next ≤ e).
+  let goodCut = e + 1;
+  while (goodCut < b && goodCut <= e + opts.maxWords && penalty[goodCut] >= CODE_SPACE) goodCut++;
+  let next = Math.min(e, Math.max(s + 1, e - opts.overlapWords, goodCut - opts.maxWords));
+  // Moving forward only shortens the overlap.
+  while (next < e && penalty[next] >= CODE_SPACE) next++;
+  return next;
 }
 
 /**
@@ -199,26 +223,24 @@ function pickCut(layout: Layout, s: number, b: number): number {
  * overlap, each at most maxWords.
  */
 function windowsOf(layout: Layout, a: number, b: number, heading: string | null, out: Span[]): void {
-  const { penalty, opts } = layout;
+  const { opts } = layout;
   if (b - a <= opts.targetWords) {
     out.push({ from: a, to: b, heading });
     return;
   }
   const spans: Span[] = [];
   let s = a;
+  let previousEnd = a;
   for (;;) {
     if (b - s <= opts.targetWords) {
       spans.push({ from: s, to: b, heading });
       break;
     }
-    const e = pickCut(layout, s, b);
+    const e = pickCut(layout, s, b, previousEnd + 1);
     spans.push({ from: s, to: e, heading });
     if (e >= b) break;
-    let next = Math.max(s + 1, e - opts.overlapWords);
-    // The overlap may not begin inside an unsplittable block or mid-line in code;
-    // moving forward only shortens the overlap.
-    while (next < e && penalty[next] >= CODE_SPACE) next++;
-    s = next;
+    s = overlapStart(layout, s, e, b);
+    previousEnd = e;
   }
   // The trailing piece counts only the words the previous window lacks: a tail
   // that is mostly overlap is a near-duplicate, not a chunk of its own.
@@ -280,72 +302,10 @@ function chunkPlain(content: string, mode: 'prose' | 'code', opts: ChunkingOptio
 // ---------------------------------------------------------------------------
 // Markdown
 
-interface Fence {
-  /** Offset of the opening fence marker. */
-  start: number;
-  /** End of the closing fence line, or of the document when never closed. */
-  end: number;
-}
-
-interface HeadingLine {
-  pos: number;
-  lineEnd: number;
-  level: number;
-  text: string;
-}
-
-const FENCE_OPEN = /^(`{3,}|~{3,})(.*)$/;
-const FENCE_CLOSE = /^(`{3,}|~{3,})[ \t]*$/;
-const ATX = /^(#{1,6})(?:[ \t]+(.*))?$/;
-
-function scanMarkdown(content: string): { fences: Fence[]; headings: HeadingLine[] } {
-  const fences: Fence[] = [];
-  const headings: HeadingLine[] = [];
-  const len = content.length;
-  let open: { marker: string; start: number } | null = null;
-  let pos = 0;
-  for (;;) {
-    let newline = content.indexOf('\n', pos);
-    if (newline === -1) newline = len;
-    let lineEnd = newline;
-    if (lineEnd > pos && content.charCodeAt(lineEnd - 1) === 13) lineEnd--;
-    // Up to three spaces of indentation; four would be an indented code block.
-    let k = pos;
-    while (k < lineEnd && k - pos < 3 && content.charCodeAt(k) === 32) k++;
-    const first = k < lineEnd ? content.charCodeAt(k) : -1;
-    // Only lines that could be a fence or heading are sliced, to stay cheap on large inputs.
-    if (open !== null) {
-      if (first === open.marker.charCodeAt(0)) {
-        const m = FENCE_CLOSE.exec(content.slice(k, lineEnd));
-        if (m !== null && m[1][0] === open.marker[0] && m[1].length >= open.marker.length) {
-          fences.push({ start: open.start, end: lineEnd });
-          open = null;
-        }
-      }
-    } else if (first === 96 /* ` */ || first === 126 /* ~ */) {
-      const m = FENCE_OPEN.exec(content.slice(k, lineEnd));
-      // A backtick fence's info string may not contain backticks (that is inline code).
-      if (m !== null && !(m[1][0] === '`' && m[2].includes('`'))) open = { marker: m[1], start: k };
-    } else if (first === 35 /* # */) {
-      const m = ATX.exec(content.slice(k, lineEnd));
-      if (m !== null) {
-        let text = (m[2] ?? '').trim();
-        text = /^#+$/.test(text) ? '' : text.replace(/[ \t]+#+$/, '').trim();
-        headings.push({ pos: k, lineEnd, level: m[1].length, text });
-      }
-    }
-    if (newline >= len) break;
-    pos = newline + 1;
-  }
-  // CommonMark: an unclosed fence runs to the end of the document.
-  if (open !== null) fences.push({ start: open.start, end: len });
-  return { fences, headings };
-}
-
 interface Section {
   from: number;
   to: number;
-  /** First word after the heading line; equals `to` when the section is only a heading. */
+  /** First word after the heading; equals `to` when the section is only a heading. */
   bodyFrom: number;
   path: string[];
 }
@@ -364,7 +324,7 @@ function commonPrefix(a: readonly string[], b: readonly string[]): string[] {
 function chunkMarkdown(content: string, opts: ChunkingOptions): Chunk[] {
   const words = tokenize(content);
   if (words.n === 0) return [];
-  const { fences, headings } = scanMarkdown(content);
+  const { fences, headings } = outlineMarkdown(content);
   const { n, start, end } = words;
 
   // Which fence each word belongs to (-1 for none); both lists are in document order.
@@ -399,22 +359,22 @@ function chunkMarkdown(content: string, opts: ChunkingOptions): Chunk[] {
     }
   }
 
-  // Sections: text before the first heading, then one per heading line.
+  // Sections: text before the first heading, then one per heading.
   const sections: Section[] = [];
-  const stack: HeadingLine[] = [];
+  const stack: HeadingSpan[] = [];
   let w = 0;
-  const firstHeadingPos = headings.length > 0 ? headings[0].pos : content.length;
-  while (w < n && start[w] < firstHeadingPos) w++;
+  const firstHeadingStart = headings.length > 0 ? headings[0].start : content.length;
+  while (w < n && start[w] < firstHeadingStart) w++;
   if (w > 0) sections.push({ from: 0, to: w, bodyFrom: 0, path: [] });
   for (let h = 0; h < headings.length; h++) {
     const heading = headings[h];
     while (stack.length > 0 && stack[stack.length - 1].level >= heading.level) stack.pop();
     stack.push(heading);
     const from = w;
-    const nextPos = h + 1 < headings.length ? headings[h + 1].pos : content.length;
-    while (w < n && start[w] < heading.lineEnd) w++;
+    const nextStart = h + 1 < headings.length ? headings[h + 1].start : content.length;
+    while (w < n && start[w] < heading.end) w++;
     const bodyFrom = w;
-    while (w < n && start[w] < nextPos) w++;
+    while (w < n && start[w] < nextStart) w++;
     if (w > from) sections.push({ from, to: w, bodyFrom, path: stack.map((x) => x.text) });
   }
 

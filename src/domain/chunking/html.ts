@@ -1,11 +1,17 @@
+import { Tokenizer, type TokenizerCallbacks } from 'htmlparser2';
+
 /**
- * Readable-text extraction from HTML for indexing. This is not a conforming
- * HTML parser: it is a single linear scan that is tolerant of broken markup,
- * which is what matters for arbitrary uploaded pages.
+ * Readable-text extraction from HTML for indexing, on htmlparser2's tokenizer:
+ * it reads tags, attributes, comments, CDATA, raw-text elements (script,
+ * style, title, textarea) and character references the way browsers do, in one
+ * linear pass that tolerates broken markup. Its Parser is not used: it keeps
+ * the open elements in an array it unshifts, so nesting costs quadratic time
+ * (1 MB of `<b>` took 100 s), and nothing here needs the tree.
  */
 
-// Elements whose content is never visible text.
-const SKIPPED = new Set(['script', 'style', 'noscript', 'template', 'svg', 'iframe', 'object', 'canvas']);
+// Elements whose content is never visible text (browsers do not render a
+// title either: it names the window).
+const SKIPPED = new Set(['script', 'style', 'title', 'noscript', 'template', 'svg', 'iframe', 'object', 'canvas']);
 
 // Closing or opening one of these ends the current paragraph.
 const PARAGRAPH = new Set([
@@ -21,50 +27,6 @@ const LINE = new Set(['dd', 'dt', 'li', 'option', 'tr']);
 // Table cells and similar must not glue their words to the neighbour's.
 const SEPARATED = new Set(['td', 'th', 'img', 'input', 'button', 'label', 'select', 'textarea']);
 
-const NAMED_ENTITIES: Record<string, string> = {
-  amp: '&', lt: '<', gt: '>', quot: '"', apos: "'", nbsp: '\u00a0', ensp: '\u2002', emsp: '\u2003',
-  thinsp: '\u2009', shy: '\u00ad', zwj: '\u200d', zwnj: '\u200c', lrm: '\u200e', rlm: '\u200f',
-  copy: '©', reg: '®', trade: '™', hellip: '…', mdash: '—', ndash: '–', minus: '−',
-  lsquo: '‘', rsquo: '’', sbquo: '‚', ldquo: '“', rdquo: '”', bdquo: '„', laquo: '«', raquo: '»',
-  lsaquo: '‹', rsaquo: '›', bull: '•', middot: '·', prime: '′', Prime: '″', dagger: '†', Dagger: '‡',
-  euro: '€', pound: '£', yen: '¥', cent: '¢', curren: '¤', sect: '§', para: '¶', deg: '°',
-  plusmn: '±', times: '×', divide: '÷', frac12: '½', frac14: '¼', frac34: '¾', sup1: '¹', sup2: '²',
-  sup3: '³', micro: 'µ', iexcl: '¡', iquest: '¿', larr: '←', rarr: '→', uarr: '↑', darr: '↓',
-  harr: '↔', rArr: '⇒', lArr: '⇐', hArr: '⇔', le: '≤', ge: '≥', ne: '≠', asymp: '≈', infin: '∞',
-  sum: '∑', prod: '∏', radic: '√', part: '∂', nabla: '∇', isin: '∈', notin: '∉', cap: '∩',
-  cup: '∪', and: '∧', or: '∨', forall: '∀', exist: '∃', empty: '∅', alpha: 'α', beta: 'β',
-  gamma: 'γ', delta: 'δ', epsilon: 'ε', lambda: 'λ', mu: 'μ', pi: 'π', sigma: 'σ', tau: 'τ',
-  phi: 'φ', omega: 'ω', Delta: 'Δ', Sigma: 'Σ', Omega: 'Ω', check: '✓', star: '☆', hearts: '♥',
-  Agrave: 'À', Aacute: 'Á', Acirc: 'Â', Atilde: 'Ã', Auml: 'Ä', Aring: 'Å', AElig: 'Æ', Ccedil: 'Ç',
-  Egrave: 'È', Eacute: 'É', Ecirc: 'Ê', Euml: 'Ë', Igrave: 'Ì', Iacute: 'Í', Icirc: 'Î', Iuml: 'Ï',
-  Ntilde: 'Ñ', Ograve: 'Ò', Oacute: 'Ó', Ocirc: 'Ô', Otilde: 'Õ', Ouml: 'Ö', Oslash: 'Ø',
-  Ugrave: 'Ù', Uacute: 'Ú', Ucirc: 'Û', Uuml: 'Ü', Yacute: 'Ý', szlig: 'ß', agrave: 'à', aacute: 'á',
-  acirc: 'â', atilde: 'ã', auml: 'ä', aring: 'å', aelig: 'æ', ccedil: 'ç', egrave: 'è', eacute: 'é',
-  ecirc: 'ê', euml: 'ë', igrave: 'ì', iacute: 'í', icirc: 'î', iuml: 'ï', ntilde: 'ñ', ograve: 'ò',
-  oacute: 'ó', ocirc: 'ô', otilde: 'õ', ouml: 'ö', oslash: 'ø', ugrave: 'ù', uacute: 'ú',
-  ucirc: 'û', uuml: 'ü', yacute: 'ý', yuml: 'ÿ', OElig: 'Œ', oelig: 'œ', Scaron: 'Š', scaron: 'š',
-};
-
-// Named references need their semicolon (as browsers require outside legacy
-// cases), so text like "AT&T" or "a&b" in a URL is left alone.
-const ENTITY = /&(?:#(\d{1,8})|#[xX]([0-9a-fA-F]{1,7})|([a-zA-Z][a-zA-Z0-9]{1,31}));?/g;
-
-export function decodeEntities(text: string): string {
-  if (!text.includes('&')) return text;
-  return text.replace(ENTITY, (whole, dec: string | undefined, hex: string | undefined, name: string | undefined) => {
-    if (name !== undefined) {
-      if (!whole.endsWith(';')) return whole;
-      return Object.prototype.hasOwnProperty.call(NAMED_ENTITIES, name) ? NAMED_ENTITIES[name] : whole;
-    }
-    const code = dec !== undefined ? Number.parseInt(dec, 10) : Number.parseInt(hex!, 16);
-    // NUL, surrogates and out-of-range values are replaced, as browsers do.
-    if (code === 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return '\ufffd';
-    return String.fromCodePoint(code);
-  });
-}
-
-const TAG_NAME = /<(\/?)([a-zA-Z][a-zA-Z0-9:-]*)/y;
-
 class TextSink {
   private readonly parts: string[] = [];
   private hasText = false;
@@ -73,8 +35,7 @@ class TextSink {
   private pendingBreaks = 0;
   private pendingSpace = false;
 
-  text(raw: string, preformatted: boolean): void {
-    const decoded = decodeEntities(raw);
+  text(decoded: string, preformatted: boolean): void {
     if (preformatted) {
       if (decoded.length === 0) return;
       this.flush();
@@ -122,120 +83,112 @@ class TextSink {
   }
 }
 
-/** End of a tag starting at `from`, skipping `>` inside quoted attribute values. */
-function findTagEnd(html: string, from: number): number {
-  let quote = 0;
-  for (let i = from; i < html.length; i++) {
-    const c = html.charCodeAt(i);
-    if (quote !== 0) {
-      if (c === quote) quote = 0;
-    } else if (c === 34 || c === 39) {
-      quote = c;
-    } else if (c === 62) {
-      return i;
+type TagKind = 'open' | 'self-closing' | 'close';
+
+/** Tokenizer events → TextSink, tracking the skipped element and <pre> nesting. */
+class VisibleText implements TokenizerCallbacks {
+  readonly out = new TextSink();
+  /** Name of the open tag whose attributes are being read. */
+  private tagName = '';
+  /** The skipped element being passed over, and how deeply it nests in itself. */
+  private skipped: { name: string; depth: number } | null = null;
+  private preDepth = 0;
+  // A newline directly after <pre> is not content.
+  private preJustOpened = false;
+
+  constructor(private readonly html: string) {}
+
+  ontext(start: number, end: number): void {
+    this.text(this.html.slice(start, end));
+  }
+
+  // The decoder has already replaced NUL, surrogates and values past U+10FFFF with U+FFFD.
+  ontextentity(codePoint: number): void {
+    this.text(String.fromCodePoint(codePoint));
+  }
+
+  // CDATA is literal text (no entity decoding), as in the foreign content where it is allowed.
+  oncdata(start: number, end: number, endOffset: number): void {
+    this.text(this.html.slice(start, end - endOffset));
+  }
+
+  onopentagname(start: number, end: number): void {
+    this.tagName = this.html.slice(start, end).toLowerCase();
+  }
+
+  onopentagend(): void {
+    this.tag(this.tagName, 'open');
+  }
+
+  onselfclosingtag(): void {
+    this.tag(this.tagName, 'self-closing');
+  }
+
+  onclosetag(start: number, end: number): void {
+    this.tag(this.html.slice(start, end).toLowerCase(), 'close');
+  }
+
+  // Attributes, comments, declarations and processing instructions are never visible.
+  onattribdata(): void {}
+  onattribentity(): void {}
+  onattribend(): void {}
+  onattribname(): void {}
+  oncomment(): void {}
+  ondeclaration(): void {}
+  onprocessinginstruction(): void {}
+  onend(): void {}
+
+  private text(text: string): void {
+    if (this.skipped !== null) return;
+    this.out.text(this.preJustOpened ? text.replace(/^\r?\n/, '') : text, this.preDepth > 0);
+    this.preJustOpened = false;
+  }
+
+  private tag(name: string, kind: TagKind): void {
+    this.preJustOpened = false;
+    if (this.skipped !== null) {
+      this.passOver(this.skipped, name, kind);
+      return;
+    }
+    if (kind === 'open' && SKIPPED.has(name)) {
+      this.skipped = { name, depth: 1 };
+      this.out.space();
+      return;
+    }
+    if (name === 'pre') {
+      if (kind === 'open') this.preDepth++;
+      else if (kind === 'close') this.preDepth = Math.max(0, this.preDepth - 1);
+      this.preJustOpened = kind === 'open';
+      this.out.block(2);
+    } else if (name === 'br') {
+      this.out.lineBreak();
+    } else if (PARAGRAPH.has(name)) {
+      this.out.block(2);
+    } else if (LINE.has(name)) {
+      this.out.block(1);
+    } else if (SEPARATED.has(name)) {
+      this.out.space();
     }
   }
-  return -1;
-}
 
-/** Position just after the matching close tag of a skipped element, or -1 when it is never closed. */
-function skipElement(html: string, name: string, from: number): number {
-  const close = new RegExp(`</${name}(?=[\\s/>])`, 'gi');
-  close.lastIndex = from;
-  const m = close.exec(html);
-  if (m === null) return -1;
-  const end = findTagEnd(html, m.index + m[0].length);
-  return end === -1 ? html.length : end + 1;
+  /** Inside a skipped element only its own tags count, to find where it ends. */
+  private passOver(skipped: { name: string; depth: number }, name: string, kind: TagKind): void {
+    if (name !== skipped.name) return;
+    if (kind === 'open') skipped.depth++;
+    else if (kind === 'close' && --skipped.depth === 0) this.skipped = null;
+  }
 }
 
 /**
- * Visible text of an HTML document: script/style/head and similar are dropped,
+ * Visible text of an HTML document: script/style/title and similar are dropped,
  * block elements become paragraph breaks (list items and table rows become line
  * breaks), whitespace is collapsed outside <pre>, and character references are
  * decoded.
  */
 export function extractHtmlText(html: string): string {
-  const out = new TextSink();
-  const len = html.length;
-  let preDepth = 0;
-  // A newline directly after <pre> is not content.
-  let preJustOpened = false;
-  let i = 0;
-  while (i < len) {
-    const lt = html.indexOf('<', i);
-    if (lt === -1) {
-      out.text(html.slice(i), preDepth > 0);
-      break;
-    }
-    if (lt > i) {
-      let text = html.slice(i, lt);
-      if (preJustOpened) text = text.replace(/^\r?\n/, '');
-      out.text(text, preDepth > 0);
-    }
-    preJustOpened = false;
-
-    if (html.startsWith('<!--', lt)) {
-      const end = html.indexOf('-->', lt + 4);
-      i = end === -1 ? len : end + 3;
-      continue;
-    }
-    if (html.startsWith('<![CDATA[', lt)) {
-      const end = html.indexOf(']]>', lt + 9);
-      // CDATA is literal text, so it bypasses entity decoding.
-      out.text(html.slice(lt + 9, end === -1 ? len : end).replace(/&/g, '&amp;'), preDepth > 0);
-      i = end === -1 ? len : end + 3;
-      continue;
-    }
-    const next = html.charCodeAt(lt + 1);
-    if (next === 33 /* ! */ || next === 63 /* ? */) {
-      const end = html.indexOf('>', lt + 2);
-      i = end === -1 ? len : end + 1;
-      continue;
-    }
-
-    TAG_NAME.lastIndex = lt;
-    const m = TAG_NAME.exec(html);
-    if (m === null) {
-      // A bare "<" as in "a < b" is text.
-      out.text('<', preDepth > 0);
-      i = lt + 1;
-      continue;
-    }
-    const closing = m[1] === '/';
-    const name = m[2].toLowerCase();
-    const tagEnd = findTagEnd(html, lt + m[0].length);
-    if (tagEnd === -1) break; // truncated markup: the rest is an unfinished tag
-    i = tagEnd + 1;
-    const selfClosing = html.charCodeAt(tagEnd - 1) === 47; /* / */
-
-    if (!closing && !selfClosing && SKIPPED.has(name)) {
-      const after = skipElement(html, name, i);
-      i = after === -1 ? len : after;
-      out.space();
-      continue;
-    }
-    if (!closing && name === 'head') {
-      // </head> is optional, so the head also ends where the body starts.
-      const end = /<\/head\s*>|<body[\s>]/gi;
-      end.lastIndex = i;
-      const found = end.exec(html);
-      if (found !== null) i = found[0].startsWith('</') ? found.index + found[0].length : found.index;
-      continue;
-    }
-
-    if (name === 'pre') {
-      preDepth = closing ? Math.max(0, preDepth - 1) : preDepth + (selfClosing ? 0 : 1);
-      preJustOpened = !closing && !selfClosing;
-      out.block(2);
-    } else if (name === 'br') {
-      out.lineBreak();
-    } else if (PARAGRAPH.has(name)) {
-      out.block(2);
-    } else if (LINE.has(name)) {
-      out.block(1);
-    } else if (SEPARATED.has(name)) {
-      out.space();
-    }
-  }
-  return out.toString();
+  const visible = new VisibleText(html);
+  const tokenizer = new Tokenizer({ decodeEntities: true }, visible);
+  tokenizer.write(html);
+  tokenizer.end();
+  return visible.out.toString();
 }
