@@ -9,6 +9,7 @@ import * as adminSessions from './20261126000010_admin_sessions';
 import * as usage from './20261126000007_usage';
 import * as deadLetters from './20261126000008_dead_letters';
 import * as audit from './20261126000009_audit';
+import * as documentErrorCode from './20261126000011_document_error_code';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -25,4 +26,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000008_dead_letters', migration: deadLetters },
   { name: '20261126000009_audit', migration: audit },
   { name: '20261126000010_admin_sessions', migration: adminSessions },
+  { name: '20261126000011_document_error_code', migration: documentErrorCode },
 ];

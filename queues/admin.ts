@@ -1,5 +1,6 @@
 import type { Job, JobType, Queue } from 'bullmq';
 import type { QueueSnapshot } from '../src/metrics';
+import { DATABASE_RETRIES } from './definition';
 import { QUEUE_NAMES, queueDefinition, type QueueRegistry } from './index';
 
 export const JOB_STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized', 'waiting-children'] as const;
@@ -72,37 +73,23 @@ export class QueueAdmin {
     return Promise.all(QUEUE_NAMES.map((name) => this.describe(this.queues.queue(name))));
   }
 
+  /**
+   * What the metrics export: depths and the oldest waiting age. It leaves
+   * out the worker count, which costs a CLIENT LIST over every connection
+   * of the Redis server.
+   */
   async snapshots(): Promise<QueueSnapshot[]> {
-    return (await this.overview()).map((queue) => ({
-      name: queue.name,
-      counts: queue.counts,
-      oldestWaitingAgeSeconds: queue.oldest_waiting_age_seconds,
-    }));
+    return Promise.all(
+      QUEUE_NAMES.map(async (name) => {
+        const { counts, oldestWaitingAgeSeconds } = await depths(this.queues.queue(name));
+        return { name, counts, oldestWaitingAgeSeconds };
+      }),
+    );
   }
 
   private async describe(queue: Queue): Promise<QueueOverview> {
-    const [counts, isPaused, oldest, workers] = await Promise.all([
-      queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized'),
-      queue.isPaused(),
-      queue.getJobs(['waiting', 'prioritized'], 0, 0, true),
-      queue.getWorkersCount(),
-    ]);
-    return {
-      name: queue.name,
-      counts: {
-        waiting: counts.waiting ?? 0,
-        active: counts.active ?? 0,
-        delayed: counts.delayed ?? 0,
-        completed: counts.completed ?? 0,
-        failed: counts.failed ?? 0,
-        // A paused queue's waiting jobs are its paused ones.
-        paused: isPaused ? (counts.waiting ?? 0) + (counts.prioritized ?? 0) : 0,
-        prioritized: counts.prioritized ?? 0,
-      },
-      oldest_waiting_age_seconds: oldest[0] ? Math.max(0, (Date.now() - oldest[0].timestamp) / 1000) : 0,
-      is_paused: isPaused,
-      workers,
-    };
+    const [{ counts, isPaused, oldestWaitingAgeSeconds }, workers] = await Promise.all([depths(queue), queue.getWorkersCount()]);
+    return { name: queue.name, counts, oldest_waiting_age_seconds: oldestWaitingAgeSeconds, is_paused: isPaused, workers };
   }
 
   /**
@@ -156,7 +143,7 @@ export class QueueAdmin {
     const state = await job.getState();
     if (state !== 'failed') return { retried: false, state };
     await prepare(job);
-    await job.retry('failed', { resetAttemptsMade: true });
+    await retryWithFreshBudget(job);
     return { retried: true };
   }
 
@@ -194,7 +181,7 @@ export class QueueAdmin {
       } catch {
         continue;
       }
-      await job.retry('failed', { resetAttemptsMade: true });
+      await retryWithFreshBudget(job);
       retried += 1;
     }
     return { matched: matches.length, retried };
@@ -214,7 +201,7 @@ export class QueueAdmin {
     const state = job ? await job.getState() : 'gone';
     if (job && state === 'failed') {
       await prepare();
-      await job.retry('failed', { resetAttemptsMade: true });
+      await retryWithFreshBudget(job);
       return { method: 'retried', jobId };
     }
     if (LIVE_STATES.has(state)) {
@@ -241,6 +228,15 @@ export class QueueAdmin {
   }
 }
 
+/** Retries a failed job as if new: no attempts made, no attempt-free re-delays used. */
+async function retryWithFreshBudget(job: Job): Promise<void> {
+  if (job.data && typeof job.data === 'object' && DATABASE_RETRIES in job.data) {
+    const { [DATABASE_RETRIES]: _used, ...data } = job.data as Record<string, unknown>;
+    await job.updateData(data);
+  }
+  await job.retry('failed', { resetAttemptsMade: true });
+}
+
 function tenantOf(job: Job): string | null {
   const tenantId = (job.data as { tenantId?: unknown } | undefined)?.tenantId;
   return typeof tenantId === 'string' ? tenantId : null;
@@ -259,5 +255,27 @@ function toView(job: Job, queue: string, state: string): JobView {
     created_at: new Date(job.timestamp).toISOString(),
     processed_at: job.processedOn ? new Date(job.processedOn).toISOString() : null,
     finished_at: job.finishedOn ? new Date(job.finishedOn).toISOString() : null,
+  };
+}
+
+async function depths(queue: Queue): Promise<{ counts: QueueOverview['counts']; isPaused: boolean; oldestWaitingAgeSeconds: number }> {
+  const [counts, isPaused, [oldest]] = await Promise.all([
+    queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized'),
+    queue.isPaused(),
+    queue.getJobs(['waiting', 'prioritized'], 0, 0, true),
+  ]);
+  return {
+    counts: {
+      waiting: counts.waiting ?? 0,
+      active: counts.active ?? 0,
+      delayed: counts.delayed ?? 0,
+      completed: counts.completed ?? 0,
+      failed: counts.failed ?? 0,
+      // A paused queue's waiting jobs are its paused ones.
+      paused: isPaused ? (counts.waiting ?? 0) + (counts.prioritized ?? 0) : 0,
+      prioritized: counts.prioritized ?? 0,
+    },
+    isPaused,
+    oldestWaitingAgeSeconds: oldest ? Math.max(0, (Date.now() - oldest.timestamp) / 1000) : 0,
   };
 }

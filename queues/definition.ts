@@ -18,6 +18,13 @@ export function defineQueue<Schema extends z.ZodType>(definition: QueueDefinitio
   return definition;
 }
 
+/**
+ * The job data field counting a job's attempt-free re-delays while the
+ * database was down (workers/runtime.ts); a fresh attempts budget
+ * (retry, redrive) starts it again.
+ */
+export const DATABASE_RETRIES = 'databaseRetries';
+
 const DAY_SECONDS = 24 * 60 * 60;
 
 /** Completed jobs stay a day, failed ones a week, so operators can inspect them. */

@@ -1,6 +1,32 @@
 import { z } from 'zod';
 import { defineQueue, RETENTION_DEFAULTS } from './definition';
 
+/** The backoff type whose waits come from indexingRetryDelayMs. */
+export const INDEXING_BACKOFF = 'indexing-schedule';
+
+/**
+ * Attempts of a job failing for any reason but an embeddings provider
+ * outage (a bug, a constraint, a lost worker): the first 5 of the schedule,
+ * about 30 s at the default base.
+ */
+export const INDEXING_ATTEMPTS_FOR_OTHER_ERRORS = 5;
+
+/** No wait is longer than this many times the base: 10 min at the default 2 s. */
+const RETRY_STEP_CAP = 300;
+const RETRY_JITTER = 0.2;
+
+/**
+ * The wait after the n-th failed attempt (n ≥ 1): the base doubled each
+ * time up to its cap, ±20% so that the documents of one outage do not all
+ * return at once. The 15 waits of the 16 attempts add up to 2311 × the base,
+ * at least 3698 s at the default 2 s even with every jitter at its lowest:
+ * an embeddings provider may be away for an hour.
+ */
+export function indexingRetryDelayMs(attemptsMade: number, baseMs: number, random: () => number = Math.random): number {
+  const step = Math.min(2 ** Math.max(attemptsMade - 1, 0), RETRY_STEP_CAP);
+  return Math.round(baseMs * step * (1 - RETRY_JITTER + 2 * RETRY_JITTER * random()));
+}
+
 /** Indexes one version of one document on behalf of one index job. */
 export const indexingQueue = defineQueue({
   name: 'indexing',
@@ -11,8 +37,8 @@ export const indexingQueue = defineQueue({
     version: z.number().int().positive(),
   }),
   jobOptions: {
-    attempts: 5,
-    backoff: { type: 'exponential', delay: 2_000 },
+    attempts: 16,
+    backoff: { type: INDEXING_BACKOFF },
     ...RETENTION_DEFAULTS,
   },
   // The index job is part of the id: a forced re-index of the same version is new work.

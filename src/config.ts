@@ -1,23 +1,30 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import ipaddr from 'ipaddr.js';
 import cron from 'node-cron';
 import { z } from 'zod';
 
-/** Every environment variable ragworks reads, with its default, in one schema. */
+/**
+ * Every environment variable ragworks reads, with its default, in one schema.
+ * A variable's `.describe()` is its documentation: `npm run docs:config`
+ * writes docs/configuration.md from this schema.
+ */
 
 const booleanFlag = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
-  .transform((value) => value === 'true' || value === '1' || value === 'yes');
+  .transform((value) => value === 'true' || value === '1' || value === 'yes')
+  .meta({ accepts: '`true` or `false` (also `1`/`0`, `yes`/`no`)' });
 
 const cronExpression = z.string().refine((value) => cron.validate(value), {
   message: 'not a valid cron expression (node-cron syntax, seconds allowed)',
-});
+}).meta({ accepts: 'node-cron expression, seconds allowed' });
 
 const redisUrl = z
   .string()
   .refine((value) => /^rediss?:\/\//.test(value), { message: 'must start with redis:// or rediss://' })
   .refine((value) => URL.canParse(value), { message: 'not a valid URL' })
-  .refine((value) => !URL.canParse(value) || /^\/?(\d{1,2})?$/.test(new URL(value).pathname), { message: 'may name only a numeric database index (/0 to /15)' });
+  .refine((value) => !URL.canParse(value) || /^\/?(\d{1,2})?$/.test(new URL(value).pathname), { message: 'may name only a numeric database index (/0 to /15)' })
+  .meta({ accepts: '`redis://` or `rediss://` URL, database `/0` to `/15`' });
 
 const sentinelList = z
   .string()
@@ -31,7 +38,8 @@ const sentinelList = z
       }
       return { host: match[1], port: Number(match[2]) };
     });
-  });
+  })
+  .meta({ accepts: '`host:port`, comma-separated' });
 
 const positiveInt = z.coerce.number().int().positive();
 
@@ -43,7 +51,7 @@ const retrySchedule = z.string().transform((value, ctx) => {
     return [];
   }
   return delays.map(Number);
-});
+}).meta({ accepts: 'seconds, comma-separated' });
 
 /**
  * Per-queue worker concurrency, written `indexing=4,reconcile=1`. Queues not
@@ -60,7 +68,7 @@ const concurrencyMap = z.string().transform((value, ctx) => {
     result[match[1]] = Number(match[2]);
   }
   return result;
-});
+}).meta({ accepts: '`queue=number`, comma-separated' });
 
 const unitInterval = z.coerce.number().min(0).max(1);
 
@@ -80,105 +88,143 @@ const perTier = z.string().transform((value, ctx) => {
   const missing = TIER_NAMES.filter((tier) => result[tier] === undefined);
   if (missing.length > 0) ctx.addIssue({ code: 'custom', message: `names no value for ${missing.join(', ')}` });
   return result as Record<(typeof TIER_NAMES)[number], number>;
-});
+}).meta({ accepts: `\`tier=number\` for each of ${TIER_NAMES.map((tier) => `\`${tier}\``).join(', ')}; \`0\`: no limit` });
 
-const postgresUrl = z.string().refine((value) => /^postgres(ql)?:\/\//.test(value), { message: 'must start with postgres:// or postgresql://' });
+const PROXY_RANGE_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+/** One entry of a `trust proxy` list as express takes it: a range name, an address, or address/prefix (IPv4 also address/netmask). */
+function isProxyEntry(entry: string): boolean {
+  if (PROXY_RANGE_NAMES.has(entry)) return true;
+  const [address, range, ...rest] = entry.split('/');
+  if (rest.length > 0 || !ipaddr.isValid(address)) return false;
+  if (range === undefined) return true;
+  const bits = ipaddr.parse(address).kind() === 'ipv6' ? 128 : 32;
+  if (/^\d+$/.test(range)) return Number(range) >= 1 && Number(range) <= bits;
+  return bits === 32 && ipaddr.IPv4.isValidFourPartDecimal(range) && ipaddr.IPv4.parse(range).prefixLengthFromSubnetMask() !== null;
+}
+
+/** Express's `trust proxy`: `true`/`false`, a hop count, or a comma-separated list of addresses, CIDRs and range names. */
+const trustProxy = z
+  .string()
+  .transform((value, ctx): boolean | number | string => {
+    const setting = value.trim();
+    if (setting === 'true' || setting === 'false') return setting === 'true';
+    if (/^\d+$/.test(setting)) return Number(setting);
+    const wrong = setting.split(',').map((entry) => entry.trim()).filter((entry) => !isProxyEntry(entry));
+    if (wrong.length > 0) ctx.addIssue({ code: 'custom', message: `names no address, CIDR or range (loopback, linklocal, uniquelocal): ${wrong.map((entry) => `"${entry}"`).join(', ')}` });
+    return setting;
+  })
+  .meta({ accepts: '`false`, `true`, a hop count, or addresses, CIDRs and `loopback`/`linklocal`/`uniquelocal`, comma-separated' });
+
+const postgresUrl = z
+  .string()
+  .refine((value) => /^postgres(ql)?:\/\//.test(value), { message: 'must start with postgres:// or postgresql://' })
+  .meta({ accepts: '`postgres://` or `postgresql://` URL' });
 
 export const configSchema = z
   .object({
-    NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
-    PORT: z.coerce.number().int().min(0).max(65535).default(8080),
-    HOST: z.string().default('0.0.0.0'),
-    /** The application's connection: a role that is neither owner, superuser nor BYPASSRLS, so row-level security holds. */
-    DATABASE_URL: postgresUrl.optional(),
-    /** The table owner, for migrations; defaults to DATABASE_URL. */
-    MIGRATION_DATABASE_URL: postgresUrl.optional(),
-    DATABASE_POOL_MAX: positiveInt.default(10),
-    DATA_DIR: z.string().default('./data'),
-    REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
-    REDIS_SENTINELS: sentinelList.optional(),
-    REDIS_SENTINEL_NAME: z.string().min(1).optional(),
+    NODE_ENV: z.enum(['development', 'production', 'test']).default('development').describe('`production` makes `ADMIN_TOKEN` required.'),
+    PORT: z.coerce.number().int().min(0).max(65535).default(8080).describe('The port the web role listens on.'),
+    HOST: z.string().default('0.0.0.0').describe('The address the web role listens on.'),
+    TRUST_PROXY: trustProxy
+      .default(false)
+      .describe('The proxies whose `X-Forwarded-For`, `-Proto` and `-Host` are believed for the client address, HTTPS and host; none by default, so behind a proxy name its address or network, e.g. `loopback` or `10.0.0.0/8`.'),
+    DATABASE_URL: postgresUrl.optional().describe('The PostgreSQL server, as the application role: neither owner, superuser nor BYPASSRLS, so row-level security holds (see [production database roles](operations.md#production-database-roles)). Unset: the embedded PGlite database under `DATA_DIR`, for role `all` only.'),
+    MIGRATION_DATABASE_URL: postgresUrl.optional().describe('The table owner, used only to migrate; it then grants the `DATABASE_URL` role row access. Unset: `DATABASE_URL` does both. Needs `DATABASE_URL`.'),
+    DATABASE_POOL_MAX: positiveInt.default(10).describe('Database connections per process.'),
+    DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000).describe('PostgreSQL server only: any statement of the application running longer is cancelled (`statement_timeout`); `0`: no bound of ours. Migrations are not bound by it.'),
+    DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000).describe('PostgreSQL server only: a session left idle inside a transaction this long is ended by the server, freeing its locks (`idle_in_transaction_session_timeout`); `0`: no bound of ours.'),
+    DATA_DIR: z.string().default('./data').describe('Where the embedded database and a generated operator token (`admin-token`) are kept.'),
+    REDIS_URL: redisUrl.default('redis://127.0.0.1:6379').describe('Redis; credentials, TLS (`rediss://`) and a database index (`/2`) are honoured.'),
+    REDIS_SENTINELS: sentinelList.optional().describe('Redis Sentinel addresses; with them the Redis master is found through Sentinel. Needs `REDIS_SENTINEL_NAME`.'),
+    REDIS_SENTINEL_NAME: z.string().min(1).optional().describe('The master name the Sentinels watch; required with `REDIS_SENTINELS`.'),
     QUEUE_PREFIX: z
       .string()
       .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only')
-      .default('ragworks'),
-    ADMIN_TOKEN: z.string().min(24, 'must be at least 24 characters').optional(),
-    ADMIN_SESSION_HOURS: z.coerce.number().positive().max(24 * 30).default(12),
-    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    SHUTDOWN_TIMEOUT_MS: positiveInt.default(25_000),
-    MAX_BODY_BYTES: positiveInt.default(10 * 1024 * 1024),
+      .default('ragworks')
+      .describe('Prefix of every Redis key ragworks writes: two deployments can share one Redis with different prefixes.'),
+    ADMIN_TOKEN: z.string().min(24, 'must be at least 24 characters').optional().describe('The operator token; required when `NODE_ENV=production`. Unset elsewhere: generated once, printed once and kept in `DATA_DIR/admin-token`.'),
+    ADMIN_SESSION_HOURS: z.coerce.number().positive().max(24 * 30).default(12).describe('How long a dashboard session lasts.'),
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('The pino log level.'),
+    SHUTDOWN_TIMEOUT_MS: positiveInt.default(25_000).describe('Drain deadline on SIGTERM or SIGINT: active jobs may finish until then; the rest are handed back to their queue.'),
+    MAX_BODY_BYTES: positiveInt.default(10 * 1024 * 1024).describe('Request body limit; a larger body is refused with 413.'),
 
-    OTEL_EXPORTER_OTLP_ENDPOINT: z.url().optional(),
-    OTEL_SERVICE_NAME: z.string().default('ragworks'),
-    OTEL_TRACE_REDIS: booleanFlag.default(false),
+    OTEL_EXPORTER_OTLP_ENDPOINT: z.url().optional().describe('The OTLP/HTTP collector traces are sent to; unset: none are exported.'),
+    OTEL_SERVICE_NAME: z.string().default('ragworks').describe('The service name in traces.'),
+    OTEL_TRACE_REDIS: booleanFlag.default(false).describe('Trace every Redis command (costs queue throughput).'),
 
-    WORKER_QUEUES: z.string().default('all'),
-    WORKER_CONCURRENCY: positiveInt.default(4),
-    WORKER_CONCURRENCY_PER_QUEUE: concurrencyMap.default({}),
-    WORKER_LOCK_DURATION_MS: positiveInt.default(30_000),
-    WORKER_STALLED_INTERVAL_MS: positiveInt.default(30_000),
-    METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
-    /** When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>` (Prometheus: `authorization: {credentials: …}`). */
-    METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+    WORKER_QUEUES: z.string().default('all').describe('The queues a worker process consumes: `all`, or a comma-separated list of [queue names](architecture.md#queues).'),
+    WORKER_CONCURRENCY: positiveInt.default(4).describe('Jobs at once per queue per process.'),
+    WORKER_CONCURRENCY_PER_QUEUE: concurrencyMap.default({}).describe('Concurrency of some queues, e.g. `indexing=8,reconcile=1`; the others use `WORKER_CONCURRENCY`.'),
+    WORKER_LOCK_DURATION_MS: positiveInt.default(30_000).describe("How long a job's lock lasts without renewal: a dead worker's job is taken over by another after this."),
+    WORKER_STALLED_INTERVAL_MS: positiveInt.default(30_000).describe('How often workers look for stalled jobs (whose lock expired).'),
+    WORKER_DATABASE_RETRIES: z.coerce.number().int().min(0).default(12).describe('Times a job that lost its database connection is put back for 5 s without spending an attempt, each time only if an immediate ping confirms the database is down; after that such failures spend attempts.'),
+    METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional().describe('Port on which worker and scheduler processes serve `/metrics` (the web role serves it on `PORT`).'),
+    METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional().describe('When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>` (Prometheus: `authorization: {credentials: …}`), on `PORT` and `METRICS_PORT` alike.'),
 
-    EMBEDDINGS_PROVIDER: z.enum(['hash', 'openai']).default('hash'),
-    EMBEDDINGS_URL: z.url().optional(),
-    EMBEDDINGS_MODEL: z.string().min(1).optional(),
-    EMBEDDINGS_API_KEY: z.string().min(1).optional(),
-    // pgvector's HNSW index takes vectors of at most 2000 dimensions.
-    EMBEDDINGS_DIMENSIONS: z.coerce.number().int().min(1).max(2000).default(384),
-    EMBEDDINGS_BATCH_SIZE: positiveInt.default(64),
-    EMBEDDINGS_TIMEOUT_MS: positiveInt.default(30_000),
-    EMBEDDINGS_MAX_RETRIES: z.coerce.number().int().min(0).default(5),
+    EMBEDDINGS_PROVIDER: z.enum(['hash', 'openai']).default('hash').describe('`hash`: the built-in offline embedder; `openai`: any OpenAI-compatible embeddings endpoint (OpenAI, Ollama, vLLM, TEI).'),
+    EMBEDDINGS_URL: z.url().optional().describe('The embeddings endpoint, e.g. `http://localhost:11434/v1/embeddings`; required with `EMBEDDINGS_PROVIDER=openai`.'),
+    EMBEDDINGS_MODEL: z.string().min(1).optional().describe('The model the endpoint is asked for, e.g. `nomic-embed-text`; required with `EMBEDDINGS_PROVIDER=openai`.'),
+    EMBEDDINGS_API_KEY: z.string().min(1).optional().describe('Bearer key for the endpoint, when it needs one.'),
+    EMBEDDINGS_DIMENSIONS: z.coerce.number().int().min(1).max(2000).default(384).describe("Vector size; at most 2000, the most pgvector's HNSW index takes."),
+    EMBEDDINGS_BATCH_SIZE: positiveInt.default(64).describe('Chunks per embeddings request.'),
+    EMBEDDINGS_TIMEOUT_MS: positiveInt.default(30_000).describe('Deadline of one embeddings request.'),
+    EMBEDDINGS_MAX_RETRIES: z.coerce.number().int().min(0).default(5).describe('Retries of an embeddings request answered 429 or 5xx (honouring `Retry-After`).'),
 
-    CHUNK_TARGET_WORDS: positiveInt.default(512),
-    CHUNK_OVERLAP_WORDS: z.coerce.number().int().min(0).default(100),
-    CHUNK_MIN_WORDS: positiveInt.default(50),
-    CHUNK_MAX_WORDS: positiveInt.default(768),
+    CHUNK_TARGET_WORDS: positiveInt.default(512).describe('Words per chunk aimed at; `CHUNK_MIN_WORDS` ≤ this ≤ `CHUNK_MAX_WORDS`.'),
+    CHUNK_OVERLAP_WORDS: z.coerce.number().int().min(0).default(100).describe('Words shared by consecutive chunks; fewer than `CHUNK_TARGET_WORDS`.'),
+    CHUNK_MIN_WORDS: positiveInt.default(50).describe('Fewest words in a chunk.'),
+    CHUNK_MAX_WORDS: positiveInt.default(768).describe('Most words in a chunk; fenced code larger than this is split.'),
+
+    INDEX_THREADS: positiveInt.optional().describe('Worker threads per worker process that chunk, extract and embed (built-in embedder) documents off the event loop. Unset: one per core.'),
+    INDEX_DOCUMENT_TIMEOUT_MS: positiveInt.default(30_000).describe('Processing time a document may take in its worker thread; past it the document fails for good with `error_code` `document_too_complex`.'),
+    INDEX_RETRY_BASE_MS: positiveInt.default(2_000).describe('First wait before an indexing job is retried; waits double up to 300 times this, with ±20 % jitter. An embeddings provider outage is retried 15 times (over an hour at the default), other failures 4 times.'),
 
     SEARCH_TEXT_CONFIG: z
       .string()
       .regex(/^[a-z_]+$/, 'a PostgreSQL text search configuration name such as english or simple')
-      .default('english'),
-    SEARCH_SEMANTIC_WEIGHT: unitInterval.default(0.7),
-    SEARCH_RRF_K: positiveInt.default(60),
-    SEARCH_CANDIDATES: positiveInt.default(100),
-    SEARCH_EXACT_SCAN_MAX_CHUNKS: z.coerce.number().int().min(0).default(20_000),
+      .default('english')
+      .describe('The PostgreSQL text search configuration of keyword search (`english`, `simple`, …).'),
+    SEARCH_SEMANTIC_WEIGHT: unitInterval.default(0.7).describe('Weight of the semantic ranking in hybrid search; the keyword ranking gets 1 − this.'),
+    SEARCH_RRF_K: positiveInt.default(60).describe('The reciprocal rank fusion constant k.'),
+    SEARCH_CANDIDATES: positiveInt.default(100).describe('Candidates taken from each ranking before fusion.'),
+    SEARCH_EXACT_SCAN_MAX_CHUNKS: z.coerce.number().int().min(0).default(20_000).describe('Tenants with at most this many chunks are searched exactly, larger ones through the HNSW index.'),
+    SEARCH_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(5_000).describe('PostgreSQL server only: a search statement running longer is cancelled and answered 503 `search_timeout`; a tighter bound than `DATABASE_STATEMENT_TIMEOUT_MS`. `0`: only that one applies.'),
 
-    SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *'),
-    SCHEDULE_ANALYTICS: cronExpression.default('0 * * * * *'),
-    SCHEDULE_RETENTION: cronExpression.default('0 30 3 * * *'),
-    SCHEDULE_USAGE: cronExpression.default('0 0 * * * *'),
-    SCHEDULE_USAGE_RECONCILE: cronExpression.default('0 15 4 * * *'),
-    USAGE_DAY_CLOSE_GRACE_MINUTES: z.coerce.number().int().min(0).default(120),
-    RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120),
+    SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *').describe('When to re-enqueue documents, events and deliveries left without a live job.'),
+    SCHEDULE_ANALYTICS: cronExpression.default('0 * * * * *').describe('When to aggregate the search-event stream (every minute).'),
+    SCHEDULE_RETENTION: cronExpression.default('0 30 3 * * *').describe('When to delete what is past its retention (daily at 03:30).'),
+    SCHEDULE_USAGE: cronExpression.default('0 0 * * * *').describe('When to roll up usage, one job per tenant (hourly).'),
+    SCHEDULE_USAGE_RECONCILE: cronExpression.default('0 15 4 * * *').describe('When to compare closed usage days with the raw data (daily at 04:15).'),
+    USAGE_DAY_CLOSE_GRACE_MINUTES: z.coerce.number().int().min(0).default(120).describe("How long after a UTC day's end late events still count; then the day is closed."),
+    RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120).describe('When a queued or processing document without a live job counts as stuck.'),
 
-    API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000),
+    API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000).describe("How often API keys' `last_used_at` and `request_count` are written."),
 
-    ANALYTICS_ENABLED: booleanFlag.default(true),
-    ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400),
-    ANALYTICS_TRENDING_MIN_VOLUME: positiveInt.default(5),
-    WEBHOOK_LOG_RETENTION_DAYS: positiveInt.default(30),
-    AUDIT_RETENTION_DAYS: positiveInt.default(400),
-    DEAD_LETTER_RETENTION_DAYS: positiveInt.default(30),
+    ANALYTICS_ENABLED: booleanFlag.default(true).describe('Record search events.'),
+    ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400).describe('How long hourly search rollups are kept.'),
+    ANALYTICS_TRENDING_MIN_VOLUME: positiveInt.default(5).describe('m in the trending formula: the fewest searches this week for a query to trend.'),
+    WEBHOOK_LOG_RETENTION_DAYS: positiveInt.default(30).describe('How long finished webhook deliveries and their attempts are kept.'),
+    AUDIT_RETENTION_DAYS: positiveInt.default(400).describe('How long audit trail entries are kept.'),
+    DEAD_LETTER_RETENTION_DAYS: positiveInt.default(30).describe('How long dead letters are kept once redriven or discarded (open ones stay).'),
 
-    CACHE_ENABLED: booleanFlag.default(true),
-    CACHE_L1_MAX_ITEMS: positiveInt.default(10_000),
-    CACHE_TTL_SECONDS: positiveInt.default(300),
-    CACHE_REDIS_TIMEOUT_MS: positiveInt.default(50),
+    CACHE_ENABLED: booleanFlag.default(true).describe('The search cache.'),
+    CACHE_L1_MAX_ITEMS: positiveInt.default(10_000).describe('Entries in the in-process cache tier.'),
+    CACHE_TTL_SECONDS: positiveInt.default(300).describe('Entry lifetime in both cache tiers.'),
+    CACHE_REDIS_TIMEOUT_MS: positiveInt.default(50).describe('Deadline of one cache call on Redis.'),
 
-    WEBHOOK_TIMEOUT_MS: positiveInt.default(15_000),
-    WEBHOOK_RETRY_SCHEDULE: retrySchedule.default([0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]),
-    WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600),
-    WEBHOOK_DISABLE_AFTER_HOURS: z.coerce.number().positive().default(120),
-    WEBHOOK_ALLOW_PRIVATE: booleanFlag.default(false),
-    WEBHOOK_ENDPOINT_CONCURRENCY: positiveInt.default(2),
-    WEBHOOK_REPLAY_PER_SECOND: positiveInt.default(10),
+    WEBHOOK_TIMEOUT_MS: positiveInt.default(15_000).describe('Deadline of one delivery attempt, from connecting to the end of the response.'),
+    WEBHOOK_RETRY_SCHEDULE: retrySchedule.default([0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]).describe('Seconds before each delivery attempt, with ±20 % jitter; the default is the Standard Webhooks schedule, 10 attempts over about 3 days.'),
+    WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600).describe('The longest `Retry-After` of a receiver that is honoured.'),
+    WEBHOOK_DISABLE_AFTER_HOURS: z.coerce.number().positive().default(120).describe('Disable an endpoint whose every attempt has failed for this long.'),
+    WEBHOOK_ALLOW_PRIVATE: booleanFlag.default(false).describe('Allow private, loopback and metadata addresses as webhook targets (development, tests).'),
+    WEBHOOK_ENDPOINT_CONCURRENCY: positiveInt.default(2).describe('Deliveries in flight per endpoint, across all workers.'),
+    WEBHOOK_REPLAY_PER_SECOND: positiveInt.default(10).describe('Pace of a replay, in events per second.'),
 
-    RATE_LIMIT_ENABLED: booleanFlag.default(true),
-    RATE_LIMIT_WINDOW_SECONDS: positiveInt.default(60),
-    RATE_LIMIT_TENANT: perTier.default({ free: 600, standard: 6_000, enterprise: 60_000, unlimited: 0 }),
-    RATE_LIMIT_KEY: perTier.default({ free: 300, standard: 3_000, enterprise: 30_000, unlimited: 0 }),
+    RATE_LIMIT_ENABLED: booleanFlag.default(true).describe('Per-tenant and per-key request limits.'),
+    RATE_LIMIT_WINDOW_SECONDS: positiveInt.default(60).describe('The window the limits count over.'),
+    RATE_LIMIT_TENANT: perTier.default({ free: 600, standard: 6_000, enterprise: 60_000, unlimited: 0 }).describe("Requests per window for all of a tenant's keys together, by tier."),
+    RATE_LIMIT_KEY: perTier.default({ free: 300, standard: 3_000, enterprise: 30_000, unlimited: 0 }).describe('Requests per window for one API key, by tier.'),
   })
   .superRefine((config, ctx) => {
     if (config.NODE_ENV === 'production' && !config.ADMIN_TOKEN) {

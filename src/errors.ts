@@ -42,7 +42,13 @@ const CONNECTION_ERROR_CODES = new Set([
   '08006',
 ]);
 
-/** Which store, if any, an error says is out of reach. */
+/**
+ * Which store, if any, an error says is out of reach. This reads only the
+ * error: a statement can lose its own connection (killed backend, pool
+ * timeout) while the database is fine, so whether the store is really down
+ * is for the health monitor to confirm (src/health.ts `check`), as workers do
+ * before re-delaying a job without spending an attempt.
+ */
 export function unavailableDependency(error: unknown): 'database' | 'redis' | null {
   // Duck-typed, not `instanceof Error`: errors raised by Node's own socket code can come from
   // another realm (a vm context such as jest's), where that check is false and a lost

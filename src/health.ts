@@ -14,7 +14,7 @@ export type DependencyState = Record<DependencyName, boolean>;
 export class DependencyHealth extends EventEmitter<{ change: [DependencyName, boolean] }> {
   private state: DependencyState = { database: true, redis: true };
   private timer: NodeJS.Timeout | undefined;
-  private checking = false;
+  private checking: Promise<DependencyState> | undefined;
 
   constructor(
     private readonly db: Database,
@@ -45,21 +45,26 @@ export class DependencyHealth extends EventEmitter<{ change: [DependencyName, bo
     return { ...this.state };
   }
 
-  /** Pings both now; used by /readyz so its answer is never older than the request. */
-  async check(): Promise<DependencyState> {
-    if (this.checking) return this.snapshot();
-    this.checking = true;
-    try {
-      const [database, redis] = await Promise.all([
-        pingDatabase(this.db),
-        this.redis.status === 'ready' ? withTimeout(this.redis.ping(), 1_000).then(() => true, () => false) : Promise.resolve(false),
-      ]);
-      this.set('database', database);
-      this.set('redis', redis);
-      return this.snapshot();
-    } finally {
-      this.checking = false;
-    }
+  /**
+   * Pings both now, so the answer is never older than the question: /readyz,
+   * and workers telling a database outage from a job that lost its own
+   * connection. A caller arriving during a check gets that check's answer.
+   */
+  check(): Promise<DependencyState> {
+    this.checking ??= this.ping().finally(() => {
+      this.checking = undefined;
+    });
+    return this.checking;
+  }
+
+  private async ping(): Promise<DependencyState> {
+    const [database, redis] = await Promise.all([
+      pingDatabase(this.db),
+      this.redis.status === 'ready' ? withTimeout(this.redis.ping(), 1_000).then(() => true, () => false) : Promise.resolve(false),
+    ]);
+    this.set('database', database);
+    this.set('redis', redis);
+    return this.snapshot();
   }
 
   private set(name: DependencyName, up: boolean): void {

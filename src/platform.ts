@@ -3,12 +3,12 @@ import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
 import type { Config } from './config';
-import { openDatabase, type Database } from './db/database';
+import { openDatabase, type Database, type DatabaseOptions } from './db/database';
 import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
 import { createEmbedder, type Embedder } from './domain/embeddings';
 import type { DispatchIndexing } from './domain/indexing/dispatch';
-import type { IndexerDeps } from './domain/indexing/indexer';
+import { createIndexingCpu, type IndexerDeps } from './domain/indexing/indexer';
 import type { DocumentDeps } from './domain/documents/documents';
 import type { SearchDeps } from './domain/search/search';
 import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
@@ -81,7 +81,7 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
   redis.on('error', (error) => logger.debug({ err: error }, 'redis connection error'));
   let db: Database | undefined;
   try {
-    db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: config.DATABASE_POOL_MAX, logger });
+    db = await openDatabase(databaseOptions(config, logger, config.DATABASE_POOL_MAX));
     const migration = await migrateToLatest(db, migrationOptions(config));
     if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
     if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);
@@ -89,7 +89,7 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
       logger.warn(`keyword search scans each tenant's chunks instead of using its index: ${migration.textSearchIndex.reason}`);
     }
     if (!migration.rowLevelSecurity.enforced) {
-      logger.warn(`row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role (README, "Production database roles")`);
+      logger.warn(`row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role (docs/operations.md, "Production database roles")`);
     }
     return assemble(config, logger, redis, db, migration.vectorSearch, migration.rowLevelSecurity);
   } catch (error) {
@@ -97,6 +97,17 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
     await db?.close().catch(() => undefined);
     throw error;
   }
+}
+
+export function databaseOptions(config: Config, logger: Logger, poolMax: number): DatabaseOptions {
+  return {
+    databaseUrl: config.DATABASE_URL,
+    dataDir: config.DATA_DIR,
+    poolMax,
+    logger,
+    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
+    idleInTransactionTimeoutMs: config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+  };
 }
 
 export function migrationOptions(config: Config): MigrationOptions {
@@ -107,6 +118,12 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX);
   const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
+  // Threads start with the first document indexed: a web-only process never starts any.
+  const indexingCpu = createIndexingCpu({
+    threads: config.INDEX_THREADS,
+    deadlineMs: config.INDEX_DOCUMENT_TIMEOUT_MS,
+    onError: (error) => logger.error({ err: error }, 'an indexing thread failed'),
+  });
   const queryEmbedder = createEmbedder(config, 'queries');
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
@@ -184,6 +201,8 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
         rrfK: config.SEARCH_RRF_K,
         candidates: config.SEARCH_CANDIDATES,
         exactScanMaxChunks: config.SEARCH_EXACT_SCAN_MAX_CHUNKS,
+        // PGlite enforces no statement_timeout.
+        statementTimeoutMs: db.kind === 'postgres' ? config.SEARCH_STATEMENT_TIMEOUT_MS : 0,
       },
     }),
     documentDeps: () => ({ db: db.knex, dispatch: dispatchIndexing, events, logger }),
@@ -202,6 +221,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
       db: db.knex,
       events,
       embedder,
+      cpu: indexingCpu,
       chunking: {
         targetWords: config.CHUNK_TARGET_WORDS,
         overlapWords: config.CHUNK_OVERLAP_WORDS,
@@ -214,6 +234,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     }),
     async close() {
       health.stop();
+      await indexingCpu.close();
       metricsWindow.stop();
       await keyUsage.stop();
       await queues.close().catch(() => undefined);

@@ -10,7 +10,7 @@ import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
 import { scrapeAllowed } from './metrics';
-import { createPlatform, migrationOptions, type Platform } from './platform';
+import { createPlatform, databaseOptions, migrationOptions, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
 
 export const ROLES = ['web', 'worker', 'scheduler', 'all', 'migrate'] as const;
@@ -93,7 +93,7 @@ type Stop = () => Promise<void>;
 /** Brings the schema up to date without Redis, queues or workers, and exits. */
 async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutdown(): Promise<void> }): Promise<never> {
   try {
-    const db = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, poolMax: 2, logger });
+    const db = await openDatabase(databaseOptions(config, logger, 2));
     try {
       const report = await migrateToLatest(db, migrationOptions(config));
       if (report.applied.length > 0) logger.info({ migrations: report.applied }, 'database migrated');

@@ -17,6 +17,12 @@ export interface ProcessorContext {
 export interface Processor<D extends QueueDefinition = QueueDefinition> {
   definition: D;
   process(payload: PayloadOf<D>, context: ProcessorContext): Promise<unknown>;
+  /**
+   * How many attempts in all a failure like this one may use, when fewer
+   * than the job's `attempts` (which only the failures worth the whole
+   * schedule get). 1 fails the job at once.
+   */
+  attemptsFor?(error: Error): number;
   /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
   onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
   /**

@@ -44,7 +44,7 @@ export const reconcileProcessor = defineProcessor({
       if (verdict === 'requeue') {
         await queues.enqueue(indexingQueue, work);
         requeued.documents += 1;
-      } else await failIndexing(platform.indexerDeps(), work, verdict.failed);
+      } else await failIndexing(platform.indexerDeps(), work, new Error(verdict.failed));
     }
 
     const webhookWork = await findStuckWebhookWork(db.knex, stuckAfter);

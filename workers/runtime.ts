@@ -1,4 +1,5 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { DATABASE_RETRIES } from '../queues';
 import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { recheckDelayMs } from '../src/domain/tenants/suspension';
@@ -117,13 +118,15 @@ export class WorkerRuntime {
         await job.moveToWait(token);
         throw new WaitingError();
       }
-      if (unavailableDependency(error) === 'database' && token) {
+      if (token && unavailableDependency(error) === 'database' && (await this.databaseIsDown(job, context.logger))) {
         // Not the job's fault: try again later without spending an attempt.
+        await job.updateData({ ...job.data, [DATABASE_RETRIES]: databaseRetries(job) + 1 });
         await job.moveToDelayed(Date.now() + DEPENDENCY_RETRY_MS, token);
         throw new DelayedError();
       }
       const failure = error instanceof Error ? error : new Error(String(error));
-      const final = failure instanceof UnrecoverableError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      const allowed = Math.min(job.opts.attempts ?? 1, processor.attemptsFor?.(failure) ?? Number.POSITIVE_INFINITY);
+      const final = failure instanceof UnrecoverableError || job.attemptsMade + 1 >= allowed;
       platform.metrics.jobFailures.inc({ queue, final: String(final) });
       platform.metrics.jobDuration.observe({ queue, outcome: 'failed' }, seconds());
       if (final && processor.onFinalFailure) {
@@ -132,12 +135,32 @@ export class WorkerRuntime {
         );
       }
       // BullMQ counts this attempt once the job moves to failed: +1 is the number Bull Board will show.
-      if (final) await this.recordDeadLetter(queue, job, failure, job.attemptsMade + 1, context.logger);
+      if (final) {
+        await this.recordDeadLetter(queue, job, failure, job.attemptsMade + 1, context.logger);
+        // What was just recorded as final must be final for BullMQ too, whatever attempts the job has left.
+        throw unrecoverable(failure);
+      }
       throw failure;
     } finally {
       this.active -= 1;
       if (this.draining) this.finishedWhileDraining += 1;
     }
+  }
+
+  /**
+   * Whether a failure that reads like a lost connection means the database
+   * is down, rather than that the job's own statement lost it (a statement
+   * can kill its own backend; re-delaying that for free would loop forever).
+   * An immediate ping decides; and past WORKER_DATABASE_RETRIES free
+   * re-delays, even a real outage spends the job's attempts.
+   */
+  private async databaseIsDown(job: Job, logger: Logger): Promise<boolean> {
+    if (databaseRetries(job) >= this.platform.config.WORKER_DATABASE_RETRIES) {
+      logger.warn({ database_retries: databaseRetries(job) }, 'the job lost its database connection again; this time it spends an attempt');
+      return false;
+    }
+    const { database } = await this.platform.health.check();
+    return !database;
   }
 
   private async recordStalledFailure(processor: Processor, job: Job, error: Error): Promise<void> {
@@ -206,6 +229,19 @@ export class WorkerRuntime {
     // Handed-back jobs also pass through run()'s finally, so they are in the count.
     return { finished: this.finishedWhileDraining - handedBack, handedBack };
   }
+}
+
+function databaseRetries(job: Job): number {
+  const count = (job.data as Record<string, unknown> | undefined)?.[DATABASE_RETRIES];
+  return typeof count === 'number' ? count : 0;
+}
+
+/** The failure as an error that makes BullMQ fail the job now, keeping its message and stack. */
+function unrecoverable(failure: Error): UnrecoverableError {
+  if (failure instanceof UnrecoverableError) return failure;
+  const stop = new UnrecoverableError(failure.message);
+  stop.stack = failure.stack;
+  return stop;
 }
 
 /** Settles with the work, or rejects as soon as the signal aborts, whichever is first. */

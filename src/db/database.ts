@@ -29,26 +29,62 @@ export interface DatabaseOptions {
   poolMax: number;
   /** Where knex's own warnings go, instead of plain console lines. */
   logger: Logger;
+  /** Bounds on every statement and on every open transaction left idle, in ms; 0: none. PGlite has neither. */
+  statementTimeoutMs: number;
+  idleInTransactionTimeoutMs: number;
 }
 
 export async function openDatabase(options: DatabaseOptions): Promise<Database> {
-  if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolMax, options.logger);
+  if (options.databaseUrl) return openPostgres(options.databaseUrl, options);
   return openPglite(path.join(options.dataDir, 'pglite'));
 }
 
-function openPostgres(url: string, poolMax: number, logger: Logger): Database {
+/**
+ * knex by default rewrites a failed statement's message with bound values
+ * inlined wherever a bare `?` is left once the bindings are numbered (on
+ * PostgreSQL, jsonb's escaped `\\?` operators), and from the message they
+ * reach logs, BullMQ's failedReason and dead letters: webhook secrets, key
+ * hashes, whole documents. Off, the message keeps the SQL with `$n` only.
+ */
+const WITHOUT_VALUES_IN_ERRORS = { compileSqlOnError: false } as const;
+
+export interface ServerConnectionOptions {
+  poolMax: number;
+  logger?: Logger;
+  /** 0 or unset: the server's (or role's) own setting applies. */
+  statementTimeoutMs?: number;
+  idleInTransactionTimeoutMs?: number;
+}
+
+/**
+ * The one place a knex for a PostgreSQL server is made, the application's
+ * and the migrator's alike, so what holds for every connection is said once.
+ */
+export function connectToServer(url: string, options: ServerConnectionOptions): Knex {
+  const { logger } = options;
   const knex = knexFactory({
-    log: {
-      warn: (message: string) => logger.warn({ component: 'knex' }, message),
-      error: (message: string) => logger.error({ component: 'knex' }, message),
-      deprecate: (message: string) => logger.warn({ component: 'knex' }, message),
-      debug: (message: string) => logger.debug({ component: 'knex' }, message),
-    },
+    ...(logger
+      ? {
+          log: {
+            warn: (message: string) => logger.warn({ component: 'knex' }, message),
+            error: (message: string) => logger.error({ component: 'knex' }, message),
+            deprecate: (message: string) => logger.warn({ component: 'knex' }, message),
+            debug: (message: string) => logger.debug({ component: 'knex' }, message),
+          },
+        }
+      : {}),
     client: 'pg',
-    connection: { connectionString: url, connectionTimeoutMillis: 5_000 },
+    ...WITHOUT_VALUES_IN_ERRORS,
+    connection: {
+      connectionString: url,
+      connectionTimeoutMillis: 5_000,
+      // Startup parameters, so they hold from the first statement of every connection; pg sends none for 0.
+      statement_timeout: options.statementTimeoutMs || undefined,
+      idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs || undefined,
+    },
     pool: {
       min: 0,
-      max: poolMax,
+      max: options.poolMax,
       idleTimeoutMillis: 30_000,
       // Hour and day buckets are UTC whatever the server's own time zone.
       afterCreate: (connection: pg.Client, done: (error: Error | null, connection: pg.Client) => void) => {
@@ -57,6 +93,12 @@ function openPostgres(url: string, poolMax: number, logger: Logger): Database {
     },
     acquireConnectionTimeout: 10_000,
   });
+  hideRowValuesOfErrors(knex);
+  return knex;
+}
+
+function openPostgres(url: string, options: DatabaseOptions): Database {
+  const knex = connectToServer(url, options);
   const healthPool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 2_000, query_timeout: 2_000, idleTimeoutMillis: 0 });
   healthPool.on('error', () => undefined); // a dropped idle connection is what ping() is there to notice
   return {
@@ -81,8 +123,48 @@ async function openPglite(dataDir: string): Promise<Database> {
   ]);
   const instance = await PGlite.create({ dataDir, extensions: { vector } });
   // knex-pglite owns the instance: destroying knex closes it.
-  const knex = knexFactory({ client: ClientPgLite, dialect: 'postgres', connection: { pglite: instance } } as unknown as Knex.Config);
+  const knex = knexFactory({
+    client: countingClient(ClientPgLite),
+    dialect: 'postgres',
+    ...WITHOUT_VALUES_IN_ERRORS,
+    connection: { pglite: instance },
+  } as unknown as Knex.Config);
+  hideRowValuesOfErrors(knex);
   return { knex, kind: 'pglite', location: dataDir, ping: async () => undefined, close: () => knex.destroy() };
+}
+
+type ResponseProcessor = { processResponse(obj: { method?: string }, runner: unknown): unknown };
+type ClientClass = new (...args: any[]) => object;
+
+/**
+ * knex-pglite names a delete's command after knex's method, `DEL`, which
+ * knex's PostgreSQL client does not know as a write: a delete without
+ * `returning` then answers the driver's result object instead of its row
+ * count, and `count === 0` is never true. Named `delete`, both databases
+ * answer a number for every delete and update.
+ */
+function countingClient(Client: ClientClass): ClientClass {
+  return class extends (Client as new (...args: any[]) => ResponseProcessor) {
+    override processResponse(obj: { method?: string }, runner: unknown): unknown {
+      return super.processResponse(obj.method === 'del' ? { ...obj, method: 'delete' } : obj, runner);
+    }
+  };
+}
+
+/**
+ * PostgreSQL's `detail` repeats the values of the row a statement failed on
+ * ("Failing row contains (…)", "Key (…)=(…) already exists") unless
+ * row-level security applies: for a superuser or a BYPASSRLS role, and on
+ * tables without policies, it does. Loggers copy every enumerable field of
+ * an error, so it stays readable by code that asks for it but out of what
+ * logs and serialisers enumerate.
+ */
+function hideRowValuesOfErrors(knex: Knex): void {
+  knex.on('query-error', (error: unknown) => {
+    if (typeof error === 'object' && error !== null && Object.prototype.propertyIsEnumerable.call(error, 'detail')) {
+      Object.defineProperty(error, 'detail', { enumerable: false });
+    }
+  });
 }
 
 export function redactUrl(url: string): string {

@@ -1,7 +1,7 @@
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import pg from 'pg';
 import { migrations } from '../../migrations';
-import type { Database } from './database';
+import { connectToServer, type Database } from './database';
 
 /** Arbitrary constant shared by every ragworks process: "ragworks" in ASCII. */
 const MIGRATION_LOCK_KEY = 0x7261677770726b73n;
@@ -60,23 +60,20 @@ export async function migrateToLatest(db: Database, options: MigrationOptions): 
   }
 
   const ownerUrl = options.migrationDatabaseUrl ?? options.databaseUrl;
-  const owner = options.migrationDatabaseUrl
-    ? knexFactory({ client: 'pg', connection: { connectionString: ownerUrl, connectionTimeoutMillis: 5_000 }, pool: { min: 0, max: 1 } })
-    : db.knex;
+  // A connection of its own even when the URL is the application's: building an index may take longer than any request's statement may.
+  const owner = connectToServer(ownerUrl, { poolMax: 1 });
   const lockClient = new pg.Client({ connectionString: ownerUrl });
   try {
     await lockClient.connect();
     await lockClient.query('select pg_advisory_lock($1)', [MIGRATION_LOCK_KEY.toString()]);
     const report = await migrate(owner);
-    if (owner !== db.knex) {
-      const { rows } = await db.knex.raw('select current_user as role');
-      await grantApplicationRole(owner, rows[0].role);
-    }
+    const { rows } = await db.knex.raw('select current_user as role');
+    await grantApplicationRole(owner, rows[0].role);
     return { ...report, rowLevelSecurity: await checkRowLevelSecurity(db.knex) };
   } finally {
     await lockClient.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY.toString()]).catch(() => undefined);
     await lockClient.end().catch(() => undefined);
-    if (owner !== db.knex) await owner.destroy();
+    await owner.destroy();
   }
 }
 

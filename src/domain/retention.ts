@@ -40,7 +40,7 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
         `delete from ${table} where ctid in (select ctid from ${table} where ${where} < now() - make_interval(days => ?) limit ${BATCH})`,
         [days],
       );
-      const count = Number(result.rowCount ?? result.affectedRows ?? 0);
+      const count = Number(result.rowCount ?? 0);
       total += count;
       if (count < BATCH) break;
     }

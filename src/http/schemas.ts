@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { SCOPES } from '../domain/apikeys/apikeys';
-import { CONTENT_TYPES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
+import { CONTENT_TYPES, DOCUMENT_ERROR_CODES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
 import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
 import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
 import { QUOTA_NAMES } from '../domain/tenants/quotas';
@@ -184,6 +184,10 @@ export const documentSummarySchema = z.object({
   chunk_count: z.number().int(),
   content_bytes: z.number().int(),
   error: z.string().nullable(),
+  error_code: z
+    .enum(DOCUMENT_ERROR_CODES)
+    .nullable()
+    .describe('Why the document failed, for machines: `document_too_complex` (its processing passed INDEX_DOCUMENT_TIMEOUT_MS), `embedding_failed` (the embeddings provider refused it or stayed unavailable), `indexing_failed` (anything else); null unless `status` is `failed`'),
   job_id: z.uuid().nullable().describe('The index job that last queued this document'),
   indexed_at: z.string().nullable(),
   created_at: z.string(),
@@ -228,6 +232,8 @@ export const indexJobPage = page(indexJobSchema);
 
 const searchQueryText = safeString({ min: 1, max: SEARCH_LIMITS.queryChars, trim: true });
 const searchLimit = z.coerce.number().int().min(1).max(SEARCH_LIMITS.maxResults).default(SEARCH_LIMITS.defaultResults);
+/** The tags a search is narrowed to, the same rules in a body and in a query string. */
+const searchTags = z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars })).max(DOCUMENT_LIMITS.tags);
 
 export const searchBody = z
   .object({
@@ -237,7 +243,7 @@ export const searchBody = z
     filters: z
       .object({
         content_type: z.enum(CONTENT_TYPES).optional(),
-        tags: z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars })).max(DOCUMENT_LIMITS.tags).optional(),
+        tags: searchTags.optional(),
         created_from: isoDateTime.optional(),
         created_to: isoDateTime.optional(),
       })
@@ -256,8 +262,9 @@ export const searchQuery = z.object({
   created_to: isoDateTime.optional(),
   tags: z
     .string()
-    .max(DOCUMENT_LIMITS.tags * (DOCUMENT_LIMITS.tagChars + 1))
+    .describe(`Comma-separated: at most ${DOCUMENT_LIMITS.tags} tags of 1 to ${DOCUMENT_LIMITS.tagChars} characters, as in the body's \`filters.tags\``)
     .transform((value) => value.split(',').map((tag) => tag.trim()).filter(Boolean))
+    .pipe(searchTags)
     .optional(),
 });
 

@@ -119,10 +119,10 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
       tenant_id: a.id,
       state: 'open',
       payload: { tenantId: a.id, documentId: poisoned[0], version: 1, indexJobId: document.job_id },
-      error_class: 'UnrecoverableError',
-      // A provider that refuses the input is not retried: one attempt of the five the queue allows.
+      // The cause's class: the job was failed at once (BullMQ saw an UnrecoverableError) because a provider that refuses the input is not retried.
+      error_class: 'EmbeddingError',
       attempts: 1,
-      max_attempts: 5,
+      max_attempts: 16,
       redriven_at: null,
       redrive_count: 0,
       discarded_at: null,
@@ -179,8 +179,8 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
     expect(everyIndexing.map((row) => row.id)).toEqual([...everyIndexing.map((row) => row.id)].sort().reverse());
     expect(ids(await list('queue=indexing&message_contains=http%20400'))).toEqual(poisonIds);
     expect((await list('message_contains=INVALID%20payload')).map((row) => row.job_id).sort()).toEqual(['dl-bad-a', 'dl-bad-b', 'dl-tick']);
-    expect(await list('error_class=UnrecoverableError&limit=100')).toHaveLength(6);
-    expect(await list('error_class=EmbeddingError')).toHaveLength(0);
+    expect(ids(await list('error_class=EmbeddingError'))).toEqual(poisonIds);
+    expect((await list('error_class=UnrecoverableError&limit=100')).map((row) => row.job_id).sort()).toEqual(['dl-bad-a', 'dl-bad-b', 'dl-tick']);
     expect((await list(`tenant=${b.id}`)).map((row) => row.job_id)).toEqual(['dl-bad-b']);
     expect(await list('queue=reconcile')).toHaveLength(1);
     expect(await list('state=redriven')).toHaveLength(0);
@@ -288,7 +288,7 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
     const response = await stack.operator('post', `/api/admin/dead-letters/${row.id}/redrive`).expect(200);
     expect(response.body).toMatchObject({ method: 'requeued', dead_letter: { state: 'redriven', last_redrive_job_id: row.job_id } });
     await stack.waitForDocument(a.key, poisoned[1], 'indexed');
-    expect((await indexing.getJob(row.job_id))!.opts.attempts).toBe(5);
+    expect((await indexing.getJob(row.job_id))!.opts.attempts).toBe(16);
 
     // An invalid payload cannot be added again once its job is gone: refused, and the row stays open.
     const bad = (await list('queue=indexing')).find((candidate) => candidate.job_id === 'dl-bad-b')!;

@@ -495,10 +495,10 @@ describe('a batch with a document the embeddings provider refuses (pglite)', () 
     expect(job.documents?.filter((item) => item.document_id !== bad.id).map((item) => item.status)).toEqual(['completed', 'completed']);
 
     const failed = await getDocument(stack, tenant, bad.id);
-    expect(failed).toMatchObject({ status: 'failed', chunk_count: 0 });
+    expect(failed).toMatchObject({ status: 'failed', chunk_count: 0, error_code: 'embedding_failed' });
     expect(failed.error).toEqual(expect.stringContaining('HTTP 400'));
     for (const good of [good1, good2]) {
-      expect(await getDocument(stack, tenant, good.id)).toMatchObject({ status: 'indexed', error: null });
+      expect(await getDocument(stack, tenant, good.id)).toMatchObject({ status: 'indexed', error: null, error_code: null });
     }
     // The provider's model and dimension are stored with the chunks.
     const models = await stack.sql((db) => db('chunks').distinct('embedding_model', 'embedding_dims').whereIn('document_id', [good1.id, good2.id]));

@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { QUEUE_NAMES, reconcileQueue } from '../../queues';
+import { DATABASE_RETRIES, QUEUE_NAMES, reconcileQueue } from '../../queues';
 import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
@@ -250,6 +250,9 @@ describe('jobs and queues admin', () => {
     it('retries one failed job once the provider works again, and refuses to retry it when completed', async () => {
       provider.rejects = () => false;
       const job = await indexingJobOf(stack, documents[0], 'failed');
+      // It had used up its attempt-free re-delays for database outages: a retry's fresh budget includes those.
+      const held = (await stack.platform.queues.queue('indexing').getJob(job.id))!;
+      await held.updateData({ ...held.data, [DATABASE_RETRIES]: stack.config.WORKER_DATABASE_RETRIES });
       const response = await stack.operator('post', `/api/admin/jobs/indexing/${encodeURIComponent(job.id)}/retry`).expect(200);
       expect(response.body).toMatchObject({ id: job.id, queue: 'indexing', retried: true });
       const indexed = await stack.waitForDocument(tenant.key, documents[0], 'indexed');
@@ -259,6 +262,8 @@ describe('jobs and queues admin', () => {
       const indexJob = await stack.as(tenant.key, 'get', `/api/index/jobs/${indexed.job_id}`).expect(200);
       expect(indexJob.body).toMatchObject({ status: 'completed', documents_completed: 1, documents_failed: 0, error: null });
       expect(indexJob.body.completed_at).not.toBeNull();
+      const detail = await stack.operator('get', `/api/admin/jobs/indexing/${encodeURIComponent(job.id)}`).expect(200);
+      expect(detail.body.data).not.toHaveProperty(DATABASE_RETRIES);
 
       await indexingJobOf(stack, documents[0], 'completed');
       const again = await stack.operator('post', `/api/admin/jobs/indexing/${encodeURIComponent(job.id)}/retry`);

@@ -118,4 +118,19 @@ describe('configuration errors', () => {
     expect(messageOf({ EMBEDDINGS_DIMENSIONS: '3072' })).toMatch(/EMBEDDINGS_DIMENSIONS/);
     expect(loadConfig({ REDIS_URL: 'redis://cache:6379/5' }).REDIS_URL).toBe('redis://cache:6379/5');
   });
+
+  it('reads TRUST_PROXY as express takes it, trusting no proxy by default', () => {
+    expect(loadConfig({}).TRUST_PROXY).toBe(false);
+    expect(loadConfig({ NODE_ENV: 'production', ADMIN_TOKEN: 'x'.repeat(32) }).TRUST_PROXY).toBe(false);
+    expect(loadConfig({ TRUST_PROXY: 'true' }).TRUST_PROXY).toBe(true);
+    expect(loadConfig({ TRUST_PROXY: '2' }).TRUST_PROXY).toBe(2);
+    for (const list of ['loopback', 'loopback, uniquelocal', '10.0.0.0/8,fc00::/7', '192.168.1.10', '10.0.0.0/255.0.0.0', '::1']) {
+      expect(loadConfig({ TRUST_PROXY: list }).TRUST_PROXY).toBe(list);
+    }
+    for (const wrong of ['loopbak', '10.0.0.0/33', '10.0.0.0/255.0.255.0', 'proxy.internal', 'yes']) {
+      const message = messageOf({ TRUST_PROXY: wrong });
+      expect(message).toContain('TRUST_PROXY');
+      expect(message.split('\n')).toHaveLength(1);
+    }
+  });
 });

@@ -242,6 +242,21 @@ describe('OpenAI-compatible embedder', () => {
     expect(received).toHaveLength(3);
   });
 
+  it('retries a request timeout (408) like a server error, and reports exhausted retries as retryable', async () => {
+    reply = (request, res, attempt) => {
+      if (attempt === 1) json(res, 408, { error: 'request timeout' });
+      else ok(request, res);
+    };
+    expect(await createOpenAiEmbedder(options()).embed(['alpha'])).toEqual([vectorFor('alpha')]);
+    expect(received).toHaveLength(2);
+
+    received = [];
+    reply = (_request, res) => json(res, 408, { error: 'request timeout' });
+    const error = await failure(createOpenAiEmbedder(options({ maxRetries: 1 })).embed(['alpha']));
+    expect(error.retryable).toBe(true);
+    expect(received).toHaveLength(2);
+  });
+
   it('fails without retrying on other 4xx responses', async () => {
     reply = (_request, res) => json(res, 400, { error: { message: 'input must not contain sk-secret-999' } });
     const error = await failure(createOpenAiEmbedder(options({ apiKey: 'sk-secret-999' })).embed(['alpha']));

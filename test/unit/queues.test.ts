@@ -1,4 +1,5 @@
 import { indexingQueue, QUEUE_DEFINITIONS, reconcileQueue, WEBHOOK_BACKOFF, webhooksQueue } from '../../queues';
+import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, INDEXING_BACKOFF, indexingRetryDelayMs } from '../../queues/indexing';
 import { redact } from '../../queues/admin';
 import { tickOf } from '../../workers/scheduler';
 
@@ -13,8 +14,9 @@ describe('queue definitions', () => {
   it('give every queue retries with backoff and bounded retention', () => {
     for (const definition of QUEUE_DEFINITIONS) {
       expect(definition.jobOptions.attempts).toBeGreaterThan(1);
-      // Webhook retries follow WEBHOOK_RETRY_SCHEDULE; every other queue backs off exponentially.
-      expect(definition.jobOptions.backoff).toMatchObject({ type: definition === webhooksQueue ? WEBHOOK_BACKOFF : 'exponential' });
+      // Webhook retries follow WEBHOOK_RETRY_SCHEDULE, indexing its own capped schedule; every other queue backs off exponentially.
+      const backoff = definition === webhooksQueue ? WEBHOOK_BACKOFF : definition === indexingQueue ? INDEXING_BACKOFF : 'exponential';
+      expect(definition.jobOptions.backoff).toMatchObject({ type: backoff });
       expect(definition.jobOptions.removeOnComplete).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
       expect(definition.jobOptions.removeOnFail).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
     }
@@ -40,6 +42,49 @@ describe('queue definitions', () => {
     expect(reconcileQueue.jobId({ tick: tickOf(fired) })).toBe('reconcile-2026-11-26T120030.000Z');
     expect(reconcileQueue.jobId({ tick: tickOf(fired) })).toBe(reconcileQueue.jobId({ tick: tickOf(firedLater) }));
     expect(reconcileQueue.jobId({ tick: tickOf(fired) })).not.toContain(':');
+  });
+});
+
+describe('indexing retry schedule', () => {
+  const BASE_MS = 2_000; // INDEX_RETRY_BASE_MS's default
+  /** The waits between the attempts of one job (BullMQ asks after each failed attempt but the last). */
+  const waits = (attempts: number, random: () => number) => Array.from({ length: attempts - 1 }, (_, index) => indexingRetryDelayMs(index + 1, BASE_MS, random));
+  const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+
+  it('keeps a job retrying through an embeddings provider outage of an hour, even with every jitter at its lowest', () => {
+    const attempts = indexingQueue.jobOptions.attempts!;
+    expect(sum(waits(attempts, () => 0))).toBeGreaterThanOrEqual(3_600_000);
+    // And not for days: the longest it can take is bounded too.
+    expect(sum(waits(attempts, () => 1))).toBeLessThan(2 * 3_600_000);
+  });
+
+  it('doubles from the base up to a cap of 10 minutes, with ±20% jitter', () => {
+    const nominal = waits(16, () => 0.5);
+    expect(nominal.slice(0, 5)).toEqual([2_000, 4_000, 8_000, 16_000, 32_000]);
+    expect(Math.max(...nominal)).toBe(600_000);
+    for (let attempt = 1; attempt <= 15; attempt++) {
+      const middle = indexingRetryDelayMs(attempt, BASE_MS, () => 0.5);
+      expect(indexingRetryDelayMs(attempt, BASE_MS, () => 0)).toBe(Math.round(middle * 0.8));
+      expect(indexingRetryDelayMs(attempt, BASE_MS, () => 1)).toBe(Math.round(middle * 1.2));
+      for (let draw = 0; draw < 20; draw++) {
+        const delay = indexingRetryDelayMs(attempt, BASE_MS);
+        expect(delay).toBeGreaterThanOrEqual(Math.round(middle * 0.8));
+        expect(delay).toBeLessThanOrEqual(Math.round(middle * 1.2));
+      }
+    }
+    // Two documents failing together come back at different times.
+    expect(new Set(Array.from({ length: 20 }, () => indexingRetryDelayMs(3, BASE_MS))).size).toBeGreaterThan(1);
+  });
+
+  it('gives failures other than a provider outage the first attempts only, about half a minute', () => {
+    expect(INDEXING_ATTEMPTS_FOR_OTHER_ERRORS).toBe(5);
+    const short = waits(INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, () => 0.5);
+    expect(sum(short)).toBe(30_000);
+  });
+
+  it('scales with the base, so tests and impatient deployments can shorten it', () => {
+    expect(indexingRetryDelayMs(1, 10, () => 0.5)).toBe(10);
+    expect(indexingRetryDelayMs(15, 10, () => 0.5)).toBe(3_000);
   });
 });
 

@@ -14,6 +14,9 @@ import type { EventSink } from '../webhooks/events';
 export const CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
 export const DOCUMENT_STATUSES = ['queued', 'processing', 'indexed', 'failed', 'canceled'] as const;
 export type DocumentStatus = (typeof DOCUMENT_STATUSES)[number];
+/** Why a document failed, for machines (`error` says it for people); null unless it failed. */
+export const DOCUMENT_ERROR_CODES = ['document_too_complex', 'embedding_failed', 'indexing_failed'] as const;
+export type DocumentErrorCode = (typeof DOCUMENT_ERROR_CODES)[number];
 
 export const DOCUMENT_LIMITS = {
   contentBytes: 5 * 1024 * 1024,
@@ -53,6 +56,7 @@ export interface DocumentSummary {
   chunk_count: number;
   content_bytes: number;
   error: string | null;
+  error_code: DocumentErrorCode | null;
   job_id: string | null;
   indexed_at: string | null;
   created_at: string;
@@ -78,6 +82,7 @@ export interface DocumentRow {
   chunk_count: number;
   content_bytes: number;
   error: string | null;
+  error_code: DocumentErrorCode | null;
   last_index_job_id: string | null;
   indexed_at: Date | null;
   created_at: Date;
@@ -86,7 +91,7 @@ export interface DocumentRow {
 
 const SUMMARY_COLUMNS = [
   'id', 'title', 'content_type', 'tags', 'metadata', 'source_url', 'external_id', 'status', 'version',
-  'chunk_count', 'content_bytes', 'error', 'last_index_job_id', 'indexed_at', 'created_at', 'updated_at',
+  'chunk_count', 'content_bytes', 'error', 'error_code', 'last_index_job_id', 'indexed_at', 'created_at', 'updated_at',
 ] as const;
 
 type SummaryRow = Omit<DocumentRow, 'content' | 'tenant_id'>;
@@ -105,6 +110,7 @@ function toSummary(row: SummaryRow): DocumentSummary {
     chunk_count: row.chunk_count,
     content_bytes: row.content_bytes,
     error: row.error,
+    error_code: row.error_code,
     job_id: row.last_index_job_id,
     indexed_at: row.indexed_at ? row.indexed_at.toISOString() : null,
     created_at: row.created_at.toISOString(),
@@ -216,7 +222,7 @@ export async function updateDocument(
     let indexJobId: string | null = null;
     if (reindex) {
       indexJobId = newId();
-      Object.assign(update, { version: current.version + 1, status: 'queued', error: null, last_index_job_id: indexJobId });
+      Object.assign(update, { version: current.version + 1, status: 'queued', error: null, error_code: null, last_index_job_id: indexJobId });
       await createIndexJobRows(trx, tenantId, indexJobId, [{ documentId, version: current.version + 1 }], false, deps.events);
     }
     const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);

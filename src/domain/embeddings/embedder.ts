@@ -3,6 +3,12 @@ export interface Embedder {
   /** Stored with each vector so vectors from different models are never compared. */
   readonly model: string;
   readonly dimensions: number;
+  /**
+   * Set by an embedder that is pure computation: the indexer then embeds in
+   * its worker threads, with the embedder this names, instead of on the
+   * event loop.
+   */
+  readonly local?: 'hashing';
   embed(texts: string[], signal?: AbortSignal): Promise<number[][]>;
 }
 

@@ -176,6 +176,7 @@ export function createHashingEmbedder(dimensions = 384): Embedder {
   return {
     model: HASHING_MODEL,
     dimensions,
+    local: 'hashing',
     async embed(texts: string[], signal?: AbortSignal): Promise<number[][]> {
       const vectors: number[][] = [];
       for (const text of texts) {

@@ -107,7 +107,7 @@ export function createOpenAiEmbedder(o: OpenAiEmbedderOptions): Embedder {
       const problem = timeout.aborted ? `timed out after ${o.timeoutMs} ms` : describeNetworkError(error);
       return { ok: false, problem, cause: error };
     }
-    if (status === 429 || status >= 500) {
+    if (transientStatus(status)) {
       return { ok: false, problem: `HTTP ${status}: ${excerpt(body)}`, retryAfterMs: parseRetryAfter(retryAfter, Date.now()) };
     }
     if (status < 200 || status >= 300) {
@@ -143,6 +143,15 @@ export function createOpenAiEmbedder(o: OpenAiEmbedderOptions): Embedder {
       return vectors;
     },
   };
+}
+
+/**
+ * Answers that say "not now" rather than "never": a timeout, rate limiting,
+ * a server or gateway failing. Only these are retried, here and (for over an
+ * hour) by the indexing queue; any other 4xx fails the document at once.
+ */
+function transientStatus(status: number): boolean {
+  return status === 408 || status === 429 || status >= 500;
 }
 
 /** Exponential with jitter, so workers that failed together do not retry in lockstep. */

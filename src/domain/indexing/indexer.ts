@@ -1,18 +1,30 @@
+import path from 'node:path';
 import type { Knex } from 'knex';
 import { withTenant } from '../../db/tenant-scope';
-import { chunkDocument, type Chunk, type ChunkingOptions } from '../chunking/chunker';
-import type { DocumentRow } from '../documents/documents';
-import type { Embedder } from '../embeddings/embedder';
+import type { Chunk, ChunkingOptions } from '../chunking/chunker';
+import type { DocumentErrorCode, DocumentRow } from '../documents/documents';
+import { EmbeddingError, type Embedder } from '../embeddings/embedder';
 import { newId } from '../ids';
+import { CpuPool, DocumentTooComplexError, type CpuPoolOptions } from './cpu-pool';
 import type { IndexingWork } from './dispatch';
+import { embeddingText, type PreparedDocument } from './prepare';
 import { refreshIndexJob, type ItemStatus } from './jobs';
 import { recordDocumentEvent } from '../webhooks/document-events';
 import type { EventSink } from '../webhooks/events';
+
+/** The worker threads that run ./cpu-thread's tasks: chunking, and embedding with the built-in embedder. */
+export type IndexingCpu = CpuPool<typeof import('./cpu-thread')>;
+
+export function createIndexingCpu(options: Omit<CpuPoolOptions, 'entry'>): IndexingCpu {
+  // The entry in the form this code runs as: .ts from source (tsx, jest), .js once compiled.
+  return new CpuPool({ ...options, entry: path.join(__dirname, `cpu-thread${path.extname(__filename)}`) });
+}
 
 export interface IndexerDeps {
   db: Knex;
   events: EventSink;
   embedder: Embedder;
+  cpu: IndexingCpu;
   chunking: ChunkingOptions;
   /** PostgreSQL text search configuration, e.g. `english`. */
   textSearchConfig: string;
@@ -41,18 +53,21 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
   const document = claim.document;
 
   await progress?.('chunking', 0, 1);
-  const chunks = chunkDocument(document.content, document.content_type, deps.chunking);
+  const embedInThread = deps.vectorSearch && deps.embedder.local === 'hashing';
+  const prepared = await deps.cpu.run(
+    'prepareDocument',
+    {
+      title: document.title,
+      content: document.content,
+      contentType: document.content_type,
+      chunking: deps.chunking,
+      hashDimensions: embedInThread ? deps.embedder.dimensions : null,
+    },
+    signal,
+  );
+  const { chunks } = prepared;
   signal?.throwIfAborted();
-
-  const embeddings: number[][] = [];
-  if (deps.vectorSearch) {
-    for (let start = 0; start < chunks.length; start += deps.embedBatchSize) {
-      const texts = chunks.slice(start, start + deps.embedBatchSize).map((chunk) => embeddingText(document.title, chunk));
-      embeddings.push(...(await deps.embedder.embed(texts, signal)));
-      signal?.throwIfAborted();
-      await progress?.('embedding', Math.min(start + deps.embedBatchSize, chunks.length), chunks.length);
-    }
-  }
+  const embeddings = deps.vectorSearch ? await embedChunks(deps, document.title, prepared, signal, progress) : [];
 
   await progress?.('storing', 0, chunks.length);
   return withTenant(deps.db, work.tenantId, async (trx) => {
@@ -72,6 +87,7 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
       chunk_count: chunks.length,
       indexed_at: trx.fn.now(),
       error: null,
+      error_code: null,
       updated_at: trx.fn.now(),
     });
     await setItemStatus(trx, deps.events, work, 'completed', null);
@@ -85,23 +101,49 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
  * Marks the work failed for good (attempts exhausted or an unrecoverable
  * error): the item and, if this job still owns it, the document.
  */
-export async function failIndexing(deps: Pick<IndexerDeps, 'db' | 'events'>, work: IndexingWork, message: string): Promise<void> {
+export async function failIndexing(deps: Pick<IndexerDeps, 'db' | 'events'>, work: IndexingWork, error: Error): Promise<void> {
   await withTenant(deps.db, work.tenantId, async (trx) => {
     const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
     if (!item || (item.status !== 'queued' && item.status !== 'processing')) return;
     const [failed] = await trx<DocumentRow>('documents')
       .where({ id: work.documentId, tenant_id: work.tenantId, version: work.version, last_index_job_id: work.indexJobId })
-      .update({ status: 'failed', error: message, updated_at: trx.fn.now() })
+      .update({ status: 'failed', error: error.message, error_code: errorCode(error), updated_at: trx.fn.now() })
       .returning('*');
-    await setItemStatus(trx, deps.events, work, 'failed', message);
+    await setItemStatus(trx, deps.events, work, 'failed', error.message);
     if (failed) await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.failed', failed);
   });
 }
 
-/** The text an embedding is computed from: the chunk with its document title and heading for context. */
-function embeddingText(title: string, chunk: Chunk): string {
-  return [title, chunk.heading, chunk.content].filter(Boolean).join('\n');
+function errorCode(error: Error): DocumentErrorCode {
+  if (error instanceof DocumentTooComplexError) return 'document_too_complex';
+  if (error instanceof EmbeddingError) return 'embedding_failed';
+  return 'indexing_failed';
 }
+
+/**
+ * Each chunk's vector: those the built-in embedder computed in the thread,
+ * or the configured embedder's, asked for in batches.
+ */
+async function embedChunks(
+  deps: IndexerDeps,
+  title: string,
+  { chunks, vectors }: PreparedDocument,
+  signal: AbortSignal | undefined,
+  progress: IndexProgress | undefined,
+): Promise<Vector[]> {
+  const dimensions = deps.embedder.dimensions;
+  if (vectors) return chunks.map((_, index) => vectors.subarray(index * dimensions, (index + 1) * dimensions));
+  const embeddings: Vector[] = [];
+  for (let start = 0; start < chunks.length; start += deps.embedBatchSize) {
+    const texts = chunks.slice(start, start + deps.embedBatchSize).map((chunk) => embeddingText(title, chunk));
+    embeddings.push(...(await deps.embedder.embed(texts, signal)));
+    signal?.throwIfAborted();
+    await progress?.('embedding', Math.min(start + deps.embedBatchSize, chunks.length), chunks.length);
+  }
+  return embeddings;
+}
+
+type Vector = readonly number[] | Float64Array;
 
 type Claim = { outcome: 'claimed'; document: DocumentRow } | { outcome: 'skipped'; reason: string };
 
@@ -149,7 +191,7 @@ async function insertChunks(
   work: IndexingWork,
   title: string,
   chunks: Chunk[],
-  embeddings: number[][],
+  embeddings: Vector[],
 ): Promise<void> {
   const records = chunks.map((chunk, index) => ({
     id: newId(),

@@ -126,7 +126,7 @@ export async function requestIndexing(
       await trx('documents')
         .where({ tenant_id: tenantId })
         .whereIn('id', pending.map((doc) => doc.id))
-        .update({ status: 'queued', error: null, last_index_job_id: indexJobId, updated_at: trx.fn.now() });
+        .update({ status: 'queued', error: null, error_code: null, last_index_job_id: indexJobId, updated_at: trx.fn.now() });
     }
     const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId });
     return {

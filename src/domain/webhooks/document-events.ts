@@ -16,6 +16,7 @@ export interface DocumentState {
   version: number;
   chunk_count: number;
   error: string | null;
+  error_code?: string | null;
   last_index_job_id?: string | null;
   indexed_at?: Date | string | null;
   created_at: Date | string;
@@ -37,6 +38,7 @@ export function documentEventData(document: DocumentState): Record<string, unkno
     version: document.version,
     chunk_count: document.chunk_count,
     error: document.error,
+    error_code: document.error_code ?? null,
     job_id: document.last_index_job_id ?? null,
     indexed_at: iso(document.indexed_at),
     created_at: iso(document.created_at),

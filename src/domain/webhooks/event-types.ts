@@ -2,7 +2,7 @@
 export const EVENT_TYPES = {
   'document.created': 'A document was accepted and queued for indexing.',
   'document.indexed': 'A document version was indexed and is searchable.',
-  'document.failed': 'A document version could not be indexed; `error` says why.',
+  'document.failed': 'A document version could not be indexed; `error` says why, `error_code` says it for machines.',
   'document.deleted': 'A document and its chunks were deleted.',
   'index_job.completed': 'An index job finished with every document indexed.',
   'index_job.failed': 'An index job finished with at least one document failed.',
