@@ -98,9 +98,10 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(readQueues?: () => Promise<QueueSnapshot[]>) {
+  constructor(readQueueSnapshots?: () => Promise<QueueSnapshot[]>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'ragworks_process_' });
-    if (!readQueues) return;
+    if (!readQueueSnapshots) return;
+    const readQueues = oneReadPerScrape(readQueueSnapshots);
     new Gauge({
       name: 'ragworks_queue_jobs',
       help: 'Jobs per queue and state',
@@ -133,6 +134,21 @@ export class Metrics {
       },
     });
   }
+}
+
+/**
+ * A scrape collects every gauge at once (prom-client starts each collect in
+ * the same turn), so the queue gauges share the read in flight instead of
+ * each reading every queue; the next scrape reads afresh.
+ */
+function oneReadPerScrape<T>(read: () => Promise<T>): () => Promise<T> {
+  let inFlight: Promise<T> | undefined;
+  return () => {
+    inFlight ??= read().finally(() => {
+      inFlight = undefined;
+    });
+    return inFlight;
+  };
 }
 
 /**

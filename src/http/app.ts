@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { OpenApiGeneratorV31 } from '@asteasolutions/zod-to-openapi';
@@ -31,8 +32,8 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 export function createApp(platform: Platform): express.Express {
   const app = express();
   app.disable('x-powered-by');
-  // Client addresses are taken from X-Forwarded-For only when a proxy on a private network set it.
-  app.set('trust proxy', 'loopback, linklocal, uniquelocal');
+  // X-Forwarded-For, -Proto and -Host are believed only from the proxies TRUST_PROXY names (none by default): req.ip, req.protocol and req.host follow it.
+  app.set('trust proxy', platform.config.TRUST_PROXY);
   app.set('query parser', 'simple');
 
   app.use(
@@ -99,7 +100,12 @@ export function createApp(platform: Platform): express.Express {
   app.use(adminPages(platform));
   app.use(BOARD_PATH, requireOperatorPage(platform), bullBoardRouter(platform));
 
-  app.use('/api', requireJsonBodies, express.json({ limit: platform.config.MAX_BODY_BYTES, strict: true, type: ['application/json', 'application/*+json'] }));
+  // Any JSON value parses (strict: false), so a body that is valid JSON but no object is told so by validation rather than called invalid.
+  app.use(
+    '/api',
+    requireJsonBodies,
+    express.json({ limit: platform.config.MAX_BODY_BYTES, strict: false, type: ['application/json', 'application/*+json'], verify: refuseMalformedText }),
+  );
   app.use('/api', rejectWhileDependenciesDown(platform));
   app.use(api.router);
 
@@ -133,6 +139,38 @@ const requireJsonBodies: RequestHandler = (req, _res, next) => {
   }
   next();
 };
+
+/** The error type refuseMalformedText raises; body-parser's own types are `entity.*`, `charset.*`, `encoding.*`. */
+const MALFORMED_TEXT = 'entity.encoding.invalid';
+
+/**
+ * The body's bytes must be valid in its charset: decoding would otherwise
+ * replace malformed sequences with U+FFFD, and the text stored would not be
+ * the text sent. Charsets the platform cannot check strictly are left to the parser.
+ */
+function refuseMalformedText(_req: unknown, _res: unknown, body: Buffer, charset: string): void {
+  if (isWellFormedIn(body, charset)) return;
+  throw Object.assign(new Error(`The body is not valid ${charset.toUpperCase()}: it holds byte sequences that encode no character.`), {
+    status: 400,
+    type: MALFORMED_TEXT,
+  });
+}
+
+function isWellFormedIn(body: Buffer, charset: string): boolean {
+  if (/^utf-?8$/i.test(charset)) return isUtf8(body);
+  let decoder: InstanceType<typeof TextDecoder>;
+  try {
+    decoder = new TextDecoder(charset, { fatal: true });
+  } catch {
+    return true;
+  }
+  try {
+    decoder.decode(body);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Requests that need only PostgreSQL: reads, and searches (whose cache falls back to this process). */
 const readsWithoutRedis = (req: Request) => req.method === 'GET' || req.path === '/search' || req.path === '/search/click';
@@ -189,6 +227,8 @@ function toAppError(error: unknown): AppError {
   switch (httpError?.type) {
     case 'entity.parse.failed':
       return new AppError(400, 'invalid_json', 'The body is not valid JSON.');
+    case MALFORMED_TEXT:
+      return new AppError(400, 'invalid_encoding', httpError.message ?? 'The body is not valid UTF-8.');
     case 'entity.too.large':
       return new AppError(413, 'payload_too_large', 'The body is larger than this server accepts.', { limit_bytes: (error as { limit?: number }).limit });
     case 'encoding.unsupported':
@@ -197,10 +237,16 @@ function toAppError(error: unknown): AppError {
     case 'request.aborted':
       return new AppError(400, 'request_aborted', 'The request was aborted.');
   }
+  const sqlState = (error as { code?: unknown })?.code;
+  if (sqlState === '57014') {
+    // query_canceled: DATABASE_STATEMENT_TIMEOUT_MS cut a statement short. The database is up; this request asked too much of it.
+    return new AppError(503, 'statement_timeout', 'The database stopped a statement that ran longer than it allows; try again shortly, or ask for less.', undefined, {
+      'Retry-After': '5',
+    });
+  }
   const dependency = unavailableDependency(error);
   if (dependency) return dependencyUnavailable(dependency);
   if ((error as Error)?.name === 'EmbeddingError') return dependencyUnavailable('the embeddings provider');
-  const sqlState = (error as { code?: unknown })?.code;
   if (typeof sqlState === 'string' && sqlState.startsWith('22')) {
     // Data exceptions: a value PostgreSQL cannot take (a date out of its range, malformed text).
     return new AppError(400, 'validation_failed', 'A value in the request is out of range or malformed.');

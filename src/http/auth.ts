@@ -4,7 +4,7 @@ import { findTenant, findTenantByDomain } from '../domain/tenants/tenants';
 import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
 import type { Platform } from '../platform';
 import { sameSecret } from '../same-secret';
-import { csrfValid, sameOriginChange, sessionOf } from './admin/session';
+import { csrfValid, provenanceOf, sessionOf } from './admin/session';
 import { hasScope, type Principal, type RequestContext } from './context';
 
 export type AuthRule = 'public' | 'operator' | { scope: Scope; tenant: 'required' | 'optional' };
@@ -29,38 +29,50 @@ export function presentedSecret(req: Request): string | undefined {
   return req.get('x-api-key')?.trim() || undefined;
 }
 
+/** Whether the operator is calling: its token (Bearer or HTTP Basic), or a dashboard session when no other secret is sent. */
+export async function isOperatorRequest(platform: Platform, req: Request): Promise<boolean> {
+  const secret = presentedSecret(req);
+  if (secret) return isOperatorToken(secret, platform.config.ADMIN_TOKEN);
+  return (await sessionOf(platform, req)) !== null;
+}
+
 /**
  * Finds who is calling, and the tenant whose custom domain the request came
- * in on (Host, or X-Forwarded-Host from a trusted proxy), side by side.
+ * in on (Host, or X-Forwarded-Host from a trusted proxy; normalised by
+ * customDomainOf), side by side.
  */
 export async function authenticate(platform: Platform, req: Request): Promise<Principal> {
-  // A browser sends cached HTTP Basic credentials on cross-site requests too: a change it says came from another site is refused.
-  if (isChange(req) && req.get('sec-fetch-site') === 'cross-site') {
-    throw new AppError(403, 'csrf_failed', 'Changes are not accepted from pages of another site.');
+  // A browser sends cached HTTP Basic credentials to other origins' pages too: a change it says came from elsewhere is refused, whatever its credentials.
+  if (isChange(req) && provenanceOf(req) === 'elsewhere') {
+    throw new AppError(403, 'csrf_failed', 'Changes are not accepted from pages of another origin.');
   }
   const secret = presentedSecret(req);
   const sessionId = secret ? null : await sessionOf(platform, req);
   if (!secret && !sessionId) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
-  const principal = secret ? await identify(platform, secret, req.hostname) : fromSession(platform, req, sessionId!);
+  const principal = secret ? await identify(platform, secret, req.host) : fromSession(platform, req, sessionId!);
   // A key's lookup brought the domain's tenant along; the operator's requests look it up here.
-  const onDomain = principal.kind === 'key' ? principal.domainTenant : await findTenantByDomain(platform.db.knex, req.hostname);
+  const onDomain = principal.kind === 'key' ? principal.domainTenant : await findTenantByDomain(platform.db.knex, req.host);
   if (onDomain && principal.kind === 'key' && principal.tenant.id !== onDomain.id) {
-    throw forbidden(`This API key belongs to another tenant than ${req.hostname}.`);
+    throw forbidden(`This API key belongs to another tenant than ${onDomain.custom_domain}.`);
   }
   return principal.kind === 'operator' && onDomain ? { ...principal, domainTenant: onDomain } : principal;
 }
 
 const isChange = (req: Request) => !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
 
-/** The dashboard acts as the operator; its changes must carry the session's CSRF token and come from this origin. */
+/** The dashboard acts as the operator; its changes must carry the session's CSRF token and say they come from this origin. */
 function fromSession(platform: Platform, req: Request, sessionId: string): Principal {
-  if (isChange(req) && (!csrfValid(platform, sessionId, req.get('x-csrf-token')) || !sameOriginChange(req))) {
-    throw new AppError(403, 'csrf_failed', 'This change did not come from the dashboard page (missing or wrong X-CSRF-Token, or another origin).');
+  if (isChange(req) && (!csrfValid(platform, sessionId, req.get('x-csrf-token')) || provenanceOf(req) !== 'own-origin')) {
+    throw new AppError(
+      403,
+      'csrf_failed',
+      'This change did not come from the dashboard page (missing or wrong X-CSRF-Token, or not from this origin; behind a proxy, TRUST_PROXY must name it).',
+    );
   }
   return { kind: 'operator', sessionId };
 }
 
-async function identify(platform: Platform, secret: string, host: string): Promise<Principal> {
+async function identify(platform: Platform, secret: string, host: string | undefined): Promise<Principal> {
   if (isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return { kind: 'operator' };
   const verdict = await verifyApiKey(platform.db.knex, secret, { host });
   if (!verdict.ok) {
@@ -91,7 +103,7 @@ export async function authorize(platform: Platform, req: Request, principal: Pri
   const tenant = await findTenant(platform.db.knex, named);
   if (!tenant) throw notFound('Tenant');
   if (principal.domainTenant && principal.domainTenant.id !== tenant.id) {
-    throw forbidden(`X-Tenant-Id names another tenant than ${req.hostname}.`);
+    throw forbidden(`X-Tenant-Id names another tenant than ${principal.domainTenant.custom_domain}.`);
   }
   return { principal, tenant, requestId };
 }

@@ -1,6 +1,6 @@
 import { Counter, type Registry } from 'prom-client';
-import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { withTimeout } from '../async';
+import { giveBackBudgets, takeBudgets, type Budget, type BudgetState } from '../budgets';
 import type { Tenant } from '../domain/tenants/tenants';
 import { AppError } from '../errors';
 import type { Platform } from '../platform';
@@ -9,19 +9,18 @@ import type { RequestContext } from './context';
 /** The budgets a key's request draws on: its own, and its tenant's (shared by all the tenant's keys). */
 type PolicyName = 'tenant' | 'key';
 
-interface Policy {
+interface Policy extends Budget {
   name: PolicyName;
-  /** Requests per window; the tier's number from RATE_LIMIT_TENANT or RATE_LIMIT_KEY. */
-  limit: number;
-  /** Whose counter: the tenant's id or the key's id. */
-  subject: string;
 }
 
-interface Consumed {
-  policy: Policy;
-  result: RateLimiterRes;
-  limited: boolean;
+/** What `admit` let through: the headers to send, and the units to give back if another limit then refuses the request. */
+export interface Admission {
+  headers: Record<string, string>;
+  /** Empty when nothing was taken (no limits, the operator, Redis away). */
+  taken: Array<BudgetState<Policy>>;
 }
+
+const NOTHING_TAKEN = (headers: Record<string, string> = {}): Admission => ({ headers, taken: [] });
 
 const DECISIONS_METRIC = 'ragworks_rate_limit_decisions_total';
 
@@ -35,10 +34,12 @@ const REDIS_DEADLINE_MS = 250;
 
 /**
  * Per-tenant and per-key request limits over a fixed window, counted in
- * Redis so every API instance draws on the same budgets. The limits are
- * the tenant's tier's, read on each request, so a tier change holds at
- * once; the counters do not depend on the tier, so a tenant moved to
- * another tier keeps what it used in the current window.
+ * Redis so every API instance draws on the same budgets. Both are taken in
+ * one script, all or none: a request refused by its key's limit spends
+ * nothing of its tenant's, so one runaway key cannot lock out its siblings.
+ * The limits are the tenant's tier's, read on each request, so a tier
+ * change holds at once; the counters do not depend on the tier, so a
+ * tenant moved to another tier keeps what it used in the current window.
  *
  * Headers follow draft-ietf-httpapi-ratelimit-headers-11:
  * `RateLimit-Policy: "tenant";q=600;w=60, "key";q=300;w=60` and
@@ -48,8 +49,6 @@ const REDIS_DEADLINE_MS = 250;
  * while Redis is away); each such request is counted as `unavailable`.
  */
 export class RequestRateLimits {
-  /** One limiter per policy and number of requests: RateLimiterRedis fixes its limit when built. */
-  private readonly limiters = new Map<string, RateLimiterRedis>();
   private readonly decisions: Counter<'outcome'>;
 
   constructor(private readonly platform: Platform) {
@@ -61,93 +60,89 @@ export class RequestRateLimits {
    * the headers to send with the response, or throws 429 `rate_limited`
    * when a budget is spent. Only API keys are limited, never the operator.
    */
-  async admit(ctx: RequestContext): Promise<Record<string, string>> {
+  async admit(ctx: RequestContext): Promise<Admission> {
     const { config } = this.platform;
-    if (!config.RATE_LIMIT_ENABLED || ctx.principal?.kind !== 'key' || !ctx.tenant) return {};
+    if (!config.RATE_LIMIT_ENABLED || ctx.principal?.kind !== 'key' || !ctx.tenant) return NOTHING_TAKEN();
     const policies = this.policiesFor(ctx.tenant, ctx.principal.apiKey.id);
-    if (policies.length === 0) return {};
+    if (policies.length === 0) return NOTHING_TAKEN();
     const policyHeader = { 'RateLimit-Policy': policies.map((policy) => `"${policy.name}";q=${policy.limit};w=${config.RATE_LIMIT_WINDOW_SECONDS}`).join(', ') };
 
-    const consumed = await this.consume(policies);
-    if (!consumed) {
+    const taking = await this.take(policies);
+    if (!taking) {
       this.decisions.inc({ outcome: 'unavailable' });
-      return policyHeader;
+      return NOTHING_TAKEN(policyHeader);
     }
-
-    const headers = {
-      ...policyHeader,
-      RateLimit: consumed.map(({ policy, result }) => `"${policy.name}";r=${result.remainingPoints};t=${wholeSeconds(result.msBeforeNext)}`).join(', '),
-    };
-    const exhausted = consumed.filter((entry) => entry.limited).sort((a, b) => b.result.msBeforeNext - a.result.msBeforeNext)[0];
-    if (!exhausted) {
+    const headers = { ...policyHeader, RateLimit: remainingField(taking.states) };
+    if (taking.admitted) {
       this.decisions.inc({ outcome: 'allowed' });
-      return headers;
+      return { headers, taken: taking.states };
     }
     this.decisions.inc({ outcome: 'limited' });
-    const retryAfter = Math.max(1, wholeSeconds(exhausted.result.msBeforeNext));
-    const { name, limit } = exhausted.policy;
-    throw new AppError(
-      429,
-      'rate_limited',
-      `This ${name === 'tenant' ? 'tenant' : 'API key'} may make ${limit} requests per ${config.RATE_LIMIT_WINDOW_SECONDS} seconds; retry in ${retryAfter} seconds.`,
-      { policy: name, limit, window_seconds: config.RATE_LIMIT_WINDOW_SECONDS },
-      { ...headers, 'Retry-After': String(retryAfter) },
-    );
+    throw this.refusal(taking.states, headers);
+  }
+
+  /**
+   * Gives back what `admit` took, for a request another limit then refused
+   * (a quota): a refused request spends no budget of any other limit.
+   * Answers the `RateLimit` header as it stands after the return; a Redis
+   * that cannot take it back leaves the units spent.
+   */
+  async giveBack(admission: Admission): Promise<Record<string, string>> {
+    if (admission.taken.length === 0) return {};
+    try {
+      await withTimeout(giveBackBudgets(this.platform.redis, admission.taken.map((state) => state.budget)), REDIS_DEADLINE_MS);
+    } catch (error) {
+      this.platform.logger.debug({ err: error }, 'rate-limit units not given back: Redis did not answer');
+      return {};
+    }
+    return { RateLimit: remainingField(admission.taken.map((state) => ({ ...state, used: state.used - 1 }))) };
   }
 
   /** The tier's limits, leaving out those set to 0 (no limit). */
   private policiesFor(tenant: Tenant, keyId: string): Policy[] {
-    const { RATE_LIMIT_TENANT, RATE_LIMIT_KEY } = this.platform.config;
+    const { QUEUE_PREFIX, RATE_LIMIT_TENANT, RATE_LIMIT_KEY, RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
+    const windowMs = RATE_LIMIT_WINDOW_SECONDS * 1000;
+    // The key names the policy and subject, not the limit, so every tier counts on the same counter.
     const policies: Policy[] = [
-      { name: 'tenant', limit: RATE_LIMIT_TENANT[tenant.tier], subject: tenant.id },
-      { name: 'key', limit: RATE_LIMIT_KEY[tenant.tier], subject: keyId },
+      { name: 'tenant', limit: RATE_LIMIT_TENANT[tenant.tier], windowMs, key: `${QUEUE_PREFIX}:rate-limit:tenant:${tenant.id}` },
+      { name: 'key', limit: RATE_LIMIT_KEY[tenant.tier], windowMs, key: `${QUEUE_PREFIX}:rate-limit:key:${keyId}` },
     ];
     return policies.filter((policy) => policy.limit > 0);
   }
 
   /**
-   * Takes one request from every budget, or answers null when Redis is
-   * away: known down, failing the command, or not answering in time.
+   * Takes one request from every budget or from none, or answers null when
+   * Redis is away: known down, failing the command, or not answering in time.
    */
-  private async consume(policies: Policy[]): Promise<Consumed[] | null> {
+  private async take(policies: Policy[]) {
     if (!this.platform.health.isUp('redis')) return null;
     try {
-      const taking = Promise.all(
-        policies.map(async (policy) => {
-          try {
-            return { policy, result: await this.limiter(policy).consume(policy.subject), limited: false };
-          } catch (rejection) {
-            // rate-limiter-flexible rejects with a RateLimiterRes when the budget is spent, with an Error when the store fails.
-            if (rejection instanceof RateLimiterRes) return { policy, result: rejection, limited: true };
-            throw rejection;
-          }
-        }),
-      );
-      return await withTimeout(taking, REDIS_DEADLINE_MS);
+      return await withTimeout(takeBudgets(this.platform.redis, policies), REDIS_DEADLINE_MS);
     } catch (error) {
       this.platform.logger.debug({ err: error }, 'rate limits not enforced: Redis did not answer');
       return null;
     }
   }
 
-  private limiter(policy: Policy): RateLimiterRedis {
-    const id = `${policy.name}:${policy.limit}`;
-    let limiter = this.limiters.get(id);
-    if (!limiter) {
-      const { QUEUE_PREFIX, RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
-      limiter = new RateLimiterRedis({
-        storeClient: this.platform.redis,
-        // The key names the policy and subject, not the limit, so every tier counts on the same counter.
-        keyPrefix: `${QUEUE_PREFIX}:rate-limit:${policy.name}`,
-        points: policy.limit,
-        duration: RATE_LIMIT_WINDOW_SECONDS,
-        // Fail at once rather than wait on a connection that is being re-established.
-        rejectIfRedisNotReady: true,
-      });
-      this.limiters.set(id, limiter);
-    }
-    return limiter;
+  /** 429 naming the spent budget that frees up last, so one wait is enough. */
+  private refusal(states: Array<BudgetState<Policy>>, headers: Record<string, string>): AppError {
+    const { RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
+    const exhausted = states.filter((state) => state.used >= state.budget.limit).sort((a, b) => b.resetMs - a.resetMs)[0];
+    const { name, limit } = exhausted.budget;
+    const retryAfter = Math.max(1, wholeSeconds(exhausted.resetMs));
+    return new AppError(
+      429,
+      'rate_limited',
+      `This ${name === 'tenant' ? 'tenant' : 'API key'} may make ${limit} requests per ${RATE_LIMIT_WINDOW_SECONDS} seconds; retry in ${retryAfter} seconds.`,
+      { policy: name, limit, window_seconds: RATE_LIMIT_WINDOW_SECONDS },
+      { ...headers, 'Retry-After': String(retryAfter) },
+    );
   }
+}
+
+/** The `RateLimit` field: what is left of each budget and when it is whole again. */
+function remainingField(states: Array<BudgetState<Policy>>): string {
+  return states.map(({ budget, used, resetMs }) => `"${budget.name}";r=${Math.max(0, budget.limit - used)};t=${wholeSeconds(resetMs)}`).join(', ');
 }
 
 function wholeSeconds(ms: number): number {

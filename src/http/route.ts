@@ -1,6 +1,7 @@
 import { OpenAPIRegistry, type RouteConfig } from '@asteasolutions/zod-to-openapi';
 import express, { type Request, type Response } from 'express';
 import { z } from 'zod';
+import { QuotaExceededError } from '../domain/tenants/quotas';
 import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
 import { auditedAction, RequestAudit } from './audit-trail';
@@ -33,6 +34,12 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
   method: Method;
   /** Express syntax: `/api/documents/:id`. */
   path: string;
+  /**
+   * The OpenAPI operationId: camelCase, unique, what client generators name
+   * their methods after. Declared rather than derived from the path, so
+   * moving a path does not rename every generated client's method.
+   */
+  operationId: string;
   summary: string;
   tag: string;
   auth: AuthRule;
@@ -41,8 +48,8 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
   params?: P;
   responses: Record<number, { description: string; schema?: z.ZodType }>;
   /**
-   * How the audit trail names a call of this mutation (README, "Audit
-   * trail"). Without it an audited call is named `METHOD /path`; `false` for
+   * How the audit trail names a call of this mutation (docs/tenancy-and-billing.md,
+   * "Audit trail"). Without it an audited call is named `METHOD /path`; `false` for
    * a read sent as POST, which is no mutation.
    */
   audit?: AuditSpec<Out<B>, Out<Q>, Out<P>> | false;
@@ -79,11 +86,13 @@ export const errorSchema = z.object({
 });
 
 const COMMON_ERRORS: Record<number, string> = {
-  400: 'Invalid input (`validation_failed`, `invalid_json`)',
+  400: 'Invalid input (`validation_failed`, `invalid_json`, `invalid_encoding`)',
   401: 'Missing or invalid credentials',
   403: 'Missing scope or suspended tenant',
-  503: 'A dependency is unavailable',
+  503: 'A dependency is unavailable (`dependency_unavailable`), or a statement ran past its time bound (`statement_timeout`); with `Retry-After`',
 };
+
+const OPERATION_ID = /^[a-z][a-zA-Z0-9]*$/;
 
 const RATE_LIMITED = "An API key over its own or its tenant's request limit (`rate_limited`, with `Retry-After`, `RateLimit-Policy` and `RateLimit`)";
 
@@ -95,6 +104,7 @@ export class Api {
   readonly router = express.Router();
   readonly registry = new OpenAPIRegistry();
   private readonly rateLimits: RequestRateLimits;
+  private readonly operationIds = new Set<string>();
 
   constructor(private readonly platform: Platform) {
     this.rateLimits = new RequestRateLimits(platform);
@@ -105,6 +115,9 @@ export class Api {
   add<B extends z.ZodType | undefined = undefined, Q extends ObjectSchema | undefined = undefined, P extends ObjectSchema | undefined = undefined>(
     spec: RouteSpec<B, Q, P>,
   ): void {
+    if (!OPERATION_ID.test(spec.operationId)) throw new Error(`operationId "${spec.operationId}" of ${spec.method.toUpperCase()} ${spec.path} is not camelCase`);
+    if (this.operationIds.has(spec.operationId)) throw new Error(`operationId "${spec.operationId}" of ${spec.method.toUpperCase()} ${spec.path} is taken`);
+    this.operationIds.add(spec.operationId);
     this.document(spec);
     const action = auditedAction(spec);
     this.router[spec.method](spec.path, async (req: Request, res: Response) => {
@@ -136,20 +149,27 @@ export class Api {
     const scope = requestScope.getStore();
     if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
     // Counted before the input is read, so malformed requests spend the budget too.
-    for (const [name, value] of Object.entries(await this.rateLimits.admit(ctx))) res.setHeader(name, value);
+    const admission = await this.rateLimits.admit(ctx);
+    for (const [name, value] of Object.entries(admission.headers)) res.setHeader(name, value);
     const call = (audit?.call ?? {}) as AuditCall<Out<B>, Out<Q>, Out<P>>;
     call.body = (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>;
     call.query = (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>;
     call.params = (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>;
     await audit?.lookUpTenantTarget();
-    const reply = await spec.handler({
-      body: call.body as Out<B>,
-      query: call.query as Out<Q>,
-      params: call.params as Out<P>,
-      ctx,
-      platform: this.platform,
-      req,
-    });
+    const reply = await spec
+      .handler({
+        body: call.body as Out<B>,
+        query: call.query as Out<Q>,
+        params: call.params as Out<P>,
+        ctx,
+        platform: this.platform,
+        req,
+      })
+      .catch(async (error: unknown) => {
+        // A request a quota refused spends none of the rate limits either.
+        if (error instanceof QuotaExceededError) for (const [name, value] of Object.entries(await this.rateLimits.giveBack(admission))) res.setHeader(name, value);
+        throw error;
+      });
     call.reply = reply;
     for (const [name, value] of Object.entries(reply.headers ?? {})) res.setHeader(name, value);
     if (reply.stream) {
@@ -180,6 +200,7 @@ export class Api {
     this.registry.registerPath({
       method: spec.method,
       path: spec.path.replace(/:([A-Za-z_]+)/g, '{$1}'),
+      operationId: spec.operationId,
       summary: spec.summary,
       tags: [spec.tag],
       description: describeAuth(spec.auth),

@@ -584,6 +584,34 @@ describe('search analytics', () => {
     expect(column('user_id')).toEqual(typed.map((body) => body.user_id ?? ''));
   });
 
+  it('exports text that a spreadsheet would run as a formula as inert text, and JSON unchanged (CSV injection)', async () => {
+    const owner = await stack.createTenant();
+    const typed = [
+      { query: '=HYPERLINK("http://x","y")', user_id: '@SUM(1)' },
+      { query: '+1+1', user_id: '-2+3' },
+      { query: '@cmd', user_id: '\tindented' },
+      { query: 'plain = fine', user_id: 'a=b' },
+    ];
+    const start = new Date(Date.now() - 1000).toISOString();
+    for (const body of typed) await search(owner.key, body);
+    expect((await aggregate()).inserted).toBe(typed.length);
+    const range = `start=${encodeURIComponent(start)}&end=${encodeURIComponent(new Date(Date.now() + 1000).toISOString())}`;
+
+    const csv = await stack.as(owner.key, 'get', `/api/admin/analytics/export?format=csv&${range}`).expect(200);
+    const [header, ...records] = parseCsv(csv.text);
+    const column = (name: string) => records.map((record) => record[header.indexOf(name)]);
+    expect(column('query')).toEqual(["'=HYPERLINK(\"http://x\",\"y\")", "'+1+1", "'@cmd", 'plain = fine']);
+    expect(column('query_normalized')).toEqual(["'=hyperlink(\"http://x\",\"y\")", "'+1+1", "'@cmd", 'plain = fine']);
+    expect(column('user_id')).toEqual(["'@SUM(1)", "'-2+3", "'\tindented", 'a=b']);
+    for (const record of records) for (const cell of record) expect(cell).not.toMatch(/^[=+\-@\t\r]/);
+    // Every field quoted, the header too: nothing in the file is a bare cell.
+    expect(csv.text.split('\r\n')[0]).toBe(header.map((name) => `"${name}"`).join(','));
+
+    const json = await stack.as(owner.key, 'get', `/api/admin/analytics/export?format=json&${range}`).expect(200);
+    expect(json.body.map((row: { query: string }) => row.query)).toEqual(typed.map((body) => body.query));
+    expect(json.body.map((row: { user_id: string }) => row.user_id)).toEqual(typed.map((body) => body.user_id));
+  });
+
   it('streams a large export complete and in order, paging through equal timestamps', async () => {
     const owner = await stack.createTenant();
     const total = 3_000;

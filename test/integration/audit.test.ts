@@ -65,7 +65,8 @@ describe('audit trail (postgres)', () => {
   }
 
   beforeAll(async () => {
-    stack = await startStack({ database: 'postgres', workers: false, env: { WEBHOOK_ALLOW_PRIVATE: 'true' } });
+    // The test "proxy" is this process, on loopback.
+    stack = await startStack({ database: 'postgres', workers: false, env: { WEBHOOK_ALLOW_PRIVATE: 'true', TRUST_PROXY: 'loopback' } });
     a = await stack.createTenant();
     b = await stack.createTenant();
     const keys = await stack.as(a.key, 'get', '/api/admin/api-keys').expect(200);

@@ -1,10 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { embedText } from '../../src/domain/embeddings/hashing';
 import { startStack, type TestStack } from '../helpers/harness';
-import { killLeftoverProcesses, startRagworks, unusedPort, type RagworksProcess } from '../helpers/processes';
+import { PrivateRedis } from '../helpers/private-redis';
+import { killLeftoverProcesses, startRagworks, type RagworksProcess } from '../helpers/processes';
 import { waitFor } from '../helpers/wait';
 
 // The search cache as a client and an operator see it: `cached` in search
@@ -403,61 +403,12 @@ describe('never stale across processes (PostgreSQL, indexing in a worker process
   });
 });
 
-/** A redis-server of this test's own on a free port: it can be hung, killed and restarted without touching the shared one. */
-class PrivateRedis {
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
-
-  constructor(readonly port: number) {}
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'], {
-      stdio: 'ignore',
-    });
-    this.child = child;
-    this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
-    const probe = new Redis(this.url, { maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
-    probe.on('error', () => undefined);
-    try {
-      await waitFor(
-        async () => {
-          if (probe.status === 'end' || probe.status === 'wait') await probe.connect().catch(() => undefined);
-          return (await probe.ping().catch(() => null)) === 'PONG';
-        },
-        { timeoutMs: 20_000, what: `redis-server on port ${this.port} to answer` },
-      );
-    } finally {
-      probe.disconnect();
-    }
-  }
-
-  /** SIGSTOP: the server keeps its connections but answers nothing, like a hung host. */
-  pause(): void {
-    this.child?.kill('SIGSTOP');
-  }
-
-  resume(): void {
-    this.child?.kill('SIGCONT');
-  }
-
-  /** SIGKILL: gone at once, with whatever it held (it keeps nothing on disk). */
-  async kill(): Promise<void> {
-    this.child?.kill('SIGKILL');
-    await this.exited;
-  }
-}
-
 describe('Redis failure: searches answer from the in-process tier, and the cache recovers by itself', () => {
   let redis: PrivateRedis;
   let stack: TestStack;
 
   beforeAll(async () => {
-    redis = new PrivateRedis(await unusedPort());
-    await redis.start();
+    redis = await PrivateRedis.start();
     // A generous Redis timeout keeps a busy machine from tripping the breaker before the test means it to.
     stack = await startStack({ database: 'postgres', env: { REDIS_URL: redis.url, CACHE_REDIS_TIMEOUT_MS: '300' } });
   });
@@ -528,7 +479,7 @@ describe('Redis failure: searches answer from the in-process tier, and the cache
     expect((await cacheStats(stack)).breaker.state).toBe('open');
 
     // Back on the same port, empty (it kept nothing). The breaker closes by itself on a later search.
-    await redis.start();
+    await redis.launch();
     await waitFor(
       async () => {
         await search(stack, tenant.key, beacon);

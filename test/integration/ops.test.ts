@@ -13,7 +13,7 @@ const SOME_ID = '0190f5b2-0000-7000-8000-000000000000';
 const PGLITE_START_TIMEOUT_MS = 120_000;
 
 /**
- * The routes of API.md's tables, in Express syntax. Every one must answer
+ * The routes of the contract's tables (docs/api.md), in Express syntax. Every one must answer
  * and be in the OpenAPI document.
  */
 const CONTRACT_ROUTES = [
@@ -122,8 +122,8 @@ describe('operations surface (postgres)', () => {
       expect(response.body).toMatchObject({ status: 'ready', checks: { database: 'up', redis: 'up' } });
     });
 
-    it('describes every service in /api/health, naming the missing vector extension', async () => {
-      const response = await request(stack.app).get('/api/health').expect(200);
+    it('describes every service in /api/health to the operator, naming the missing vector extension', async () => {
+      const response = await stack.operator('get', '/api/health').expect(200);
       expect(response.body).toMatchObject({
         status: 'healthy',
         version: VERSION,
@@ -272,6 +272,23 @@ describe('operations surface (postgres)', () => {
       }
       const tenants = await stack.operator('get', '/api/admin/tenants?limit=100').expect(200);
       expect(tenants.body.items).toHaveLength(1);
+    });
+
+    it('gives every operation a unique camelCase operationId, for client generators', async () => {
+      const ids = Object.entries(document.paths).flatMap(([path, item]) =>
+        Object.entries(item as Record<string, { operationId?: string }>)
+          .filter(([method]) => ['get', 'post', 'patch', 'put', 'delete'].includes(method))
+          .map(([method, operation]) => ({ operation: `${method.toUpperCase()} ${path}`, operationId: operation.operationId })),
+      );
+      expect(ids.length).toBeGreaterThanOrEqual(CONTRACT_ROUTES.length);
+      for (const { operation, operationId } of ids) expect({ operation, operationId }).toEqual({ operation, operationId: expect.stringMatching(/^[a-z][a-zA-Z0-9]*$/) });
+      const counts = new Map<string, string[]>();
+      for (const { operation, operationId } of ids) counts.set(operationId!, [...(counts.get(operationId!) ?? []), operation]);
+      expect([...counts.entries()].filter(([, operations]) => operations.length > 1)).toEqual([]);
+      // Ids are part of the contract clients are generated from: these must not change.
+      expect(document.paths['/api/documents'].post).toMatchObject({ operationId: 'createDocument' });
+      expect(document.paths['/api/search'].post).toMatchObject({ operationId: 'search' });
+      expect(document.paths['/api/admin/tenants/{id}/suspend'].post).toMatchObject({ operationId: 'suspendTenant' });
     });
 
     it('requires title and content in the body of POST /api/documents', async () => {

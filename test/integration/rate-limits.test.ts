@@ -120,7 +120,8 @@ describe('rate limits (postgres, one API process)', () => {
     expect(retryAfter).toBeGreaterThanOrEqual(1);
     expect(retryAfter).toBeLessThanOrEqual(WINDOW_SECONDS);
     expect(parseList(refused.headers['ratelimit-policy'])).toEqual({ tenant: { q: 8, w: WINDOW_SECONDS }, key: { q: 5, w: WINDOW_SECONDS } });
-    expect(remaining(refused.headers)).toEqual({ tenant: 2, key: 0 });
+    // The refused request took nothing from the tenant: 8 - 5.
+    expect(remaining(refused.headers)).toEqual({ tenant: 3, key: 0 });
     // Retry-After does not point before the end of the exhausted policy's effective window.
     expect(retryAfter).toBeGreaterThanOrEqual(parseList(refused.headers['ratelimit']).key.t);
 
@@ -145,9 +146,10 @@ describe('rate limits (postgres, one API process)', () => {
 
     for (let i = 0; i < 5; i++) await list(tenant.key).expect(200);
     await list(tenant.key).expect(429);
-    // The second key has its own five, but the tenant has only what the first key left: 8 - 6.
-    expect(remaining((await list(other).expect(200)).headers)).toEqual({ tenant: 1, key: 4 });
-    expect(remaining((await list(other).expect(200)).headers)).toEqual({ tenant: 0, key: 3 });
+    // The second key has its own five, but the tenant has only what the first key was admitted for: 8 - 5.
+    expect(remaining((await list(other).expect(200)).headers)).toEqual({ tenant: 2, key: 4 });
+    expect(remaining((await list(other).expect(200)).headers)).toEqual({ tenant: 1, key: 3 });
+    expect(remaining((await list(other).expect(200)).headers)).toEqual({ tenant: 0, key: 2 });
     const refused = await list(other);
     expect(refused.status).toBe(429);
     expect(refused.body.error.details).toEqual({ policy: 'tenant', limit: 8, window_seconds: WINDOW_SECONDS });
@@ -166,7 +168,8 @@ describe('rate limits (postgres, one API process)', () => {
     await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'standard' }).expect(200);
     const upgraded = await list(tenant.key).expect(200);
     expect(parseList(upgraded.headers['ratelimit-policy'])).toEqual({ tenant: { q: 80, w: WINDOW_SECONDS }, key: { q: 50, w: WINDOW_SECONDS } });
-    expect(remaining(upgraded.headers)).toEqual({ tenant: 80 - 7, key: 50 - 7 });
+    // Five admitted, one refused (which took nothing), and this one.
+    expect(remaining(upgraded.headers)).toEqual({ tenant: 80 - 6, key: 50 - 6 });
 
     // The unlimited tier has no limits (0), so no policy to announce.
     await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'unlimited' }).expect(200);
@@ -176,6 +179,70 @@ describe('rate limits (postgres, one API process)', () => {
     const downgraded = await list(tenant.key);
     expect(downgraded.status).toBe(429);
     expect(downgraded.body.error.details).toMatchObject({ limit: 5 });
+  });
+
+  it("lets a runaway key spend nothing of its tenant's budget: a never-used sibling key still gets what the tenant has left", async () => {
+    const tenant = await freeTenant(stack);
+    const sibling = await secondKey(tenant.id);
+    for (let i = 0; i < 5; i++) await list(tenant.key).expect(200);
+    for (let i = 0; i < 10; i++) {
+      const refused = await list(tenant.key);
+      expect(refused.status).toBe(429);
+      expect(refused.body.error.details.policy).toBe('key');
+    }
+    // The tenant's budget less the five requests the runaway key was admitted for, and this one.
+    expect(remaining((await list(sibling).expect(200)).headers)).toEqual({ tenant: 8 - 5 - 1, key: 4 });
+  });
+
+  it("spends none of a key's budget on a request its tenant's limit refuses", async () => {
+    const tenant = await freeTenant(stack);
+    const sibling = await secondKey(tenant.id);
+    for (let i = 0; i < 5; i++) await list(tenant.key).expect(200);
+    for (let i = 0; i < 3; i++) await list(sibling).expect(200);
+    for (let i = 0; i < 4; i++) {
+      const refused = await list(sibling);
+      expect(refused.status).toBe(429);
+      expect(refused.body.error.details.policy).toBe('tenant');
+      expect(remaining(refused.headers)).toEqual({ tenant: 0, key: 2 });
+    }
+    // Larger budgets on the same counters show what was really spent: three of the sibling's, eight of the tenant's (and this one).
+    await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'standard' }).expect(200);
+    expect(remaining((await list(sibling).expect(200)).headers)).toEqual({ tenant: 80 - 9, key: 50 - 4 });
+  });
+
+  it('gives the rate-limit unit back when a quota then refuses the request (403 capacity, 429 daily searches)', async () => {
+    const tenant = await freeTenant(stack);
+    await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ quotas: { documents: 0, searches_per_day: 1 } }).expect(200);
+    await list(tenant.key).expect(200);
+
+    const full = await stack.as(tenant.key, 'post', '/api/documents').send({ title: 'No room', content: 'Never stored.' });
+    expect(full.status).toBe(403);
+    expect(full.body.error).toMatchObject({ code: 'quota_exceeded', details: { quota: 'documents' } });
+    expect(remaining(full.headers)).toEqual({ tenant: 7, key: 4 });
+
+    const search = () => stack.as(tenant.key, 'post', '/api/search').send({ query: 'harbour', mode: 'keyword' });
+    expect(remaining((await search().expect(200)).headers)).toEqual({ tenant: 6, key: 3 });
+    const overQuota = await search();
+    expect(overQuota.status).toBe(429);
+    expect(overQuota.body.error).toMatchObject({ code: 'quota_exceeded', details: { quota: 'searches_per_day' } });
+    expect(remaining(overQuota.headers)).toEqual({ tenant: 6, key: 3 });
+
+    // Neither refusal spent anything: two admitted requests so far, this is the third.
+    expect(remaining((await list(tenant.key).expect(200)).headers)).toEqual({ tenant: 5, key: 2 });
+  });
+
+  it('spends none of the daily search quota on a search the rate limit refuses', async () => {
+    const tenant = await freeTenant(stack);
+    const search = () => stack.as(tenant.key, 'post', '/api/search').send({ query: 'harbour', mode: 'keyword' });
+    await search().expect(200);
+    for (let i = 0; i < 4; i++) await list(tenant.key).expect(200);
+    for (let i = 0; i < 3; i++) {
+      const refused = await search();
+      expect(refused.status).toBe(429);
+      expect(refused.body.error.code).toBe('rate_limited');
+    }
+    const usage = await stack.operator('get', '/api/admin/usage', tenant.id).expect(200);
+    expect(usage.body.quotas.searches_per_day.used).toBe(1);
   });
 
   it('does not limit the operator token, nor count its requests against the tenant', async () => {

@@ -1,5 +1,6 @@
 import request from 'supertest';
 import { indexingQueue } from '../../queues';
+import { createApp } from '../../src/http/app';
 import { WorkerRuntime } from '../../workers/runtime';
 import { uniqueName } from '../helpers/databases';
 import { ADMIN_TOKEN, startStack, type TestStack } from '../helpers/harness';
@@ -52,10 +53,39 @@ describe('custom domains (postgres)', () => {
     await on(domain, 'get', '/api/documents', ADMIN_TOKEN).set('X-Tenant-Id', a.slug).expect(200);
   });
 
-  it('takes the host from X-Forwarded-Host when a trusted proxy (loopback) sends it', async () => {
-    const refused = await stack.as(b.key, 'get', '/api/documents').set('X-Forwarded-Host', domain);
-    expect(refused.status).toBe(403);
-    await stack.as(a.key, 'get', '/api/documents').set('X-Forwarded-Host', domain).expect(200);
+  it('binds the domain written with a trailing dot, in any case, with a port, exactly like the plain name', async () => {
+    const titles = (response: request.Response) => response.body.items.map((item: { title: string }) => item.title);
+    for (const host of [`${domain.toUpperCase()}.`, `${domain}.:8080`, `${domain.toUpperCase()}:8443`]) {
+      const refused = await on(host, 'post', '/api/documents', b.key).send({ title: 'Planted', content: 'x' });
+      expect({ host, status: refused.status, message: refused.body.error?.message }).toEqual({ host, status: 403, message: expect.stringContaining(domain) });
+      expect(titles(await on(host, 'get', '/api/documents', a.key).expect(200))).toEqual(['Of A']);
+      // The operator without X-Tenant-Id acts on the domain's tenant, and may not name another.
+      expect(titles(await on(host, 'get', '/api/documents', ADMIN_TOKEN).expect(200))).toEqual(['Of A']);
+      expect((await on(host, 'get', '/api/documents', ADMIN_TOKEN).set('X-Tenant-Id', b.id)).status).toBe(403);
+    }
+    expect(titles(await stack.as(b.key, 'get', '/api/documents').expect(200))).toEqual(['Of B']);
+  });
+
+  it('stores a custom domain in lower case, and refuses one written with a trailing dot or a port', async () => {
+    const other = domainFor('b');
+    for (const written of [`${other}.`, `${other}:8080`]) {
+      const refused = await stack.operator('patch', `/api/admin/tenants/${b.id}`).send({ custom_domain: written });
+      expect({ written, status: refused.status, code: refused.body.error?.code }).toEqual({ written, status: 400, code: 'validation_failed' });
+    }
+    const stored = await stack.operator('patch', `/api/admin/tenants/${b.id}`).send({ custom_domain: other.toUpperCase() }).expect(200);
+    expect(stored.body.custom_domain).toBe(other);
+    await on(`${other}.`, 'get', '/api/documents', b.key).expect(200);
+    expect((await on(`${other}.`, 'get', '/api/documents', a.key)).status).toBe(403);
+    await stack.operator('patch', `/api/admin/tenants/${b.id}`).send({ custom_domain: null }).expect(200);
+  });
+
+  it('takes the host from X-Forwarded-Host only from a proxy TRUST_PROXY names', async () => {
+    // From a peer nobody named, the header is a mere claim: the request's own Host decides.
+    await stack.as(b.key, 'get', '/api/documents').set('X-Forwarded-Host', domain).expect(200);
+    const behindProxy = createApp({ ...stack.platform, config: { ...stack.platform.config, TRUST_PROXY: 'loopback' } });
+    const viaProxy = (key: string) => request(behindProxy).get('/api/documents').set('Authorization', `Bearer ${key}`).set('X-Forwarded-Host', `${domain.toUpperCase()}.`);
+    expect((await viaProxy(b.key)).status).toBe(403);
+    await viaProxy(a.key).expect(200);
   });
 
   it('leaves other hosts alone, and follows a changed domain at once', async () => {

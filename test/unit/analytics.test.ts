@@ -1,31 +1,32 @@
 import { normaliseQuery } from '../../src/domain/analytics/stream';
-import { csvField } from '../../src/http/routes/analytics';
+import { csvField, csvRecord } from '../../src/http/csv';
 import { parseCsv } from '../helpers/csv';
 
 /** The pure parts of search analytics: CSV quoting for exports and query normalisation for rollups. */
 
 describe('csvField', () => {
-  it('leaves plain text bare', () => {
-    expect(csvField('barn owls')).toBe('barn owls');
-    expect(csvField('  spaced  ')).toBe('  spaced  ');
-    expect(csvField('ünïcödé — 日本語')).toBe('ünïcödé — 日本語');
-    expect(csvField('')).toBe('');
+  it('quotes every field, plain text too', () => {
+    expect(csvField('barn owls')).toBe('"barn owls"');
+    expect(csvField('  spaced  ')).toBe('"  spaced  "');
+    expect(csvField('ünïcödé — 日本語')).toBe('"ünïcödé — 日本語"');
+    expect(csvField('')).toBe('""');
   });
 
   it('writes null and undefined as an empty field', () => {
-    expect(csvField(null)).toBe('');
-    expect(csvField(undefined)).toBe('');
+    expect(csvField(null)).toBe('""');
+    expect(csvField(undefined)).toBe('""');
   });
 
-  it('writes numbers, booleans and dates as text, dates in ISO 8601 UTC', () => {
-    expect(csvField(12.5)).toBe('12.5');
-    expect(csvField(0)).toBe('0');
-    expect(csvField(true)).toBe('true');
-    expect(csvField(false)).toBe('false');
-    expect(csvField(new Date('2026-03-01T12:34:56.789Z'))).toBe('2026-03-01T12:34:56.789Z');
+  it('writes numbers, booleans and dates as they are, negative numbers included, dates in ISO 8601 UTC', () => {
+    expect(csvField(12.5)).toBe('"12.5"');
+    expect(csvField(0)).toBe('"0"');
+    expect(csvField(-3)).toBe('"-3"');
+    expect(csvField(true)).toBe('"true"');
+    expect(csvField(false)).toBe('"false"');
+    expect(csvField(new Date('2026-03-01T12:34:56.789Z'))).toBe('"2026-03-01T12:34:56.789Z"');
   });
 
-  it('quotes a field holding a comma, a quote, a CR or an LF, doubling quotes', () => {
+  it('doubles quotes and keeps commas, CRs and LFs inside the quotes', () => {
     expect(csvField('a,b')).toBe('"a,b"');
     expect(csvField('say "hi"')).toBe('"say ""hi"""');
     expect(csvField('"')).toBe('""""');
@@ -34,10 +35,20 @@ describe('csvField', () => {
     expect(csvField('crlf\r\n')).toBe('"crlf\r\n"');
   });
 
+  it('neutralises text a spreadsheet would run as a formula with a leading quote (OWASP)', () => {
+    expect(csvField('=HYPERLINK("http://x","y")')).toBe('"\'=HYPERLINK(""http://x"",""y"")"');
+    expect(csvField('@SUM(1)')).toBe('"\'@SUM(1)"');
+    expect(csvField('+1')).toBe('"\'+1"');
+    expect(csvField('-1+2')).toBe('"\'-1+2"');
+    expect(csvField('\tcmd')).toBe('"\'\tcmd"');
+    expect(csvField('\rcmd')).toBe('"\'\rcmd"');
+    // Only the first character matters.
+    expect(csvField('a=b')).toBe('"a=b"');
+  });
+
   it('round-trips awkward values through an RFC 4180 reader', () => {
-    const values = ['a,b', 'say "hi", twice', '"', '""', '\n', '\r\n', ',', 'x\r\ny,"z"', ' lead', 'trail ', '=1+1', '', 'plain'];
-    const line = `${values.map(csvField).join(',')}\r\n`;
-    expect(parseCsv(line)).toEqual([values]);
+    const values = ['a,b', 'say "hi", twice', '"', '""', '\n', 'a\r\n', ',', 'x\r\ny,"z"', ' lead', 'trail ', '', 'plain'];
+    expect(parseCsv(csvRecord(values))).toEqual([values]);
   });
 });
 

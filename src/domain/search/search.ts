@@ -53,6 +53,8 @@ export interface SearchSettings {
   rrfK: number;
   candidates: number;
   exactScanMaxChunks: number;
+  /** The search statement's own bound, tighter than every statement's; 0: none of its own. */
+  statementTimeoutMs: number;
 }
 
 export interface SearchDeps {
@@ -100,10 +102,27 @@ export async function prepareSearch(deps: SearchDeps, tenantId: string, request:
 }
 
 export async function runStatement(db: Knex, tenantId: string, statement: SearchStatement): Promise<SearchRow[]> {
-  return withTenant(db, tenantId, async (trx) => {
-    for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
-    return (await trx.raw(statement.sql, statement.bindings)).rows;
-  });
+  try {
+    return await withTenant(db, tenantId, async (trx) => {
+      for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
+      return (await trx.raw(statement.sql, statement.bindings)).rows;
+    });
+  } catch (error) {
+    // query_canceled: the search's statement_timeout (or an operator's pg_cancel_backend); the database itself is fine.
+    if ((error as { code?: unknown } | null)?.code === '57014') throw searchTimedOut(statement);
+    throw error;
+  }
+}
+
+function searchTimedOut(statement: SearchStatement): AppError {
+  const bound = statement.settings.find(([name]) => name === 'statement_timeout')?.[1];
+  return new AppError(
+    503,
+    'search_timeout',
+    `The search ran longer than ${bound ? `its ${bound} ms bound` : 'allowed'} and was stopped; try again, or narrow it with filters or a lower limit.`,
+    bound ? { timeout_ms: Number(bound) } : undefined,
+    { 'Retry-After': '5' },
+  );
 }
 
 interface SearchRow {
@@ -174,6 +193,7 @@ export function buildSearchStatement(
   const filters = (alias: string) => documentFilters(b, alias, tenantId, request.filters);
   const candidates = Math.max(settings.candidates, request.limit);
   const sessionSettings: Array<[string, string]> = [];
+  if (settings.statementTimeoutMs > 0) sessionSettings.push(['statement_timeout', String(settings.statementTimeoutMs)]);
 
   if (request.mode !== 'semantic') {
     ctes.push(`kw as (

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
+import { normalHost } from '../hosts';
 import { isUuid, newId } from '../ids';
 import { withTenant } from '../../db/tenant-scope';
 import { paginate, type Page, type PageRequest } from '../pagination';
@@ -76,9 +77,13 @@ export async function findTenant(db: Knex, idOrSlug: string): Promise<Tenant | n
   return row ? toTenant(row) : null;
 }
 
-/** `host` as a custom domain is stored (lower case), or null for names that cannot be one (localhost, addresses): those are never looked up. */
+/**
+ * `host` (a Host header: any case, a port, a trailing dot) as a custom domain
+ * is stored, or null for names that cannot be one (localhost, addresses):
+ * those are never looked up.
+ */
 export function customDomainOf(host: string | undefined): string | null {
-  const name = host?.toLowerCase();
+  const name = normalHost(host);
   return name && /^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/.test(name) ? name : null;
 }
 

@@ -3,22 +3,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse, serialize } from 'cookie';
 import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
-import { RateLimiterRedis } from 'rate-limiter-flexible';
 import { endSession, openSession } from '../../domain/admin/sessions';
 import { recordAudit } from '../../domain/audit/audit';
 import type { Platform } from '../../platform';
 import { sameSecret } from '../../same-secret';
-import { isOperatorToken, presentedSecret } from '../auth';
-import { clearSessionCookie, csrfTokenFor, csrfValid, secureCookies, sessionOf, setSessionCookie } from './session';
+import { isOperatorRequest, isOperatorToken } from '../auth';
+import { clearSessionCookie, csrfTokenFor, csrfValid, provenanceOf, secureCookies, sessionOf, setSessionCookie } from './session';
+import { forgiveSignInAttempt, setDeviceCookie, takeSignInAttempt } from './sign-in-throttle';
 
 export const ADMIN_PATH = '/admin';
 const LOGIN_PATH = `${ADMIN_PATH}/login`;
 /** Pre-session token for the login form (double submit), so another site cannot log a browser in with its own token. */
 const LOGIN_COOKIE = 'rw_login';
 const STATIC_DIR = path.join(__dirname, 'static');
-/** Failed sign-ins one address may make per window before it must wait; successful ones cost nothing. */
-const LOGIN_FAILURES_ALLOWED = 10;
-const LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60;
 
 /** Our pages load only our own scripts, styles and data; nobody may frame them. */
 const PAGE_POLICY = [
@@ -45,8 +42,19 @@ function template(name: string): (values: Record<string, string>) => string {
   return (values) => source.replace(/\{\{(\w+)\}\}/g, (_match, key: string) => escapeHtml(values[key] ?? ''));
 }
 
+/**
+ * `Referrer-Policy: same-origin` rather than helmet's `no-referrer`: under
+ * `no-referrer` browsers send `Origin: null` with our own forms' posts
+ * (sign-in, sign-out), which the CSRF rule must refuse.
+ */
 function sendPage(res: Response, status: number, html: string): void {
-  res.status(status).setHeader('Content-Security-Policy', PAGE_POLICY).setHeader('Cache-Control', 'no-store').type('html').send(html);
+  res
+    .status(status)
+    .setHeader('Content-Security-Policy', PAGE_POLICY)
+    .setHeader('Referrer-Policy', 'same-origin')
+    .setHeader('Cache-Control', 'no-store')
+    .type('html')
+    .send(html);
 }
 
 /**
@@ -59,18 +67,6 @@ export function adminPages(platform: Platform): Router {
   const loginPage = template('login.html');
   const dashboardPage = template('index.html');
   const forms = express.urlencoded({ extended: false, limit: '8kb' });
-  const failedLogins = new RateLimiterRedis({
-    storeClient: platform.redis,
-    keyPrefix: `${platform.config.QUEUE_PREFIX}:admin-login-failures`,
-    points: LOGIN_FAILURES_ALLOWED,
-    duration: LOGIN_FAILURE_WINDOW_SECONDS,
-    rejectIfRedisNotReady: true,
-  });
-  /** Seconds until this address may try again, or 0. Without Redis, sign-in stays possible: the token itself is the defence. */
-  const loginBlockedFor = async (ip: string): Promise<number> => {
-    const state = await failedLogins.get(ip).catch(() => null);
-    return state && state.consumedPoints >= LOGIN_FAILURES_ALLOWED ? Math.max(1, Math.ceil(state.msBeforeNext / 1000)) : 0;
-  };
 
   const renderLogin = (req: Request, res: Response, status: number, error = '') => {
     const loginToken = randomBytes(24).toString('base64url');
@@ -94,11 +90,14 @@ export function adminPages(platform: Platform): Router {
     if (!presented || typeof body.login_token !== 'string' || !sameSecret(presented, body.login_token)) {
       return renderLogin(req, res, 403, 'The form expired or came from another page; please sign in again.');
     }
-    const ip = req.ip ?? 'unknown';
-    const waitSeconds = await loginBlockedFor(ip);
-    if (waitSeconds > 0) {
-      res.setHeader('Retry-After', String(waitSeconds));
-      return renderLogin(req, res, 429, `Too many failed sign-ins from this address; try again in ${Math.ceil(waitSeconds / 60)} minutes.`);
+    if (provenanceOf(req) !== 'own-origin') {
+      return renderLogin(req, res, 403, "This sign-in did not come from this server's own page (behind a proxy, TRUST_PROXY must name it).");
+    }
+    const attempt = await takeSignInAttempt(platform, req);
+    if (!attempt.admitted) {
+      res.setHeader('Retry-After', String(attempt.retryAfterSeconds));
+      const from = attempt.by === 'device' ? 'this browser' : 'this address';
+      return renderLogin(req, res, 429, `Too many failed sign-ins from ${from}; try again in ${Math.ceil(attempt.retryAfterSeconds / 60)} minutes.`);
     }
     const token = typeof body.token === 'string' ? body.token : '';
     const valid = token.length > 0 && isOperatorToken(token, platform.config.ADMIN_TOKEN);
@@ -107,13 +106,14 @@ export function adminPages(platform: Platform): Router {
         req.log?.warn({ err: error }, 'could not record the login in the audit trail'),
       );
     if (!valid) {
-      await failedLogins.penalty(ip).catch(() => undefined);
       await audit('admin.login_failed', 401, null);
       return renderLogin(req, res, 401, 'That is not the operator token.');
     }
+    await forgiveSignInAttempt(platform, attempt);
     const sessionId = await openSession(platform.db.knex, { hours: platform.config.ADMIN_SESSION_HOURS, ip: req.ip ?? null, userAgent: req.get('user-agent') ?? null });
     await audit('admin.login', 303, sessionId);
     setSessionCookie(platform, req, res, sessionId);
+    setDeviceCookie(platform, req, res, attempt.device, LOGIN_PATH);
     res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: LOGIN_PATH, maxAge: 0 }));
     res.redirect(303, nextPath(body.next));
   });
@@ -121,7 +121,7 @@ export function adminPages(platform: Platform): Router {
   router.post(`${ADMIN_PATH}/logout`, forms, async (req, res) => {
     const sessionId = await sessionOf(platform, req);
     const csrf = (req.body as Record<string, unknown> | undefined)?.csrf;
-    if (sessionId && csrfValid(platform, sessionId, typeof csrf === 'string' ? csrf : undefined)) {
+    if (sessionId && csrfValid(platform, sessionId, typeof csrf === 'string' ? csrf : undefined) && provenanceOf(req) === 'own-origin') {
       await endSession(platform.db.knex, sessionId);
       await recordAudit(platform.db.knex, {
         actor: { kind: 'operator', sessionId },
@@ -156,10 +156,8 @@ export function adminPages(platform: Platform): Router {
  */
 export function requireOperatorPage(platform: Platform): RequestHandler {
   return async (req, res, next) => {
-    const secret = presentedSecret(req);
-    if (secret && isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return next();
     try {
-      if (!secret && (await sessionOf(platform, req))) return next();
+      if (await isOperatorRequest(platform, req)) return next();
     } catch (error) {
       return next(error);
     }

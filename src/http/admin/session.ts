@@ -2,6 +2,7 @@ import { createHmac } from 'node:crypto';
 import { parse, serialize } from 'cookie';
 import type { Request, Response } from 'express';
 import { isLiveSession } from '../../domain/admin/sessions';
+import { normalHost } from '../../domain/hosts';
 import { isUuid } from '../../domain/ids';
 import type { Platform } from '../../platform';
 import { sameSecret } from '../../same-secret';
@@ -18,7 +19,8 @@ import { sameSecret } from '../../same-secret';
 export const SESSION_COOKIE = 'rw_admin';
 
 const keyOf = (platform: Platform) => createHmac('sha256', platform.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
-const mac = (platform: Platform, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
+/** HMAC of `purpose:id` under a key derived from ADMIN_TOKEN: a new token voids everything signed with the old one. */
+export const mac = (platform: Platform, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
 
 export function csrfTokenFor(platform: Platform, sessionId: string): string {
   return mac(platform, 'csrf', sessionId);
@@ -65,17 +67,32 @@ export async function sessionOf(platform: Platform, req: Request): Promise<strin
   return (await isLiveSession(platform.db.knex, id)) ? id : null;
 }
 
+/** Where a browser says a request comes from: a page of this server's origin, anywhere else, or nothing said (not a browser). */
+export type Provenance = 'own-origin' | 'elsewhere' | 'unstated';
+
 /**
- * A change arriving with the session cookie must come from our own pages:
- * the CSRF token must match, and a browser-sent Origin must be this host.
+ * The one rule for "this change comes from our own pages" (docs/operations.md,
+ * "Operator dashboard → CSRF"). `Origin`, when sent, must be this server's
+ * origin: scheme, host and port, with the scheme and host as a trusted
+ * proxy reports them (TRUST_PROXY); `Origin: null` is elsewhere. Without
+ * it, `Sec-Fetch-Site` decides (`same-origin` only); without both, the
+ * origin of `Referer`. A request with none of the three says nothing.
  */
-export function sameOriginChange(req: Request): boolean {
+export function provenanceOf(req: Request): Provenance {
   const origin = req.get('origin');
-  if (origin === undefined) return req.get('sec-fetch-site') === undefined || req.get('sec-fetch-site') === 'same-origin';
-  try {
-    // req.host: the Host a trusted proxy forwarded (X-Forwarded-Host), else the request's own.
-    return new URL(origin).host === req.host;
-  } catch {
-    return false;
-  }
+  if (origin !== undefined) return isOwnOrigin(req, origin) ? 'own-origin' : 'elsewhere';
+  const site = req.get('sec-fetch-site');
+  if (site !== undefined) return site === 'same-origin' ? 'own-origin' : 'elsewhere';
+  const referer = req.get('referer');
+  if (referer !== undefined) return isOwnOrigin(req, referer) ? 'own-origin' : 'elsewhere';
+  return 'unstated';
+}
+
+/** Whether `url` (an Origin or a Referer) has this server's scheme, host and port; hosts compared normalised. */
+function isOwnOrigin(req: Request, url: string): boolean {
+  if (!URL.canParse(url) || !req.host || !URL.canParse(`${req.protocol}://${req.host}`)) return false;
+  const theirs = new URL(url);
+  const ours = new URL(`${req.protocol}://${req.host}`);
+  // URL leaves out a scheme's default port: http://h and http://h:80 are one origin.
+  return theirs.protocol === ours.protocol && theirs.port === ours.port && normalHost(theirs.hostname) === normalHost(ours.hostname);
 }

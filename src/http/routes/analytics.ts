@@ -11,6 +11,7 @@ import {
   trendingQueries,
   userActivity,
 } from '../../domain/analytics/reports';
+import { csvRecord } from '../csv';
 import type { Api } from '../route';
 import { safeString } from '../schemas';
 
@@ -23,13 +24,6 @@ const instant = z.iso.datetime({ offset: true }).refine((value) => {
   const year = new Date(value).getUTCFullYear();
   return year >= 1970 && year <= 9999;
 }, 'must be between 1970 and 9999');
-
-/** One CSV field: quoted when it holds a comma, quote or line break, quotes doubled (RFC 4180). */
-export function csvField(value: unknown): string {
-  if (value === null || value === undefined) return '';
-  const text = value instanceof Date ? value.toISOString() : String(value);
-  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
 
 /**
  * Writes respecting back-pressure: a slow client slows the export, memory
@@ -55,13 +49,13 @@ async function write(res: Response, chunk: string): Promise<boolean> {
 
 export function analyticsRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/analytics/popular', summary: 'Most searched queries', tag, auth,
+    method: 'get', path: '/api/admin/analytics/popular', operationId: 'getPopularQueries', summary: 'Most searched queries', tag, auth,
     query: z.object({ limit, days }),
     responses: { 200: { description: 'Queries with their search counts' } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await popularQueries(platform.db.knex, ctx.tenant!.id, query) } }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/trending', summary: 'Week-over-week growth; the formula is in the reply', tag, auth,
+    method: 'get', path: '/api/admin/analytics/trending', operationId: 'getTrendingQueries', summary: 'Week-over-week growth; the formula is in the reply', tag, auth,
     query: z.object({ limit }),
     responses: { 200: { description: 'Growing queries, with this and last week’s counts' } },
     handler: async ({ query, ctx, platform }) => ({
@@ -70,25 +64,25 @@ export function analyticsRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/no-results', summary: 'Queries that found nothing', tag, auth,
+    method: 'get', path: '/api/admin/analytics/no-results', operationId: 'getNoResultQueries', summary: 'Queries that found nothing', tag, auth,
     query: z.object({ limit, days }),
     responses: { 200: { description: 'Queries with their counts of empty searches' } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await noResultQueries(platform.db.knex, ctx.tenant!.id, query) } }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/stats', summary: 'Totals: searches, unique queries and users, latency, results, modes, cache hit ratio, click-through rate', tag, auth,
+    method: 'get', path: '/api/admin/analytics/stats', operationId: 'getSearchStats', summary: 'Totals: searches, unique queries and users, latency, results, modes, cache hit ratio, click-through rate', tag, auth,
     query: z.object({ days }),
     responses: { 200: { description: 'Totals' } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: await searchStats(platform.db.knex, ctx.tenant!.id, query.days) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/timeseries', summary: 'Searches per hour or day, empty buckets included', tag, auth,
+    method: 'get', path: '/api/admin/analytics/timeseries', operationId: 'getSearchTimeseries', summary: 'Searches per hour or day, empty buckets included', tag, auth,
     query: z.object({ start: instant, end: instant, interval: z.enum(['hour', 'day']).default('hour') }),
     responses: { 200: { description: 'Buckets' } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: await searchTimeseries(platform.db.knex, ctx.tenant!.id, query) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/users/:user_id', summary: "One user's searching", tag, auth,
+    method: 'get', path: '/api/admin/analytics/users/:user_id', operationId: 'getUserSearchActivity', summary: "One user's searching", tag, auth,
     params: z.object({ user_id: safeString({ min: 1, max: 200 }) }),
     query: z.object({ days }),
     responses: { 200: { description: 'Totals, favourite mode and top terms' } },
@@ -98,7 +92,7 @@ export function analyticsRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'get', path: '/api/admin/analytics/export', summary: 'Raw search events as CSV or JSON, streamed', tag, auth,
+    method: 'get', path: '/api/admin/analytics/export', operationId: 'exportSearchEvents', summary: 'Raw search events as CSV or JSON, streamed', tag, auth,
     query: z.object({ format: z.enum(['csv', 'json']).default('json'), start: instant, end: instant }),
     responses: { 200: { description: 'The events (text/csv or application/json)' } },
     handler: async ({ query, ctx, platform }) => {
@@ -114,9 +108,9 @@ export function analyticsRoutes(api: Api): void {
         },
         stream: async (res) => {
           if (query.format === 'csv') {
-            if (!(await write(res, `${EXPORT_COLUMNS.join(',')}\r\n`))) return;
+            if (!(await write(res, csvRecord(EXPORT_COLUMNS)))) return;
             for await (const row of rows) {
-              if (!(await write(res, `${EXPORT_COLUMNS.map((column) => csvField(row[column])).join(',')}\r\n`))) return;
+              if (!(await write(res, csvRecord(EXPORT_COLUMNS.map((column) => row[column]))))) return;
             }
             return;
           }

@@ -25,7 +25,7 @@ const auditRecordSchema = z.object({
 
 export function auditRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/audit', summary: 'Who changed what, newest first: operator and admin-scope mutations, refused ones included', tag,
+    method: 'get', path: '/api/admin/audit', operationId: 'listAuditEntries', summary: 'Who changed what, newest first: operator and admin-scope mutations, refused ones included', tag,
     auth: { scope: 'admin', tenant: 'optional' },
     query: listQuery.extend({
       actor_kind: z.enum(['operator', 'key']).optional(),

@@ -10,7 +10,7 @@ const tierStats = z.object({ hits: z.number(), misses: z.number(), sets: z.numbe
 
 export function cacheRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/cache/stats', summary: "This process's search cache: hits, misses, sets, evictions and hit ratio per tier", tag, auth: 'operator',
+    method: 'get', path: '/api/admin/cache/stats', operationId: 'getCacheStats', summary: "This process's search cache: hits, misses, sets, evictions and hit ratio per tier", tag, auth: 'operator',
     responses: {
       200: {
         description: 'Cache statistics of the process that answered',
@@ -27,7 +27,7 @@ export function cacheRoutes(api: Api): void {
     handler: async ({ platform }) => ({ status: 200, body: platform.cache.stats() }),
   });
   api.add({
-    method: 'post', path: '/api/admin/cache/invalidate', summary: "Invalidate one tenant's cached searches, or every tenant's", tag, auth: 'operator',
+    method: 'post', path: '/api/admin/cache/invalidate', operationId: 'invalidateCache', summary: "Invalidate one tenant's cached searches, or every tenant's", tag, auth: 'operator',
     body: z.object({ tenant_id: safeString({ min: 1, max: 100 }).optional().describe('Tenant id or slug; absent: every tenant') }).strict(),
     responses: { 200: { description: 'What was invalidated', schema: z.object({ tenants: z.number().int(), generation: z.number().int().optional() }) }, 404: { description: 'No such tenant' } },
     audit: { action: 'cache.invalidate', target: ({ body }) => body?.tenant_id, targetsTenant: true, details: ({ reply }) => ({ tenants: replied(reply, 'tenants') }) },

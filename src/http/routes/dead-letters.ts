@@ -68,7 +68,7 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
   deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger);
 
   api.add({
-    method: 'get', path: '/api/admin/dead-letters', summary: 'Dead letters (jobs that failed for good), newest first', tag, auth: deadLettersAuth,
+    method: 'get', path: '/api/admin/dead-letters', operationId: 'listDeadLetters', summary: 'Dead letters (jobs that failed for good), newest first', tag, auth: deadLettersAuth,
     query: listQuery.extend({ ...filterFields, state: z.enum(DEAD_LETTER_STATES).default('open') }),
     responses: { 200: { description: 'A page of dead letters', schema: z.object({ items: z.array(deadLetterSchema), next_cursor: z.string().nullable() }) } },
     handler: async ({ query, ctx, platform }) => {
@@ -77,7 +77,7 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/dead-letters/:id', summary: "A dead letter with its stack trace and its job's current state", tag, auth: deadLettersAuth,
+    method: 'get', path: '/api/admin/dead-letters/:id', operationId: 'getDeadLetter', summary: "A dead letter with its stack trace and its job's current state", tag, auth: deadLettersAuth,
     params: idParams,
     responses: {
       200: {
@@ -98,7 +98,7 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/dead-letters/:id/redrive', summary: 'Run the work of one dead letter again on its source queue', tag, auth: deadLettersAuth,
+    method: 'post', path: '/api/admin/dead-letters/:id/redrive', operationId: 'redriveDeadLetter', summary: 'Run the work of one dead letter again on its source queue', tag, auth: deadLettersAuth,
     params: idParams,
     responses: {
       200: { description: 'Redriven', schema: z.object({ dead_letter: deadLetterSchema, method: z.enum(['retried', 'requeued', 'already_queued']) }) },
@@ -109,7 +109,7 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
     handler: async ({ params, ctx, platform }) => ({ status: 200, body: await redriveDeadLetter(redriveDeps(platform), ctx.tenant?.id, params.id) }),
   });
   api.add({
-    method: 'post', path: '/api/admin/dead-letters/redrive', summary: `Redrive the open dead letters matching a filter, oldest first, at most ${REDRIVE_LIMIT} per request; dry run counts only`, tag,
+    method: 'post', path: '/api/admin/dead-letters/redrive', operationId: 'redriveDeadLetters', summary: `Redrive the open dead letters matching a filter, oldest first, at most ${REDRIVE_LIMIT} per request; dry run counts only`, tag,
     auth: deadLettersAuth,
     body: bulkBody,
     responses: {
@@ -130,14 +130,14 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
     },
   });
   api.add({
-    method: 'delete', path: '/api/admin/dead-letters/:id', summary: 'Discard one dead letter: it stays, as history, no longer open', tag, auth: deadLettersAuth,
+    method: 'delete', path: '/api/admin/dead-letters/:id', operationId: 'discardDeadLetter', summary: 'Discard one dead letter: it stays, as history, no longer open', tag, auth: deadLettersAuth,
     params: idParams,
     responses: { 200: { description: 'Discarded', schema: deadLetterSchema }, 404: { description: 'No such dead letter' }, 409: { description: 'Not open' } },
     audit: { action: 'dead_letter.discard' },
     handler: async ({ params, ctx, platform }) => ({ status: 200, body: await discardDeadLetter(platform.db.knex, ctx.tenant?.id, params.id) }),
   });
   api.add({
-    method: 'post', path: '/api/admin/dead-letters/discard', summary: 'Discard the open dead letters matching a filter; dry run counts only', tag, auth: deadLettersAuth,
+    method: 'post', path: '/api/admin/dead-letters/discard', operationId: 'discardDeadLetters', summary: 'Discard the open dead letters matching a filter; dry run counts only', tag, auth: deadLettersAuth,
     body: bulkBody,
     responses: { 200: { description: 'Counts', schema: z.object({ matched: z.number().int(), discarded: z.number().int() }) } },
     audit: { action: 'dead_letter.discard_matching', details: bulkDetails('discarded') },

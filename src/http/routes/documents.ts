@@ -42,7 +42,7 @@ async function invalidateCache(platform: Platform, tenantId: string): Promise<vo
 
 export function documentRoutes(api: Api): void {
   api.add({
-    method: 'post', path: '/api/documents', summary: 'Add a document; it is indexed asynchronously', tag, auth: write,
+    method: 'post', path: '/api/documents', operationId: 'createDocument', summary: 'Add a document; it is indexed asynchronously', tag, auth: write,
     body: documentInput,
     responses: {
       202: { description: 'Accepted and queued for indexing', schema: documentSummarySchema },
@@ -57,7 +57,7 @@ export function documentRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/documents/batch', summary: 'Add 1 to 1000 documents as one index job', tag, auth: write,
+    method: 'post', path: '/api/documents/batch', operationId: 'createDocuments', summary: 'Add 1 to 1000 documents as one index job', tag, auth: write,
     body: documentBatch,
     responses: { 202: { description: 'Accepted', schema: z.object({ items: z.array(documentSummarySchema), job_id: z.uuid() }) } },
     audit: { action: 'document.create_batch', target: ({ reply }) => replied(reply, 'job_id') as string | undefined, details: ({ body }) => ({ documents: body?.documents.length }) },
@@ -69,7 +69,7 @@ export function documentRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/documents', summary: 'List documents (without content)', tag, auth: read,
+    method: 'get', path: '/api/documents', operationId: 'listDocuments', summary: 'List documents (without content)', tag, auth: read,
     query: documentListQuery,
     responses: { 200: { description: 'A page of documents', schema: documentPage } },
     handler: async ({ query, ctx, platform }) => {
@@ -78,13 +78,13 @@ export function documentRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/documents/:id', summary: 'Get a document with its indexing state', tag, auth: read,
+    method: 'get', path: '/api/documents/:id', operationId: 'getDocument', summary: 'Get a document with its indexing state', tag, auth: read,
     params: idParams,
     responses: { 200: { description: 'The document', schema: documentDetailSchema }, 404: { description: 'No such document' } },
     handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getDocument(platform.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
-    method: 'patch', path: '/api/documents/:id', summary: 'Change a document; new title or content is re-indexed', tag, auth: write,
+    method: 'patch', path: '/api/documents/:id', operationId: 'updateDocument', summary: 'Change a document; new title or content is re-indexed', tag, auth: write,
     params: idParams, body: documentPatch,
     responses: {
       200: { description: 'Changed; no re-indexing needed', schema: documentSummarySchema },
@@ -102,7 +102,7 @@ export function documentRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'delete', path: '/api/documents/:id', summary: 'Delete a document and its chunks', tag, auth: write,
+    method: 'delete', path: '/api/documents/:id', operationId: 'deleteDocument', summary: 'Delete a document and its chunks', tag, auth: write,
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
     audit: { action: 'document.delete' },
@@ -113,7 +113,7 @@ export function documentRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/stats', summary: "The tenant's documents, chunks, index jobs and searches", tag, auth: read,
+    method: 'get', path: '/api/stats', operationId: 'getTenantStats', summary: "The tenant's documents, chunks, index jobs and searches", tag, auth: read,
     responses: { 200: { description: 'Counts' } },
     handler: async ({ ctx, platform }) => {
       const [stats, searches] = await Promise.all([

@@ -9,7 +9,7 @@ const write = { scope: 'documents:write', tenant: 'required' } as const;
 
 export function indexingRoutes(api: Api): void {
   api.add({
-    method: 'post', path: '/api/index', summary: 'Index one document (again with force_reindex)', tag, auth: write,
+    method: 'post', path: '/api/index', operationId: 'indexDocument', summary: 'Index one document (again with force_reindex)', tag, auth: write,
     audit: { action: 'document.index', target: ({ body }) => body?.document_id },
     body: indexRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'No such document' } },
@@ -19,7 +19,7 @@ export function indexingRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'post', path: '/api/index/batch', summary: 'Index up to 1000 documents as one job', tag, auth: write,
+    method: 'post', path: '/api/index/batch', operationId: 'indexDocuments', summary: 'Index up to 1000 documents as one job', tag, auth: write,
     audit: { action: 'document.index_batch', details: ({ body }) => ({ documents: body?.document_ids.length }) },
     body: indexBatchRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'Some documents do not exist' } },
@@ -29,7 +29,7 @@ export function indexingRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'get', path: '/api/index/jobs', summary: 'List index jobs', tag, auth: read,
+    method: 'get', path: '/api/index/jobs', operationId: 'listIndexJobs', summary: 'List index jobs', tag, auth: read,
     query: indexJobListQuery,
     responses: { 200: { description: 'A page of index jobs', schema: indexJobPage } },
     handler: async ({ query, ctx, platform }) => {
@@ -38,13 +38,13 @@ export function indexingRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/index/jobs/:id', summary: 'An index job with its progress and per-document outcome', tag, auth: read,
+    method: 'get', path: '/api/index/jobs/:id', operationId: 'getIndexJob', summary: 'An index job with its progress and per-document outcome', tag, auth: read,
     params: idParams,
     responses: { 200: { description: 'The index job', schema: indexJobDetailSchema }, 404: { description: 'No such job' } },
     handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getIndexJob(platform.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
-    method: 'post', path: '/api/index/jobs/:id/cancel', summary: 'Cancel a queued or running index job', tag, auth: write,
+    method: 'post', path: '/api/index/jobs/:id/cancel', operationId: 'cancelIndexJob', summary: 'Cancel a queued or running index job', tag, auth: write,
     audit: { action: 'index_job.cancel', target: ({ params }) => params?.id },
     params: idParams,
     responses: {

@@ -53,12 +53,12 @@ function rerunAsRedrive(platform: Platform, queue: string) {
 
 export function jobRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/queues', summary: 'Every queue with its counts, oldest waiting age and workers', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/queues', operationId: 'listQueues', summary: 'Every queue with its counts, oldest waiting age and workers', tag, auth: 'operator',
     responses: { 200: { description: 'Queues', schema: z.array(queueSchema) } },
     handler: async ({ platform }) => ({ status: 200, body: await platform.queueAdmin.overview() }),
   });
   api.add({
-    method: 'get', path: '/api/admin/jobs', summary: 'Jobs in a state, newest first', tag, auth: jobsAuth,
+    method: 'get', path: '/api/admin/jobs', operationId: 'listJobs', summary: 'Jobs in a state, newest first', tag, auth: jobsAuth,
     query: z.object({
       queue: queueName.optional(),
       state: z.enum(JOB_STATES).default('failed'),
@@ -71,7 +71,7 @@ export function jobRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'get', path: '/api/admin/jobs/:queue/:id', summary: 'A job with its data (secrets redacted), stack trace and logs', tag, auth: jobsAuth,
+    method: 'get', path: '/api/admin/jobs/:queue/:id', operationId: 'getJob', summary: 'A job with its data (secrets redacted), stack trace and logs', tag, auth: jobsAuth,
     params: jobParams,
     responses: { 200: { description: 'The job' }, 404: { description: 'No such job' } },
     handler: async ({ params, ctx, platform }) => {
@@ -83,7 +83,7 @@ export function jobRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/jobs/:queue/:id/retry', summary: 'Retry one failed job', tag, auth: jobsAuth,
+    method: 'post', path: '/api/admin/jobs/:queue/:id/retry', operationId: 'retryJob', summary: 'Retry one failed job', tag, auth: jobsAuth,
     params: jobParams,
     responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
     audit: { action: 'job.retry', target: ({ params }) => params && `${params.queue}/${params.id}` },
@@ -95,7 +95,7 @@ export function jobRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/queues/:queue/retry-failed', summary: 'Retry failed jobs, optionally filtered by reason; dry run counts only', tag, auth: jobsAuth,
+    method: 'post', path: '/api/admin/queues/:queue/retry-failed', operationId: 'retryFailedJobs', summary: 'Retry failed jobs, optionally filtered by reason; dry run counts only', tag, auth: jobsAuth,
     params: queueParams,
     body: z.object({ dry_run: z.boolean().default(false), failed_reason_contains: safeString({ min: 1, max: 500 }).optional() }).strict(),
     responses: { 200: { description: 'Counts', schema: z.object({ matched: z.number().int(), retried: z.number().int() }) } },
@@ -118,7 +118,7 @@ export function jobRoutes(api: Api): void {
   });
   for (const action of ['pause', 'resume'] as const) {
     api.add({
-      method: 'post', path: `/api/admin/queues/:queue/${action}`, summary: `${action === 'pause' ? 'Pause' : 'Resume'} a queue for every worker`, tag, auth: 'operator',
+      method: 'post', path: `/api/admin/queues/:queue/${action}`, operationId: `${action}Queue`, summary: `${action === 'pause' ? 'Pause' : 'Resume'} a queue for every worker`, tag, auth: 'operator',
       params: queueParams,
       responses: { 200: { description: 'The queue', schema: queueSchema } },
       audit: { action: `queue.${action}`, target: ({ params }) => params?.queue },
@@ -130,7 +130,7 @@ export function jobRoutes(api: Api): void {
     });
   }
   api.add({
-    method: 'get', path: '/api/admin/stats', summary: 'Platform-wide counts', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/stats', operationId: 'getPlatformStats', summary: 'Platform-wide counts', tag, auth: 'operator',
     responses: {
       200: {
         description: 'Counts',

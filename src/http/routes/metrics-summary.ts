@@ -27,7 +27,7 @@ const summarySchema = z.object({
 
 export function metricsSummaryRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/metrics/summary', tag: 'Operations', auth: 'operator',
+    method: 'get', path: '/api/admin/metrics/summary', operationId: 'getMetricsSummary', tag: 'Operations', auth: 'operator',
     summary: "This process's request rate, p95 latency, error rates and job throughput over the last 5 minutes (Prometheus covers every process)",
     responses: { 200: { description: 'The summary; rates are null while nothing was measured', schema: summarySchema } },
     handler: async ({ platform }) => {

@@ -76,22 +76,24 @@ async function runSearch(platform: Platform, ctx: RequestContext, request: Searc
 
 export function searchRoutes(api: Api): void {
   api.add({
-    method: 'post', path: '/api/search', summary: 'Search by keyword, meaning, or both (hybrid, the default)', tag, auth,
+    method: 'post', path: '/api/search', operationId: 'search', summary: 'Search by keyword, meaning, or both (hybrid, the default)', tag, auth,
     // A read sent as POST: nothing changes, so nothing to audit.
     audit: false,
     body: searchBody,
     responses: {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
       501: { description: 'Semantic or hybrid search without pgvector' },
+      503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
     handler: ({ body, ctx, platform, req }) => runSearch(platform, ctx, body, userOf(req, body.user_id)),
   });
   api.add({
-    method: 'get', path: '/api/search', summary: 'Search with query parameters', tag, auth,
+    method: 'get', path: '/api/search', operationId: 'searchByQueryString', summary: 'Search with query parameters', tag, auth,
     query: searchQuery,
     responses: {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
       501: { description: 'Semantic or hybrid search without pgvector' },
+      503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
     handler: ({ query, ctx, platform, req }) =>
       runSearch(platform, ctx, {
@@ -102,7 +104,7 @@ export function searchRoutes(api: Api): void {
       }, userOf(req, undefined)),
   });
   api.add({
-    method: 'post', path: '/api/search/click', summary: 'Record a click on a search result (for click-through rate)', tag, auth,
+    method: 'post', path: '/api/search/click', operationId: 'recordSearchClick', summary: 'Record a click on a search result (for click-through rate)', tag, auth,
     // Analytics, not administration.
     audit: false,
     body: z.object({ query_id: z.uuid(), document_id: z.uuid(), position: z.number().int().min(1).max(1000) }).strict(),

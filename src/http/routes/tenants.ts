@@ -28,33 +28,33 @@ const tag = 'Tenants and keys';
 
 export function tenantRoutes(api: Api): void {
   api.add({
-    method: 'post', path: '/api/admin/tenants', summary: 'Create a tenant', tag, auth: 'operator',
+    method: 'post', path: '/api/admin/tenants', operationId: 'createTenant', summary: 'Create a tenant', tag, auth: 'operator',
     body: tenantCreate,
     responses: { 201: { description: 'The tenant', schema: tenantSchema }, 409: { description: 'Slug or domain taken' } },
     audit: { action: 'tenant.create', target: repliedId, targetsTenant: true, details: ({ body }) => body && { slug: body.slug, tier: body.tier } },
     handler: async ({ body, platform }) => ({ status: 201, body: await createTenant(platform.db.knex, body) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/tenants', summary: 'List tenants', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/tenants', operationId: 'listTenants', summary: 'List tenants', tag, auth: 'operator',
     query: listQuery,
     responses: { 200: { description: 'A page of tenants', schema: tenantPage } },
     handler: async ({ query, platform }) => ({ status: 200, body: await listTenants(platform.db.knex, query) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/tenants/:id', summary: 'Get a tenant by id or slug', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/tenants/:id', operationId: 'getTenant', summary: 'Get a tenant by id or slug', tag, auth: 'operator',
     params: idOrSlugParams,
     responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
     handler: async ({ params, platform }) => ({ status: 200, body: await getTenant(platform.db.knex, params.id) }),
   });
   api.add({
-    method: 'patch', path: '/api/admin/tenants/:id', summary: 'Change a tenant', tag, auth: 'operator',
+    method: 'patch', path: '/api/admin/tenants/:id', operationId: 'updateTenant', summary: 'Change a tenant', tag, auth: 'operator',
     params: idOrSlugParams, body: tenantPatch,
     responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' }, 409: { description: 'Slug or domain taken' } },
     audit: { action: 'tenant.update', targetsTenant: true, details: ({ body }) => (body?.quotas ? { quotas: Object.keys(body.quotas).sort() } : undefined) },
     handler: async ({ params, body, platform }) => ({ status: 200, body: await updateTenant(platform.db.knex, params.id, body) }),
   });
   api.add({
-    method: 'delete', path: '/api/admin/tenants/:id', summary: 'Delete a tenant and everything it owns', tag, auth: 'operator',
+    method: 'delete', path: '/api/admin/tenants/:id', operationId: 'deleteTenant', summary: 'Delete a tenant and everything it owns', tag, auth: 'operator',
     params: idOrSlugParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such tenant' } },
     audit: { action: 'tenant.delete', targetsTenant: true },
@@ -66,7 +66,7 @@ export function tenantRoutes(api: Api): void {
   });
   for (const [action, status] of [['suspend', 'suspended'], ['resume', 'active']] as const) {
     api.add({
-      method: 'post', path: `/api/admin/tenants/:id/${action}`, summary: `${action === 'suspend' ? 'Suspend' : 'Resume'} a tenant`, tag, auth: 'operator',
+      method: 'post', path: `/api/admin/tenants/:id/${action}`, operationId: `${action}Tenant`, summary: `${action === 'suspend' ? 'Suspend' : 'Resume'} a tenant`, tag, auth: 'operator',
       params: idOrSlugParams,
       responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
       audit: { action: `tenant.${action}`, targetsTenant: true },
@@ -86,7 +86,7 @@ export function tenantRoutes(api: Api): void {
 
   const keysAuth = { scope: 'keys:manage', tenant: 'required' } as const;
   api.add({
-    method: 'post', path: '/api/admin/api-keys', summary: 'Create an API key (the key is shown only here)', tag, auth: keysAuth,
+    method: 'post', path: '/api/admin/api-keys', operationId: 'createApiKey', summary: 'Create an API key (the key is shown only here)', tag, auth: keysAuth,
     body: apiKeyCreate,
     responses: { 201: { description: 'The key, with its secret', schema: apiKeyCreated } },
     // The scopes handed out are the point of the record; the secret in the reply never is.
@@ -103,7 +103,7 @@ export function tenantRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/api-keys', summary: 'List active API keys', tag, auth: keysAuth,
+    method: 'get', path: '/api/admin/api-keys', operationId: 'listApiKeys', summary: 'List active API keys', tag, auth: keysAuth,
     query: listQuery,
     responses: { 200: { description: 'A page of keys, without secrets', schema: apiKeyPage } },
     handler: async ({ query, ctx, platform }) => {
@@ -112,7 +112,7 @@ export function tenantRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'delete', path: '/api/admin/api-keys/:id', summary: 'Revoke an API key, effective at once', tag, auth: keysAuth,
+    method: 'delete', path: '/api/admin/api-keys/:id', operationId: 'revokeApiKey', summary: 'Revoke an API key, effective at once', tag, auth: keysAuth,
     params: idParams,
     responses: { 204: { description: 'Revoked' }, 404: { description: 'No such key' } },
     audit: { action: 'api_key.revoke' },

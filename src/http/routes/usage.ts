@@ -5,9 +5,9 @@ import { latestReconciliation } from '../../domain/usage/reconcile';
 import { billingStatement, MAX_BILLING_DAYS, usageSnapshot, type BillingStatement } from '../../domain/usage/report';
 import { getTenant, type Tenant } from '../../domain/tenants/tenants';
 import type { Platform } from '../../platform';
+import { csvRecord } from '../csv';
 import type { Api } from '../route';
 import { idOrSlugParams } from '../schemas';
-import { csvField } from './analytics';
 
 const tag = 'Usage and billing';
 
@@ -78,7 +78,7 @@ function billingCsv(statement: BillingStatement): string {
   const records: unknown[][] = [[...BILLING_COLUMNS]];
   for (const usage of statement.days) records.push(BILLING_COLUMNS.map((column) => usage[column]));
   records.push(BILLING_COLUMNS.map((column) => (column === 'day' ? 'total' : column === 'closed' ? statement.final : column in statement.totals ? statement.totals[column as keyof BillingStatement['totals']] : null)));
-  return records.map((record) => `${record.map(csvField).join(',')}\r\n`).join('');
+  return records.map(csvRecord).join('');
 }
 
 async function snapshotOf(platform: Platform, tenant: Tenant) {
@@ -87,19 +87,19 @@ async function snapshotOf(platform: Platform, tenant: Tenant) {
 
 export function usageRoutes(api: Api): void {
   api.add({
-    method: 'get', path: '/api/admin/usage', summary: "The tenant's current use of each quota against its limits", tag,
+    method: 'get', path: '/api/admin/usage', operationId: 'getUsage', summary: "The tenant's current use of each quota against its limits", tag,
     auth: { scope: 'analytics:read', tenant: 'required' },
     responses: { 200: { description: 'Used, limit and remaining per quota, and today’s rollup', schema: usageSnapshotSchema } },
     handler: async ({ ctx, platform }) => ({ status: 200, body: await snapshotOf(platform, ctx.tenant!) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/tenants/:id/usage', summary: "A tenant's current use of each quota against its limits", tag, auth: 'operator',
+    method: 'get', path: '/api/admin/tenants/:id/usage', operationId: 'getTenantUsage', summary: "A tenant's current use of each quota against its limits", tag, auth: 'operator',
     params: idOrSlugParams,
     responses: { 200: { description: 'Used, limit and remaining per quota, and today’s rollup', schema: usageSnapshotSchema }, 404: { description: 'No such tenant' } },
     handler: async ({ params, platform }) => ({ status: 200, body: await snapshotOf(platform, await getTenant(platform.db.knex, params.id)) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/tenants/:id/billing', summary: 'Daily usage over a period with totals, as JSON or CSV', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/tenants/:id/billing', operationId: 'getTenantBilling', summary: 'Daily usage over a period with totals, as JSON or CSV', tag, auth: 'operator',
     params: idOrSlugParams,
     query: z.object({
       start: day.describe('first UTC day, included'),
@@ -128,7 +128,7 @@ export function usageRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/usage/reconciliation', summary: 'The last nightly comparison of closed usage days with the raw data', tag, auth: 'operator',
+    method: 'get', path: '/api/admin/usage/reconciliation', operationId: 'getUsageReconciliation', summary: 'The last nightly comparison of closed usage days with the raw data', tag, auth: 'operator',
     responses: { 200: { description: 'Drift per counter and the drifting tenant-days', schema: reconciliationSchema }, 404: { description: 'No reconciliation has run yet' } },
     handler: async ({ platform }) => {
       const report = await latestReconciliation(platform.db.knex);

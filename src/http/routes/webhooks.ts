@@ -82,7 +82,7 @@ const deliveryParams = z.object({ id: z.uuid(), delivery_id: z.uuid() });
 export function webhookRoutes(api: Api): void {
   // Before /:id, which would otherwise take "event-types" for an id.
   api.add({
-    method: 'get', path: '/api/admin/webhooks/event-types', summary: 'Every event type an endpoint can subscribe to', tag,
+    method: 'get', path: '/api/admin/webhooks/event-types', operationId: 'listWebhookEventTypes', summary: 'Every event type an endpoint can subscribe to', tag,
     auth: { scope: 'webhooks:manage', tenant: 'optional' },
     responses: { 200: { description: 'Event types', schema: z.object({ items: z.array(z.object({ type: eventType, description: z.string() })) }) } },
     handler: async () => ({
@@ -91,7 +91,7 @@ export function webhookRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'post', path: '/api/admin/webhooks', summary: 'Add an endpoint (its signing secret is shown only here)', tag, auth,
+    method: 'post', path: '/api/admin/webhooks', operationId: 'createWebhook', summary: 'Add an endpoint (its signing secret is shown only here)', tag, auth,
     body: endpointInput,
     responses: { 201: { description: 'The endpoint, with its secret', schema: endpointWithSecret }, 403: { description: 'Endpoint quota reached' } },
     // Not the URL: one can carry credentials in its query or user part.
@@ -102,19 +102,19 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/webhooks', summary: 'List endpoints with their health', tag, auth,
+    method: 'get', path: '/api/admin/webhooks', operationId: 'listWebhooks', summary: 'List endpoints with their health', tag, auth,
     query: listQuery,
     responses: { 200: { description: 'A page of endpoints', schema: z.object({ items: z.array(endpointSchema), next_cursor: z.string().nullable() }) } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: await listEndpoints(platform.db.knex, ctx.tenant!.id, query) }),
   });
   api.add({
-    method: 'get', path: '/api/admin/webhooks/:id', summary: 'An endpoint with its health', tag, auth,
+    method: 'get', path: '/api/admin/webhooks/:id', operationId: 'getWebhook', summary: 'An endpoint with its health', tag, auth,
     params: idParams,
     responses: { 200: { description: 'The endpoint', schema: endpointSchema }, 404: { description: 'No such endpoint' } },
     handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getEndpoint(platform.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
-    method: 'patch', path: '/api/admin/webhooks/:id', summary: 'Change an endpoint; `enabled: true` re-enables a disabled one', tag, auth,
+    method: 'patch', path: '/api/admin/webhooks/:id', operationId: 'updateWebhook', summary: 'Change an endpoint; `enabled: true` re-enables a disabled one', tag, auth,
     params: idParams, body: endpointPatch,
     responses: { 200: { description: 'The endpoint', schema: endpointSchema }, 404: { description: 'No such endpoint' } },
     audit: { action: 'webhook.update', details: ({ body }) => (body?.enabled !== undefined ? { enabled: body.enabled } : undefined) },
@@ -124,7 +124,7 @@ export function webhookRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'delete', path: '/api/admin/webhooks/:id', summary: 'Delete an endpoint and its delivery log', tag, auth,
+    method: 'delete', path: '/api/admin/webhooks/:id', operationId: 'deleteWebhook', summary: 'Delete an endpoint and its delivery log', tag, auth,
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such endpoint' } },
     audit: { action: 'webhook.delete' },
@@ -134,7 +134,7 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/webhooks/:id/rotate-secret', summary: 'New signing secret; the old one keeps signing beside it for 24 hours', tag, auth,
+    method: 'post', path: '/api/admin/webhooks/:id/rotate-secret', operationId: 'rotateWebhookSecret', summary: 'New signing secret; the old one keeps signing beside it for 24 hours', tag, auth,
     params: idParams,
     responses: {
       200: { description: 'The endpoint, with its new secret', schema: endpointWithSecret },
@@ -148,7 +148,7 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/webhooks/:id/test', summary: 'Send a webhook.test event now and return the attempt', tag, auth,
+    method: 'post', path: '/api/admin/webhooks/:id/test', operationId: 'testWebhook', summary: 'Send a webhook.test event now and return the attempt', tag, auth,
     params: idParams,
     responses: {
       200: { description: 'The delivery with its one attempt (status succeeded or failed)', schema: deliveryDetail },
@@ -168,7 +168,7 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/webhooks/:id/deliveries', summary: 'The delivery log, newest first', tag, auth,
+    method: 'get', path: '/api/admin/webhooks/:id/deliveries', operationId: 'listWebhookDeliveries', summary: 'The delivery log, newest first', tag, auth,
     params: idParams,
     query: listQuery.extend({
       outcome: deliveryStatus.optional(),
@@ -186,7 +186,7 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/admin/webhooks/:id/deliveries/:delivery_id', summary: 'One delivery with the event and every attempt', tag, auth,
+    method: 'get', path: '/api/admin/webhooks/:id/deliveries/:delivery_id', operationId: 'getWebhookDelivery', summary: 'One delivery with the event and every attempt', tag, auth,
     params: deliveryParams,
     responses: { 200: { description: 'The delivery', schema: deliveryDetail }, 404: { description: 'No such delivery' } },
     handler: async ({ params, ctx, platform }) => ({
@@ -195,7 +195,7 @@ export function webhookRoutes(api: Api): void {
     }),
   });
   api.add({
-    method: 'post', path: '/api/admin/webhooks/:id/deliveries/:delivery_id/redeliver', summary: 'Send the same message again, with fresh attempts', tag, auth,
+    method: 'post', path: '/api/admin/webhooks/:id/deliveries/:delivery_id/redeliver', operationId: 'redeliverWebhookDelivery', summary: 'Send the same message again, with fresh attempts', tag, auth,
     params: deliveryParams,
     responses: { 202: { description: 'The new delivery', schema: deliverySchema }, 404: { description: 'No such delivery' }, 409: { description: 'The endpoint is disabled' } },
     audit: {
@@ -210,7 +210,7 @@ export function webhookRoutes(api: Api): void {
     },
   });
   api.add({
-    method: 'post', path: '/api/admin/webhooks/:id/replay', summary: 'Re-send past events in a time window, paced; dry_run counts them', tag, auth,
+    method: 'post', path: '/api/admin/webhooks/:id/replay', operationId: 'replayWebhookEvents', summary: 'Re-send past events in a time window, paced; dry_run counts them', tag, auth,
     params: idParams,
     body: z
       .object({
