@@ -6,7 +6,7 @@ import type { Express } from 'express';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { ADMIN_TOKEN } from './harness';
 
-/** Debian's chromium, with the flags it needs to run headless as root (STACK.md). */
+/** Debian's chromium, with the flags it needs to run headless as root. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 

@@ -4,7 +4,7 @@ import { prepareSearch, runStatement, type SearchStatement } from '../../src/dom
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 
-// Search per API.md: keyword, semantic and hybrid ranking, filters, the GET
+// Search per docs/search.md: keyword, semantic and hybrid ranking, filters, the GET
 // form, tenant isolation (including a small tenant beside a big one on the
 // approximate index), hostile input, and a PostgreSQL without pgvector.
 

@@ -220,13 +220,13 @@ describe('unsafeUrlReason', () => {
   });
 });
 
-describe('the README\'s receiver example', () => {
+describe('the receiver example of docs/webhooks.md', () => {
   /** The Node example under "Verifying in a receiver", as published. */
-  function readmeReceiverCode(): string {
-    const readme = readFileSync(path.join(__dirname, '../../README.md'), 'utf8');
-    const start = readme.indexOf('**Verifying in a receiver**');
+  function receiverExampleCode(): string {
+    const page = readFileSync(path.join(__dirname, '../../docs/webhooks.md'), 'utf8');
+    const start = page.indexOf('## Verifying in a receiver');
     expect(start).toBeGreaterThan(-1);
-    const block = /```js\n([\s\S]*?)```/.exec(readme.slice(start));
+    const block = /```js\n([\s\S]*?)```/.exec(page.slice(start));
     expect(block).not.toBeNull();
     return block![1];
   }
@@ -250,7 +250,7 @@ describe('the README\'s receiver example', () => {
     };
     const logged: unknown[][] = [];
     const exampleRequire = (name: string): unknown => (name === 'node:http' || name === 'http' ? patchedHttp : require(name));
-    const run = new Function('require', 'process', 'console', readmeReceiverCode()) as (req: typeof exampleRequire, proc: unknown, out: unknown) => void;
+    const run = new Function('require', 'process', 'console', receiverExampleCode()) as (req: typeof exampleRequire, proc: unknown, out: unknown) => void;
     run(exampleRequire, { env: { RAGWORKS_WEBHOOK_SECRET: secret } }, { log: (...args: unknown[]) => logged.push(args) });
     expect(server).toBeDefined();
     await Promise.all(listening);

@@ -1,7 +1,7 @@
 import { api, query } from '../api.js';
 import { attempt, field, formatDate, formatNumber, h, section, shownOnce, table } from '../ui.js';
 
-// The scopes the API accepts (README, "Auth"); the server checks them again.
+// The scopes the API accepts (docs/api.md, "Authentication"); the server checks them again.
 const SCOPES = ['documents:read', 'documents:write', 'search', 'analytics:read', 'webhooks:manage', 'keys:manage', 'jobs:manage', 'admin'];
 const DEFAULT_SCOPES = ['documents:read', 'documents:write', 'search'];
 const PAGE_SIZE = 50;
