@@ -1,5 +1,6 @@
 import { extractHtmlText } from './html';
 import { outlineMarkdown, type HeadingSpan } from './markdown-outline';
+import { isSpace } from './whitespace';
 
 export type ContentType = 'markdown' | 'text' | 'code' | 'html';
 
@@ -94,16 +95,6 @@ interface Words {
   n: number;
   start: Int32Array;
   end: Int32Array;
-}
-
-/** Exactly the characters `\s` matches, without running a regex per character. */
-function isSpace(c: number): boolean {
-  if (c <= 32) return c === 32 || (c >= 9 && c <= 13);
-  if (c < 0xa0) return false;
-  return (
-    c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 ||
-    c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff
-  );
 }
 
 function tokenize(content: string): Words {

@@ -1,4 +1,5 @@
 import { Tokenizer, type TokenizerCallbacks } from 'htmlparser2';
+import { collapseWhitespace } from './whitespace';
 
 /**
  * Readable-text extraction from HTML for indexing, on htmlparser2's tokenizer:
@@ -44,7 +45,7 @@ class TextSink {
       return;
     }
     // \s also matches the non-breaking space, which should read as a space.
-    const collapsed = decoded.replace(/\s+/g, ' ');
+    const collapsed = collapseWhitespace(decoded);
     if (collapsed.length === 0) return;
     if (collapsed.startsWith(' ')) this.space();
     const body = collapsed.trim();

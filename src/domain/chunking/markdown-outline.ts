@@ -1,4 +1,5 @@
 import MarkdownIt from 'markdown-it';
+import { collapseWhitespace } from './whitespace';
 
 type Token = MarkdownIt.Token;
 
@@ -114,7 +115,7 @@ class OutlineState extends parser.block.State {
       start: this.offsetOfLine(open.map[0]),
       end: this.offsetOfLine(open.map[1]),
       level: Number(open.tag.slice(1)),
-      text: text.replace(/\s+/g, ' ').trim(),
+      text: collapseWhitespace(text).trim(),
     });
   }
 }
