@@ -9,7 +9,8 @@ import { summarize, type Summary } from './stats';
 /**
  * Search latency measured at three depths: through the HTTP API of the
  * running processes, through search() in this process, and the SQL
- * statement search() runs, alone.
+ * statement search() runs, alone — beside the ranking-only form of that
+ * statement, which shows what the results' text and snippets cost.
  */
 
 export const LIMIT = 10;
@@ -49,14 +50,17 @@ export interface InProcessTiming {
   search: Summary;
   /** runStatement() alone on the statement prepareSearch() built: the SQL and its driver round trip. */
   sql: Summary;
+  /** runStatement() on the ranking-only form of the same statement: same candidates, order and limit; chunk ids and scores, no text or snippets. */
+  ranking: Summary;
   /** How semantic candidates were found. */
   plan: string;
 }
 
 /**
  * Opens the deployment's data in this process (after its processes have
- * stopped: PGlite allows one owner) and times each query both ways,
- * alternating, so drift affects both figures alike.
+ * stopped: PGlite allows one owner) and times each query three ways —
+ * search(), its statement, the statement's ranking-only form — in an order
+ * that rotates from one query to the next, so drift affects all alike.
  */
 export async function timeInProcess(
   deployment: Deployment,
@@ -75,12 +79,15 @@ export async function timeInProcess(
       for (const query of warmup) {
         await search(deps, tenantId, request(query));
         await runStatement(deps.db, tenantId, await prepareSearch(deps, tenantId, request(query)));
+        await runStatement(deps.db, tenantId, await prepareSearch(deps, tenantId, request(query), 'ranking'));
       }
       const searchMs: number[] = [];
       const sqlMs: number[] = [];
+      const rankingMs: number[] = [];
       let plan = mode === 'keyword' ? 'tsvector match, no vectors' : '';
       for (const [index, query] of queries.entries()) {
         const statement = await prepareSearch(deps, tenantId, request(query));
+        const ranking = await prepareSearch(deps, tenantId, request(query), 'ranking');
         if (mode !== 'keyword' && !plan) {
           plan = statement.settings.some(([name]) => name === 'hnsw.ef_search') ? 'HNSW index scan' : 'exact scan (tenant below SEARCH_EXACT_SCAN_MAX_CHUNKS)';
         }
@@ -94,15 +101,15 @@ export async function timeInProcess(
           await runStatement(deps.db, tenantId, statement);
           sqlMs.push(performance.now() - started);
         };
-        if (index % 2 === 0) {
-          await timeSearch();
-          await timeSql();
-        } else {
-          await timeSql();
-          await timeSearch();
-        }
+        const timeRanking = async () => {
+          const started = performance.now();
+          await runStatement(deps.db, tenantId, ranking);
+          rankingMs.push(performance.now() - started);
+        };
+        const order = [timeSearch, timeSql, timeRanking];
+        for (let step = 0; step < order.length; step += 1) await order[(index + step) % order.length]();
       }
-      timings.push({ mode, search: summarize(searchMs), sql: summarize(sqlMs), plan });
+      timings.push({ mode, search: summarize(searchMs), sql: summarize(sqlMs), ranking: summarize(rankingMs), plan });
     }
     return timings;
   } finally {

@@ -1,6 +1,6 @@
 import { withTenant } from '../../src/db/tenant-scope';
 import { embedText } from '../../src/domain/embeddings/hashing';
-import { prepareSearch, runStatement, type SearchStatement } from '../../src/domain/search/search';
+import { prepareSearch, runStatement, type SearchRequest, type SearchStatement } from '../../src/domain/search/search';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
 
@@ -431,6 +431,34 @@ describe('search on PGlite (pgvector)', () => {
     it('combines filters', async () => {
       expect(await found({ content_type: 'markdown', tags: ['kitchen'] }, 'hybrid')).toEqual(sorted([ids.baking, ids.coffee]));
       expect(await found({ content_type: 'text', tags: ['kitchen'] }, 'hybrid')).toEqual([]);
+    });
+  });
+
+  describe('the statement', () => {
+    const modes: Mode[] = ['keyword', 'semantic', 'hybrid'];
+    const requests = (mode: Mode) => [
+      { query: 'household handbook', mode, limit: 7 },
+      { query: 'compost for the herb pots', mode, limit: 10, filters: { tags: ['kitchen'] } },
+    ];
+
+    it.each(modes)("ranks alike in its ranking-only form, which leaves out the results' text and snippets (%s)", async (mode) => {
+      const deps = stack.platform.searchDeps();
+      for (const request of requests(mode)) {
+        const results = await runStatement(deps.db, tenant.id, await prepareSearch(deps, tenant.id, request));
+        const ranking = await runStatement(deps.db, tenant.id, await prepareSearch(deps, tenant.id, request, 'ranking'));
+        expect(results.length).toBeGreaterThan(0);
+        expect(ranking).toEqual(results.map((row) => ({ chunk_id: row.chunk_id, score: row.score })));
+      }
+    });
+
+    it.each(modes)('reads documents for the ranked rows only, unless a filter is on them (%s)', async (mode) => {
+      const deps = stack.platform.searchDeps();
+      const documentScans = async (request: SearchRequest) =>
+        (await explain(stack, tenant.id, await prepareSearch(deps, tenant.id, request))).match(/ on documents\b/g)?.length ?? 0;
+      const [unfiltered, filtered] = requests(mode);
+      expect(await documentScans(unfiltered)).toBe(1);
+      // Each side that finds candidates joins their documents to filter them.
+      expect(await documentScans(filtered)).toBe(mode === 'hybrid' ? 3 : 2);
     });
   });
 

@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import { LRUCache } from 'lru-cache';
 import { AppError } from '../../errors';
 import type { VectorSupport } from '../../db/migrate';
-import { withTenant } from '../../db/tenant-scope';
+import { withLiterals } from '../../db/literal';
+import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import type { ContentType } from '../chunking/chunker';
 import type { Embedder } from '../embeddings/embedder';
 
@@ -66,11 +67,19 @@ export interface SearchDeps {
 
 /** A statement and its positional bindings, exactly as search runs it. */
 export interface SearchStatement {
+  /** With a `?` for each binding, for knex (EXPLAIN in tests); runStatement writes the bindings in as literals. */
   sql: string;
   bindings: Knex.RawBinding[];
-  /** Session settings the statement needs, applied with SET LOCAL in its transaction. */
+  /** Settings the statement needs, local to it (`set_config(…, true)` in the same round trip). */
   settings: Array<[string, string]>;
 }
+
+/**
+ * `results`: what search answers, with each result's text, document and
+ * snippet. `ranking`: the same candidates, order and limit — chunk_id and
+ * score only — to measure what the results' columns and snippets add.
+ */
+export type StatementForm = 'results' | 'ranking';
 
 export async function search(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchResponse> {
   const started = process.hrtime.bigint();
@@ -89,7 +98,7 @@ export async function search(deps: SearchDeps, tenantId: string, request: Search
  * Builds the SQL for a search: embeds the query when the mode needs it and
  * decides between the HNSW index and an exact scan.
  */
-export async function prepareSearch(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchStatement> {
+export async function prepareSearch(deps: SearchDeps, tenantId: string, request: SearchRequest, form: StatementForm = 'results'): Promise<SearchStatement> {
   if (request.mode !== 'keyword' && !deps.vector.available) {
     throw new AppError(501, 'vector_search_unavailable', `${request.mode} search needs pgvector: ${deps.vector.reason}. Use mode "keyword".`, {
       extension: 'vector',
@@ -98,15 +107,17 @@ export async function prepareSearch(deps: SearchDeps, tenantId: string, request:
   }
   const queryVector = request.mode === 'keyword' ? null : (await deps.embedder.embed([request.query]))[0];
   const exact = queryVector ? await useExactScan(deps, tenantId) : false;
-  return buildSearchStatement(deps, tenantId, request, queryVector, exact);
+  return buildSearchStatement(deps, tenantId, request, queryVector, exact, form);
 }
 
-export async function runStatement(db: Knex, tenantId: string, statement: SearchStatement): Promise<SearchRow[]> {
+/**
+ * Runs a search statement for the tenant in one round trip: its settings and
+ * the tenant's scope travel in the same query string (queryAsTenant). A
+ * `ranking` statement's rows have chunk_id and score only.
+ */
+export async function runStatement<Row = SearchRow>(db: Knex, tenantId: string, statement: SearchStatement): Promise<Row[]> {
   try {
-    return await withTenant(db, tenantId, async (trx) => {
-      for (const [name, value] of statement.settings) await trx.raw('select set_config(?, ?, true)', [name, value]);
-      return (await trx.raw(statement.sql, statement.bindings)).rows;
-    });
+    return await queryAsTenant<Row>(db, tenantId, withLiterals(statement.sql, statement.bindings), statement.settings);
   } catch (error) {
     // query_canceled: the search's statement_timeout (or an operator's pg_cancel_backend); the database itself is fine.
     if ((error as { code?: unknown } | null)?.code === '57014') throw searchTimedOut(statement);
@@ -183,24 +194,30 @@ export function buildSearchStatement(
   request: SearchRequest,
   queryVector: number[] | null,
   exactScan: boolean,
+  form: StatementForm = 'results',
 ): SearchStatement {
   const { settings } = deps;
   const b = new Bindings();
   // Inlined, not bound: it appears more than once, and config validation allows only [a-z_].
   if (!/^[a-z_]+$/.test(settings.textSearchConfig)) throw new Error('Invalid text search configuration name');
   const config = `'${settings.textSearchConfig}'::regconfig`;
-  const ctes: string[] = [`q as (select websearch_to_tsquery(${config}, ${b.add(request.query)}) as tsq)`];
-  const filters = (alias: string) => documentFilters(b, alias, tenantId, request.filters);
+  // Written out at each use rather than computed once in a CTE: with its configuration named,
+  // websearch_to_tsquery is immutable, so the planner folds each use into the same constant.
+  const tsquery = () => `websearch_to_tsquery(${config}, ${b.add(request.query)})`;
+  const ctes: string[] = [];
+  // A chunk carries its tenant: the documents are joined only when a filter is on them.
+  const joinDocuments = hasDocumentFilters(request.filters) ? 'join documents d on d.id = c.document_id' : '';
+  const filters = () => documentFilters(b, 'd', tenantId, request.filters);
   const candidates = Math.max(settings.candidates, request.limit);
   const sessionSettings: Array<[string, string]> = [];
   if (settings.statementTimeoutMs > 0) sessionSettings.push(['statement_timeout', String(settings.statementTimeoutMs)]);
 
   if (request.mode !== 'semantic') {
     ctes.push(`kw as (
-      select c.id, ts_rank_cd(c.tsv, q.tsq) as score,
-             row_number() over (order by ts_rank_cd(c.tsv, q.tsq) desc, c.id) as rank
-        from q, chunks c join documents d on d.id = c.document_id
-       where c.tenant_id = ${b.add(tenantId)} and c.tsv @@ q.tsq ${filters('d')}
+      select c.id, ts_rank_cd(c.tsv, ${tsquery()}) as score,
+             row_number() over (order by ts_rank_cd(c.tsv, ${tsquery()}) desc, c.id) as rank
+        from chunks c ${joinDocuments}
+       where c.tenant_id = ${b.add(tenantId)} and c.tsv @@ ${tsquery()} ${filters()}
        order by score desc, c.id
        limit ${b.add(candidates)})`);
   }
@@ -211,8 +228,8 @@ export function buildSearchStatement(
     const distance = () => `c.embedding::vector(${dims}) <=> ${b.add(literal)}::vector(${dims})`;
     ctes.push(`sem_raw as (
       select c.id, ${distance()} as distance
-        from chunks c join documents d on d.id = c.document_id
-       where c.tenant_id = ${b.add(tenantId)} and c.embedding_dims = ${dims} and c.embedding_model = ${b.add(deps.embedder.model)} ${filters('d')}
+        from chunks c ${joinDocuments}
+       where c.tenant_id = ${b.add(tenantId)} and c.embedding_dims = ${dims} and c.embedding_model = ${b.add(deps.embedder.model)} ${filters()}
        order by ${exactScan ? `(${distance()}) + 0` /* hides the ordering from the planner: no HNSW */ : distance()}
        limit ${b.add(candidates)})`);
     // A zero vector (a query or chunk with no words, e.g. only punctuation) has no direction: its cosine
@@ -239,16 +256,26 @@ export function buildSearchStatement(
   }
   ctes.push(`ranked as (${ranked} order by score desc, id limit ${b.add(request.limit)})`);
 
+  if (form === 'ranking') {
+    return { sql: `with ${ctes.join(',\n')}\n    select r.id as chunk_id, r.score from ranked r order by r.score desc, r.id`, bindings: b.values, settings: sessionSettings };
+  }
+  // Snippets are made only here, for the `limit` rows ranked: ts_headline reads a chunk's whole text.
   const sql = `with ${ctes.join(',\n')}
     select c.document_id, c.id as chunk_id, d.title, c.content, c.heading, r.score, d.tags, d.content_type, d.source_url, d.created_at,
-           ts_headline(${config}, c.content, q.tsq,
+           ts_headline(${config}, c.content, ${tsquery()},
                        'StartSel=<mark>, StopSel=</mark>, MaxWords=35, MinWords=15, MaxFragments=2, FragmentDelimiter=" … "') as snippet
-      from ranked r join chunks c on c.id = r.id join documents d on d.id = c.document_id, q
+      from ranked r join chunks c on c.id = r.id join documents d on d.id = c.document_id
      order by r.score desc, c.id`;
   return { sql, bindings: b.values, settings: sessionSettings };
 }
 
+function hasDocumentFilters(filters: SearchFilters | undefined): boolean {
+  return Boolean(filters?.content_type || (filters?.tags && filters.tags.length > 0) || filters?.created_from || filters?.created_to);
+}
+
+/** The filters on a joined document (none: no clause, and no join needed). */
 function documentFilters(b: Bindings, alias: string, tenantId: string, filters: SearchFilters | undefined): string {
+  if (!hasDocumentFilters(filters)) return '';
   const clauses = [`and ${alias}.tenant_id = ${b.add(tenantId)}`];
   if (filters?.content_type) clauses.push(`and ${alias}.content_type = ${b.add(filters.content_type)}`);
   if (filters?.tags && filters.tags.length > 0) clauses.push(`and ${alias}.tags @> ${b.add(filters.tags)}::text[]`);
