@@ -11,6 +11,7 @@ import {
   log,
   REDIS_URL,
   spawnRagworks,
+  spawnScript,
   startDeployment,
   type Cleanup,
   type Deployment,
@@ -37,6 +38,9 @@ export const CACHE_SETTINGS = {
   /** Analytics on/off: this many pairs of slices, each slice this long. */
   analyticsPairs: positiveIntEnv('BENCH_ANALYTICS_PAIRS', 20),
   analyticsSliceSeconds: positiveIntEnv('BENCH_ANALYTICS_SLICE_SECONDS', 3),
+  /** Cached search beside Express's hello world: this many pairs of slices per query mix, each slice this long. */
+  baselinePairs: positiveIntEnv('BENCH_BASELINE_PAIRS', 5),
+  baselineSliceSeconds: positiveIntEnv('BENCH_BASELINE_SLICE_SECONDS', 3),
   workerConcurrency: positiveIntEnv('BENCH_WORKER_CONCURRENCY', 4),
   batchSize: 100,
   indexingTimeoutMs: 5 * 60_000,
@@ -169,10 +173,12 @@ function load(options: LoadOptions): Promise<Window> {
                 firstError ??= `${status}: ${body.slice(0, 300)}`;
                 return;
               }
-              // Inside string values quotes are escaped, so these can only be the reply's own fields.
-              if (body.includes('"cached":true')) cachedReplies += 1;
-              if (/"total_results":0[,}]/.test(body)) emptyReplies += 1;
-              const took = TOOK_MS.exec(body);
+              // Inside string values quotes are escaped, so these can only be the reply's own fields. They follow
+              // the results: reading from the last of them keeps the client from scanning every result three times.
+              const fields = body.slice(Math.max(0, body.lastIndexOf('"total_results":')));
+              if (fields.includes('"cached":true')) cachedReplies += 1;
+              if (/"total_results":0[,}]/.test(fields)) emptyReplies += 1;
+              const took = TOOK_MS.exec(fields);
               if (took) tookMs.push(Number(took[1]));
             },
           },
@@ -305,6 +311,7 @@ export interface CacheSetupFigures {
   cacheOn: LoadFigures;
   cacheOff: LoadFigures;
   analytics: AnalyticsFigures | null;
+  baseline: BaselineFigures | null;
 }
 
 export interface CacheFigures {
@@ -348,8 +355,9 @@ async function runSetup(kind: 'postgres' | 'pglite', mode: SearchMode, corpus: C
     const cacheOff = await restartAndMeasure(context, 'cache off', { cache: false, analytics: true });
     // PGlite has one owner, so two processes cannot serve it side by side.
     const analytics = kind === 'postgres' ? await measureAnalytics(context) : null;
+    const baseline = kind === 'postgres' ? await measureAgainstHelloWorld(context) : null;
     const setup = kind === 'postgres' ? 'PostgreSQL, 1 web process (the worker that indexed is stopped)' : 'PGlite, 1 process (role all)';
-    return { database: kind, setup, mode, indexing, cacheOn, cacheOff, analytics };
+    return { database: kind, setup, mode, indexing, cacheOn, cacheOff, analytics, baseline };
   } finally {
     await disconnect();
     await deployment.release();
@@ -372,9 +380,15 @@ interface Server {
 }
 
 /** A web (or all) process with the given settings on the deployment's data, ready to serve. */
-async function startServer(context: SetupContext, label: string, settings: { cache: boolean; analytics: boolean }, port: number): Promise<Server> {
+async function startServer(
+  context: SetupContext,
+  label: string,
+  settings: { cache: boolean; analytics: boolean },
+  port: number,
+  extraEnv: Record<string, string> = {},
+): Promise<Server> {
   const role = context.kind === 'postgres' ? 'web' : 'all';
-  const env = { ...context.deployment.env, PORT: String(port), CACHE_ENABLED: String(settings.cache), ANALYTICS_ENABLED: String(settings.analytics) };
+  const env = { ...context.deployment.env, ...extraEnv, PORT: String(port), CACHE_ENABLED: String(settings.cache), ANALYTICS_ENABLED: String(settings.analytics) };
   const client = new ApiClient(`http://127.0.0.1:${port}`);
   let child: RagworksProcess | null = null;
   const stop = context.cleanup.add(`${role} process (${label})`, async () => {
@@ -532,6 +546,132 @@ async function measureAnalytics(context: SetupContext): Promise<AnalyticsFigures
   }
 }
 
+// ---------------------------------------------------------------------------
+// Cached search beside Express's hello world
+
+/** The goal: a cached search serves at least half the requests per second of Express's hello world. */
+const BASELINE_GOAL = 0.5;
+
+/**
+ * The benchmark tenant's tier (`unlimited`) has no rate limits by default: here they are set so high that they never
+ * refuse, so each search takes its budgets as a paying tenant's does. The other tiers keep their defaults.
+ */
+const LIMITS_THAT_NEVER_REFUSE = {
+  RATE_LIMIT_TENANT: 'free=600,standard=6000,enterprise=60000,unlimited=1000000000',
+  RATE_LIMIT_KEY: 'free=300,standard=3000,enterprise=30000,unlimited=1000000000',
+};
+
+export interface BaselineSide {
+  requestsPerSecond: number;
+  latency: Summary;
+  replies: number;
+  /** Share of replies that said `cached: true` (ragworks only). */
+  hitRatio: number | null;
+  failures: number;
+  firstError: string | null;
+}
+
+export interface BaselineMix {
+  label: string;
+  ragworks: BaselineSide;
+  helloWorld: BaselineSide;
+  /** Pooled requests/s, ragworks ÷ hello world. */
+  ratio: number;
+  /** The same ratio per pair of adjacent slices: how much it moved during the run. */
+  pairRatios: number[];
+}
+
+export interface BaselineFigures {
+  pairs: number;
+  sliceSeconds: number;
+  mixes: BaselineMix[];
+}
+
+/** Express's hello world (bench/hello-world.ts) on a port of its own, started the way ragworks is. */
+async function startHelloWorld(context: SetupContext): Promise<{ url: string; stop(): Promise<void> }> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  let child: RagworksProcess | null = null;
+  const stop = context.cleanup.add('hello world process', async () => {
+    await child?.stop();
+  });
+  child = spawnScript(['bench/hello-world.ts'], { PORT: String(port), HOST: '127.0.0.1' }, 'hello world');
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (!child.running) throw new Error(`hello world exited before it listened: ${child.output()}`);
+    if ((await fetch(url).then((response) => response.status, () => 0)) === 200) return { url, stop };
+    if (Date.now() > deadline) throw new Error('hello world did not listen within 30 s');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
+ * A cached search and Express's hello world, loaded in turn by the same
+ * client over the same connections, in pairs of short slices (hello, ragworks,
+ * ragworks, hello, …) so that other load on the machine weighs on both alike:
+ * first one query asked again and again, then the Zipf mix.
+ */
+async function measureAgainstHelloWorld(context: SetupContext): Promise<BaselineFigures> {
+  const { baselinePairs: pairs, baselineSliceSeconds: sliceSeconds, warmupSeconds } = CACHE_SETTINGS;
+  log(`cache: cached search beside Express's hello world, ${pairs} pairs of ${sliceSeconds} s slices per query mix`);
+  const server = await startServer(context, 'beside hello world', { cache: true, analytics: true }, Number(context.deployment.env.PORT), LIMITS_THAT_NEVER_REFUSE);
+  try {
+    const hello = await startHelloWorld(context);
+    try {
+      const mixes: BaselineMix[] = [];
+      const samplers = [
+        { label: 'one hot query', sampler: () => () => 0 },
+        { label: 'Zipf mix', sampler: (seed: number) => zipfSampler(context.mix.cdf, seed) },
+      ];
+      for (const { label, sampler } of samplers) {
+        const sides = [
+          { url: server.client.baseUrl, sample: sampler(CACHE_SETTINGS.measureSeed), seen: new Set<number>(), slices: [] as Window[] },
+          { url: hello.url, sample: sampler(CACHE_SETTINGS.measureSeed), seen: new Set<number>(), slices: [] as Window[] },
+        ];
+        const options = (side: (typeof sides)[number], seconds: number, sample = side.sample): LoadOptions => ({
+          url: side.url,
+          token: context.deployment.tenant.key,
+          mode: context.mode,
+          mix: context.mix,
+          seconds,
+          sample,
+          seen: side.seen,
+        });
+        // The warm-up fills the cache (and warms both JITs) with another seed than the measured sequence.
+        for (const side of sides) await load(options(side, warmupSeconds, sampler(CACHE_SETTINGS.warmupSeed)));
+        for (let pair = 0; pair < pairs; pair += 1) {
+          for (const index of pair % 2 === 0 ? [1, 0] : [0, 1]) {
+            const window = await load(options(sides[index], sliceSeconds));
+            failIfNothingAnswered(index === 0 ? 'ragworks' : 'hello world', window);
+            sides[index].slices.push(window);
+          }
+        }
+        const [ragworks, helloWorld] = sides.map((side, index) => baselineSide(merge(side.slices), index === 0));
+        const pairRatios = sides[0].slices.map((slice, pair) => slice.ok / slice.seconds / (sides[1].slices[pair].ok / sides[1].slices[pair].seconds));
+        const mix = { label, ragworks, helloWorld, ratio: ragworks.requestsPerSecond / helloWorld.requestsPerSecond, pairRatios };
+        log(`  ${label}: ragworks ${fixed(ragworks.requestsPerSecond, 0)}/s, hello world ${fixed(helloWorld.requestsPerSecond, 0)}/s: ${fixed(mix.ratio)}×`);
+        mixes.push(mix);
+      }
+      return { pairs, sliceSeconds, mixes };
+    } finally {
+      await hello.stop();
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
+function baselineSide(window: Window, isRagworks: boolean): BaselineSide {
+  return {
+    requestsPerSecond: window.ok / window.seconds,
+    latency: summarize(window.latencies),
+    replies: window.ok,
+    hitRatio: isRagworks && window.ok > 0 ? window.cachedReplies / window.ok : null,
+    failures: window.non2xx + window.errors,
+    firstError: window.firstError,
+  };
+}
+
 /** The issue's bound on what recording analytics may cost a search. */
 const LIMIT_OVERHEAD = 0.05;
 
@@ -659,6 +799,33 @@ export function renderCache(figures: CacheFigures, section: number): string {
       );
       for (const row of [analytics.on, analytics.off]) if (row.firstError) out.push(`   ! ${row.label}: ${row.firstError}`);
     }
+    if (setup.baseline) out.push('', renderBaseline(setup.baseline));
+  }
+  return out.join('\n');
+}
+
+function renderBaseline(baseline: BaselineFigures): string {
+  const out: string[] = [];
+  out.push(
+    "   Cached search beside Express's hello world (bench/hello-world.ts, started like ragworks: same Node, same loader), both",
+    `   loaded by the same client over the same ${CACHE_SETTINGS.connections} connections in turn, ${baseline.pairs} pairs of ${baseline.sliceSeconds} s slices per query mix (hello,`,
+    '   ragworks, ragworks, hello, …) after a warm-up that fills the cache. ragworks runs with the defaults (cache and analytics on),',
+    '   and its tenant\'s rate limits are in force, set too high to refuse: each search takes its budgets as a paying tenant\'s does.',
+  );
+  const rows = baseline.mixes.flatMap((mix) => [
+    [mix.label, 'ragworks', fixed(mix.ragworks.requestsPerSecond, 0), ...latencyCells(mix.ragworks.latency), percent(mix.ragworks.hitRatio), String(mix.ragworks.failures)],
+    ['', 'hello world', fixed(mix.helloWorld.requestsPerSecond, 0), ...latencyCells(mix.helloWorld.latency), '–', String(mix.helloWorld.failures)],
+  ]);
+  out.push(indent(table(['query mix', 'server', 'requests/s', 'p50', 'p95', 'p99', 'mean', 'cached', 'failed'], rows), 3));
+  for (const mix of baseline.mixes) {
+    const verdict = mix.ratio >= BASELINE_GOAL ? 'met' : 'NOT met';
+    out.push(
+      `   ${mix.label}: ragworks / hello world = ${fixed(mix.ratio)}× requests/s (per pair: ${mix.pairRatios.map((value) => `${fixed(value)}×`).join(' ')});` +
+        ` goal ≥ ${BASELINE_GOAL}×: ${verdict}.`,
+    );
+    for (const [name, side] of [['ragworks', mix.ragworks], ['hello world', mix.helloWorld]] as const) {
+      if (side.firstError) out.push(`   ! ${mix.label}, ${name}: ${side.firstError}`);
+    }
   }
   return out.join('\n');
 }
@@ -684,6 +851,17 @@ function loadJson(row: LoadFigures) {
   };
 }
 
+function baselineSideJson(side: BaselineSide) {
+  return {
+    requests_per_second: side.requestsPerSecond,
+    latency_ms: side.latency,
+    replies: side.replies,
+    hit_ratio: side.hitRatio,
+    failed: side.failures,
+    first_error: side.firstError,
+  };
+}
+
 export function cacheFiguresJson(figures: CacheFigures) {
   const s = CACHE_SETTINGS;
   return {
@@ -696,6 +874,8 @@ export function cacheFiguresJson(figures: CacheFigures) {
       connections: s.connections,
       analytics_pairs: s.analyticsPairs,
       analytics_slice_seconds: s.analyticsSliceSeconds,
+      baseline_pairs: s.baselinePairs,
+      baseline_slice_seconds: s.baselineSliceSeconds,
       search_limit: LIMIT,
     },
     setups: figures.setups.map((setup) => ({
@@ -728,6 +908,21 @@ export function cacheFiguresJson(figures: CacheFigures) {
             pair_overheads_mean_latency: setup.analytics.pairOverheads,
             estimate_mean_latency: setup.analytics.estimate,
             verdict_under_five_percent: setup.analytics.verdict,
+          }
+        : null,
+      beside_hello_world: setup.baseline
+        ? {
+            pairs: setup.baseline.pairs,
+            slice_seconds: setup.baseline.sliceSeconds,
+            goal_ratio: BASELINE_GOAL,
+            mixes: setup.baseline.mixes.map((mix) => ({
+              label: mix.label,
+              ragworks: baselineSideJson(mix.ragworks),
+              hello_world: baselineSideJson(mix.helloWorld),
+              ratio: mix.ratio,
+              pair_ratios: mix.pairRatios,
+              goal_met: mix.ratio >= BASELINE_GOAL,
+            })),
           }
         : null,
     })),

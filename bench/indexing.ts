@@ -134,8 +134,13 @@ export async function stopAllChildren(): Promise<void> {
 }
 
 export function spawnRagworks(role: string, env: Record<string, string>, label = role): RagworksProcess {
+  return spawnScript(['src/main.ts', role], env, label);
+}
+
+/** A script of this repository started the way ragworks is (`node --import tsx <script> …`): the same Node and loader. */
+export function spawnScript(args: string[], env: Record<string, string>, label: string): RagworksProcess {
   if (spawningClosed) throw new Error('the benchmark is stopping');
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', role], {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
     cwd: REPO_ROOT,
     env: { ...baseEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -336,7 +341,7 @@ export async function startDeployment(options: DeploymentOptions, cleanup: Clean
   }
 }
 
-async function adminQuery(sql: string): Promise<void> {
+export async function adminQuery(sql: string): Promise<void> {
   const client = new pg.Client({ connectionString: POSTGRES_ADMIN_URL });
   await client.connect();
   try {
@@ -346,7 +351,7 @@ async function adminQuery(sql: string): Promise<void> {
   }
 }
 
-async function createTenant(client: ApiClient): Promise<Tenant> {
+export async function createTenant(client: ApiClient): Promise<Tenant> {
   const slug = `bench-${randomBytes(4).toString('hex')}`;
   const tenant = await client.expect<{ id: string }>(201, 'POST', '/api/admin/tenants', {
     token: ADMIN_TOKEN,

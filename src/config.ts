@@ -200,6 +200,7 @@ export const configSchema = z
     RECONCILE_STUCK_AFTER_SECONDS: positiveInt.default(120).describe('When a queued or processing document without a live job counts as stuck.'),
 
     API_KEY_USAGE_FLUSH_MS: positiveInt.default(5_000).describe("How often API keys' `last_used_at` and `request_count` are written."),
+    API_KEY_CACHE_MAX_ITEMS: positiveInt.default(10_000).describe('Verified API keys each API process keeps in memory (a change to a key or its tenant reaches every process within a second).'),
 
     ANALYTICS_ENABLED: booleanFlag.default(true).describe('Record search events.'),
     ANALYTICS_ROLLUP_RETENTION_DAYS: positiveInt.default(400).describe('How long hourly search rollups are kept.'),

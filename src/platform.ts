@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
@@ -6,6 +6,8 @@ import type { Config } from './config';
 import { openDatabase, type Database, type DatabaseOptions } from './db/database';
 import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
+import { ApiKeyCache } from './domain/apikeys/key-cache';
+import { KeyChanges } from './domain/apikeys/key-changes';
 import { createEmbedder, type Embedder } from './domain/embeddings';
 import type { DispatchIndexing } from './domain/indexing/dispatch';
 import { createIndexingCpu, type IndexerDeps } from './domain/indexing/indexer';
@@ -16,6 +18,7 @@ import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
 import { EndpointSlots } from './domain/webhooks/fairness';
 import { SearchCache } from './domain/cache/search-cache';
+import { SearchRecorder } from './domain/search/record';
 import { DailySearchQuota } from './domain/tenants/search-quota';
 import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
@@ -23,7 +26,7 @@ import type { Logger } from './logger';
 import { Metrics } from './metrics';
 import { registerUsageMetrics } from './domain/usage/metrics';
 import { MetricsWindow } from './metrics-window';
-import { connectRedis } from './redis';
+import { connectRedis, redisOptions } from './redis';
 
 /**
  * The long-lived resources a process holds, built once at start and handed
@@ -45,6 +48,10 @@ export interface Platform {
   /** The last minutes of this process's metrics, for the dashboard. */
   metricsWindow: MetricsWindow;
   keyUsage: KeyUsageRecorder;
+  /** API keys verified once and kept in process. */
+  apiKeys: ApiKeyCache;
+  /** Announces changes to keys and tenants to every process's `apiKeys`. */
+  keyChanges: KeyChanges;
   dispatchIndexing: DispatchIndexing;
   /** Removes queued indexing jobs that are no longer wanted; a running one notices its item is canceled. */
   withdrawIndexing: DispatchIndexing;
@@ -56,6 +63,8 @@ export interface Platform {
   cache: SearchCache;
   /** Each tenant's searches today, against its daily quota. */
   searchQuota: DailySearchQuota;
+  /** Counts served searches and adds their analytics events, after the replies. */
+  searches: SearchRecorder;
   /** Holds a suspended tenant's jobs and releases them when it is resumed. */
   suspension: SuspensionHold;
   /** Queues deliveries with one attempt per WEBHOOK_RETRY_SCHEDULE entry; `spacingMs` paces them (replays). */
@@ -150,6 +159,17 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
     logger.warn({ err: error }, 'could not record API key usage; will retry'),
   );
+  const keyChanges = new KeyChanges({
+    publisher: redis,
+    subscriber: () => new Redis({ ...redisOptions(config, 'producer'), autoResubscribe: false }),
+    channel: `${config.QUEUE_PREFIX}:api-key-changes`,
+    onError: (error, what) => logger.debug({ err: error }, `${what} failed`),
+    onListening: (listening) =>
+      listening
+        ? logger.info('API keys are verified from memory: the change channel is heard')
+        : logger.warn('API keys are verified in the database on every request: the change channel is not heard'),
+  });
+  const apiKeys = new ApiKeyCache(db.knex, config.API_KEY_CACHE_MAX_ITEMS, keyChanges);
   health.start();
   keyUsage.start();
   metricsWindow.start();
@@ -177,6 +197,8 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     metrics,
     metricsWindow,
     keyUsage,
+    apiKeys,
+    keyChanges,
     dispatchIndexing,
     withdrawIndexing: async (work) => {
       await queues.removeWaiting(indexingQueue, work);
@@ -185,6 +207,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     endpointSlots: new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY),
     cache,
     searchQuota: new DailySearchQuota(redis, config.QUEUE_PREFIX),
+    searches: new SearchRecorder(redis, config.QUEUE_PREFIX, (events) => metrics.analyticsDropped.inc(events)),
     suspension: new SuspensionHold(redis, config.QUEUE_PREFIX),
     enqueueDeliveries: async (work, spacingMs = 0) => {
       await queues.enqueueMany(webhooksQueue, work, (index) => ({ attempts: config.WEBHOOK_RETRY_SCHEDULE.length, delay: index * spacingMs }));
@@ -237,6 +260,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
       await indexingCpu.close();
       metricsWindow.stop();
       await keyUsage.stop();
+      await keyChanges.stop();
       await queues.close().catch(() => undefined);
       await redis.quit().catch(() => redis.disconnect());
       await db.close();

@@ -1,6 +1,6 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 
-const digest = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+const digest = (value: string) => hash('sha256', value, 'buffer');
 
 /** Compares two secrets in constant time: both are hashed first, so neither their contents nor their lengths show in the timing. */
 export function sameSecret(presented: string, expected: string): boolean {

@@ -1,17 +1,15 @@
 import { isUtf8 } from 'node:buffer';
-import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { OpenApiGeneratorV31 } from '@asteasolutions/zod-to-openapi';
 import express, { type ErrorRequestHandler, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import helmet from 'helmet';
-import { pinoHttp } from 'pino-http';
 import { AppError, dependencyUnavailable, unavailableDependency } from '../errors';
 import { scrapeAllowed } from '../metrics';
 import type { Platform } from '../platform';
 import { noticeQuotaExceeded, QuotaExceededError } from '../domain/tenants/quotas';
-import { requestScope } from '../request-scope';
 import { adminPages, requireOperatorPage } from './admin/pages';
 import { BOARD_PATH, bullBoardRouter } from './board';
+import { requestTracking } from './request-tracking';
 import { Api } from './route';
 import { analyticsRoutes } from './routes/analytics';
 import { auditRoutes } from './routes/audit';
@@ -27,8 +25,6 @@ import { tenantRoutes } from './routes/tenants';
 import { usageRoutes } from './routes/usage';
 import { webhookRoutes } from './routes/webhooks';
 
-const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
-
 export function createApp(platform: Platform): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -36,33 +32,16 @@ export function createApp(platform: Platform): express.Express {
   app.set('trust proxy', platform.config.TRUST_PROXY);
   app.set('query parser', 'simple');
 
-  app.use(
-    pinoHttp({
-      logger: platform.logger,
-      genReqId: (req, res) => {
-        const given = req.headers['x-request-id'];
-        const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-        res.setHeader('X-Request-Id', id);
-        return id;
-      },
-      customProps: (_req, res) => ({ tenant_id: (res as Response).locals?.tenantId }),
-      customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : 'info'),
-      autoLogging: { ignore: (req) => req.url === '/healthz' || req.url === '/metrics' },
-    }),
-  );
-  app.use((req, res, next) => {
-    res.locals.requestId = req.id;
-    requestScope.run({ requestId: String(req.id) }, next);
-  });
-  app.use(recordLatency(platform));
+  app.use(requestTracking(app, platform));
   app.use(helmet({ contentSecurityPolicy: false }));
 
   const api = new Api(platform);
+  // Routes are tried in the order declared: the one served most, first.
+  searchRoutes(api);
   healthRoutes(api);
   tenantRoutes(api);
   documentRoutes(api);
   indexingRoutes(api);
-  searchRoutes(api);
   jobRoutes(api);
   webhookRoutes(api);
   cacheRoutes(api);
@@ -71,6 +50,16 @@ export function createApp(platform: Platform): express.Express {
   deadLetterRoutes(api, platform);
   metricsSummaryRoutes(api);
   auditRoutes(api);
+
+  // The API before the pages and documents, so an API request is not matched against their routes first.
+  // Any JSON value parses (strict: false), so a body that is valid JSON but no object is told so by validation rather than called invalid.
+  app.use(
+    '/api',
+    requireJsonBodies,
+    express.json({ limit: platform.config.MAX_BODY_BYTES, strict: false, type: ['application/json', 'application/*+json'], verify: refuseMalformedText }),
+  );
+  app.use('/api', rejectWhileDependenciesDown(platform));
+  app.use(api.router);
 
   app.get('/metrics', async (req, res) => {
     if (!scrapeAllowed(req.get('authorization'), platform.config.METRICS_TOKEN)) {
@@ -100,15 +89,6 @@ export function createApp(platform: Platform): express.Express {
   app.use(adminPages(platform));
   app.use(BOARD_PATH, requireOperatorPage(platform), bullBoardRouter(platform));
 
-  // Any JSON value parses (strict: false), so a body that is valid JSON but no object is told so by validation rather than called invalid.
-  app.use(
-    '/api',
-    requireJsonBodies,
-    express.json({ limit: platform.config.MAX_BODY_BYTES, strict: false, type: ['application/json', 'application/*+json'], verify: refuseMalformedText }),
-  );
-  app.use('/api', rejectWhileDependenciesDown(platform));
-  app.use(api.router);
-
   app.use((req, _res, next) => next(new AppError(404, 'not_found', `No route for ${req.method} ${req.path}.`)));
   app.use(errorHandler(platform));
   return app;
@@ -116,18 +96,6 @@ export function createApp(platform: Platform): express.Express {
 
 function swaggerUiPath(): string {
   return path.dirname(require.resolve('swagger-ui-dist/package.json'));
-}
-
-/** Latency by the route's pattern, never its raw URL, so label values stay few. */
-function recordLatency(platform: Platform): RequestHandler {
-  return (req, res, next) => {
-    const end = platform.metrics.httpDuration.startTimer();
-    res.on('finish', () => {
-      const route = req.route?.path ? `${req.baseUrl}${req.route.path}` : req.path.startsWith(BOARD_PATH) ? BOARD_PATH : 'unmatched';
-      end({ method: req.method, route, status: String(res.statusCode) });
-    });
-    next();
-  };
 }
 
 /** A body must be JSON; bodiless requests pass. */

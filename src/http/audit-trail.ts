@@ -48,6 +48,8 @@ export class RequestAudit {
   private targetTenant?: Tenant | null;
   /** Read now: Express restores the params of the enclosing router once the route hands an error on. */
   private readonly pathId: unknown;
+  /** Read now: once the client has gone, its socket no longer knows its address. */
+  private readonly ip: string | undefined;
   private settled = false;
   private closed = false;
 
@@ -59,6 +61,7 @@ export class RequestAudit {
     private readonly res: Response,
   ) {
     this.pathId = req.params.id;
+    this.ip = req.ip;
     // 'close' follows 'finish' after an answer, and comes alone when the client hung up.
     res.once('close', () => {
       this.closed = true;
@@ -107,7 +110,7 @@ export class RequestAudit {
       method: this.req.method,
       path: this.spec.path,
       status: this.res.writableEnded ? this.res.statusCode : undefined,
-      ip: this.req.ip ?? null,
+      ip: this.ip ?? null,
       requestId: String(this.res.locals.requestId ?? ''),
       details: this.details(),
     } satisfies AuditEntry);

@@ -1,5 +1,5 @@
 import type { Request } from 'express';
-import { verifyApiKey, type Scope } from '../domain/apikeys/apikeys';
+import { isWellFormedKey, type Scope } from '../domain/apikeys/apikeys';
 import { findTenant, findTenantByDomain } from '../domain/tenants/tenants';
 import { AppError, badRequest, forbidden, notFound, unauthenticated } from '../errors';
 import type { Platform } from '../platform';
@@ -73,8 +73,10 @@ function fromSession(platform: Platform, req: Request, sessionId: string): Princ
 }
 
 async function identify(platform: Platform, secret: string, host: string | undefined): Promise<Principal> {
-  if (isOperatorToken(secret, platform.config.ADMIN_TOKEN)) return { kind: 'operator' };
-  const verdict = await verifyApiKey(platform.db.knex, secret, { host });
+  const { ADMIN_TOKEN } = platform.config;
+  // A secret shaped like an API key is no operator token (unless that token is shaped like one): nothing to compare. Shapes are no secret.
+  if ((!isWellFormedKey(secret) || isWellFormedKey(ADMIN_TOKEN)) && isOperatorToken(secret, ADMIN_TOKEN)) return { kind: 'operator' };
+  const verdict = await platform.apiKeys.verify(secret, { host });
   if (!verdict.ok) {
     const messages = { unknown: 'The API key is not valid.', revoked: 'The API key has been revoked.', expired: 'The API key has expired.' };
     throw unauthenticated(messages[verdict.reason]);

@@ -1,6 +1,6 @@
 import { Counter, type Registry } from 'prom-client';
 import { withTimeout } from '../async';
-import { giveBackBudgets, takeBudgets, type Budget, type BudgetState } from '../budgets';
+import { BudgetTaker, giveBackBudgets, type Budget, type BudgetState, type Read, type RefusingBudget } from '../budgets';
 import type { Tenant } from '../domain/tenants/tenants';
 import { AppError } from '../errors';
 import type { Platform } from '../platform';
@@ -11,16 +11,29 @@ type PolicyName = 'tenant' | 'key';
 
 interface Policy extends Budget {
   name: PolicyName;
+  limit: number;
+}
+
+/** What a route takes and reads beside the rate limits, in the same script. */
+export interface AdmissionNeeds {
+  /** Budgets of the route's own (the daily search quota); a refusal by a rate limit is answered first. */
+  budgets?: RefusingBudget[];
+  /** Values the route needs from Redis (the tenant's cache generation), each seeded when missing. */
+  reads?: Read[];
 }
 
 /** What `admit` let through: the headers to send, and the units to give back if another limit then refuses the request. */
 export interface Admission {
   headers: Record<string, string>;
-  /** Empty when nothing was taken (no limits, the operator, Redis away). */
+  /** Rate-limit units taken; empty when nothing was taken (no limits, the operator, Redis away). */
   taken: Array<BudgetState<Policy>>;
+  /** The route's own budgets that were taken: for it to give back when its work fails. */
+  routeTaken: RefusingBudget[];
+  /** The values of the route's reads, in order; null when Redis did not answer. */
+  values: string[] | null;
 }
 
-const NOTHING_TAKEN = (headers: Record<string, string> = {}): Admission => ({ headers, taken: [] });
+const NOTHING_TAKEN = (headers: Record<string, string> = {}): Admission => ({ headers, taken: [], routeTaken: [], values: [] });
 
 const DECISIONS_METRIC = 'ragworks_rate_limit_decisions_total';
 
@@ -37,6 +50,9 @@ const REDIS_DEADLINE_MS = 250;
  * Redis so every API instance draws on the same budgets. Both are taken in
  * one script, all or none: a request refused by its key's limit spends
  * nothing of its tenant's, so one runaway key cannot lock out its siblings.
+ * A route's own budgets and reads ride in the same script (AdmissionNeeds),
+ * so a request's counting costs one round trip, and a request refused by
+ * any budget spends nothing of the others.
  * The limits are the tenant's tier's, read on each request, so a tier
  * change holds at once; the counters do not depend on the tier, so a
  * tenant moved to another tier keeps what it used in the current window.
@@ -50,35 +66,47 @@ const REDIS_DEADLINE_MS = 250;
  */
 export class RequestRateLimits {
   private readonly decisions: Counter<'outcome'>;
+  private readonly budgets: BudgetTaker;
 
   constructor(private readonly platform: Platform) {
     this.decisions = decisionsCounter(platform.metrics.registry);
+    this.budgets = new BudgetTaker(platform.redis, REDIS_DEADLINE_MS);
   }
 
   /**
-   * Counts the request against its key's and its tenant's budgets. Returns
-   * the headers to send with the response, or throws 429 `rate_limited`
-   * when a budget is spent. Only API keys are limited, never the operator.
+   * Counts the request against its key's and its tenant's budgets and the
+   * route's own, and reads what the route needs. Returns the headers to send
+   * with the response, or throws 429 `rate_limited` when a rate limit is
+   * spent, else the route budget's refusal when that is. Only API keys are
+   * rate limited, never the operator; a route's needs apply to everyone.
    */
-  async admit(ctx: RequestContext): Promise<Admission> {
+  async admit(ctx: RequestContext, needs: AdmissionNeeds = {}): Promise<Admission> {
     const { config } = this.platform;
-    if (!config.RATE_LIMIT_ENABLED || ctx.principal?.kind !== 'key' || !ctx.tenant) return NOTHING_TAKEN();
-    const policies = this.policiesFor(ctx.tenant, ctx.principal.apiKey.id);
-    if (policies.length === 0) return NOTHING_TAKEN();
-    const policyHeader = { 'RateLimit-Policy': policies.map((policy) => `"${policy.name}";q=${policy.limit};w=${config.RATE_LIMIT_WINDOW_SECONDS}`).join(', ') };
+    const { budgets: routeBudgets = [], reads = [] } = needs;
+    const policies = config.RATE_LIMIT_ENABLED && ctx.principal?.kind === 'key' && ctx.tenant ? this.policiesFor(ctx.tenant, ctx.principal.apiKey.id) : [];
+    const policyHeader: Record<string, string> =
+      policies.length > 0 ? { 'RateLimit-Policy': policies.map((policy) => `"${policy.name}";q=${policy.limit};w=${config.RATE_LIMIT_WINDOW_SECONDS}`).join(', ') } : {};
+    if (policies.length + routeBudgets.length + reads.length === 0) return NOTHING_TAKEN();
 
-    const taking = await this.take(policies);
+    const taking = await this.take([...policies, ...routeBudgets], reads);
     if (!taking) {
-      this.decisions.inc({ outcome: 'unavailable' });
-      return NOTHING_TAKEN(policyHeader);
+      if (policies.length > 0) this.decisions.inc({ outcome: 'unavailable' });
+      return { headers: policyHeader, taken: [], routeTaken: [], values: null };
     }
-    const headers = { ...policyHeader, RateLimit: remainingField(taking.states) };
-    if (taking.admitted) {
-      this.decisions.inc({ outcome: 'allowed' });
-      return { headers, taken: taking.states };
+    const states = taking.states.slice(0, policies.length) as Array<BudgetState<Policy>>;
+    const headers = policies.length > 0 ? { ...policyHeader, RateLimit: remainingField(states) } : policyHeader;
+    // Refused, the counters are as found: the spent ones are those at their limit. A rate limit answers first.
+    const spent = taking.admitted ? [] : states.filter(isSpent);
+    if (spent.length > 0) {
+      this.decisions.inc({ outcome: 'limited' });
+      throw this.refusal(spent, headers);
     }
-    this.decisions.inc({ outcome: 'limited' });
-    throw this.refusal(taking.states, headers);
+    if (policies.length > 0) this.decisions.inc({ outcome: 'allowed' });
+    if (!taking.admitted) {
+      const refused = (taking.states.slice(policies.length) as Array<BudgetState<RefusingBudget>>).find(isSpent)!;
+      throw withHeaders(refused.budget.refusal(refused.used), headers);
+    }
+    return { headers, taken: states, routeTaken: routeBudgets, values: taking.values };
   }
 
   /**
@@ -111,23 +139,23 @@ export class RequestRateLimits {
   }
 
   /**
-   * Takes one request from every budget or from none, or answers null when
+   * Takes one unit from every budget or from none, or answers null when
    * Redis is away: known down, failing the command, or not answering in time.
    */
-  private async take(policies: Policy[]) {
+  private async take(budgets: Budget[], reads: Read[]) {
     if (!this.platform.health.isUp('redis')) return null;
     try {
-      return await withTimeout(takeBudgets(this.platform.redis, policies), REDIS_DEADLINE_MS);
+      return await this.budgets.take(budgets, reads);
     } catch (error) {
-      this.platform.logger.debug({ err: error }, 'rate limits not enforced: Redis did not answer');
+      this.platform.logger.debug({ err: error }, 'rate limits and quotas not enforced: Redis did not answer');
       return null;
     }
   }
 
   /** 429 naming the spent budget that frees up last, so one wait is enough. */
-  private refusal(states: Array<BudgetState<Policy>>, headers: Record<string, string>): AppError {
+  private refusal(spent: Array<BudgetState<Policy>>, headers: Record<string, string>): AppError {
     const { RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
-    const exhausted = states.filter((state) => state.used >= state.budget.limit).sort((a, b) => b.resetMs - a.resetMs)[0];
+    const exhausted = [...spent].sort((a, b) => b.resetMs - a.resetMs)[0];
     const { name, limit } = exhausted.budget;
     const retryAfter = Math.max(1, wholeSeconds(exhausted.resetMs));
     return new AppError(
@@ -138,6 +166,14 @@ export class RequestRateLimits {
       { ...headers, 'Retry-After': String(retryAfter) },
     );
   }
+}
+
+const isSpent = (state: BudgetState): boolean => state.budget.limit !== null && state.used >= state.budget.limit;
+
+/** A refusal that carries the rate-limit headers too, so the client sees what it has left. */
+function withHeaders(error: AppError, headers: Record<string, string>): AppError {
+  Object.assign(error.headers, headers);
+  return error;
 }
 
 /** The `RateLimit` field: what is left of each budget and when it is whole again. */

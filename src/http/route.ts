@@ -7,7 +7,7 @@ import { requestScope } from '../request-scope';
 import { auditedAction, RequestAudit } from './audit-trail';
 import { authenticate, authorize, type AuthRule } from './auth';
 import { requestIdOf, type RequestContext } from './context';
-import { RequestRateLimits } from './rate-limit';
+import { RequestRateLimits, type Admission, type AdmissionNeeds } from './rate-limit';
 import { parseInput } from './validation';
 
 type Method = 'get' | 'post' | 'patch' | 'delete';
@@ -19,6 +19,14 @@ export interface Reply {
   headers?: Record<string, string>;
   /** Writes the body itself, for replies streamed rather than built in memory. */
   stream?: (res: Response) => Promise<void>;
+  /** Work that must not delay the reply (recording it): run once the reply is written. */
+  afterwards?: () => void;
+  /**
+   * Fields of `body` given already as JSON bytes (a cached search's results,
+   * serialized once per cached answer), spliced in rather than serialized
+   * again. Such a reply is new on every request, so it gets no ETag.
+   */
+  serialized?: Record<string, Buffer>;
 }
 
 export interface RouteInput<B, Q, P> {
@@ -28,6 +36,8 @@ export interface RouteInput<B, Q, P> {
   ctx: RequestContext;
   platform: Platform;
   req: Request;
+  /** What the request took and read with its rate limits: the route's `admission` needs among them. */
+  admission: Admission;
 }
 
 export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSchema | undefined, P extends ObjectSchema | undefined> {
@@ -53,6 +63,13 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
    * a read sent as POST, which is no mutation.
    */
   audit?: AuditSpec<Out<B>, Out<Q>, Out<P>> | false;
+  /**
+   * What the route takes and reads from Redis in the script that takes the
+   * rate limits (one round trip for all): its own budgets, such as the daily
+   * search quota, and values it needs, such as the cache generation. Asked
+   * only for input that passed validation.
+   */
+  admission?(ctx: RequestContext, platform: Platform): AdmissionNeeds;
   handler(input: RouteInput<Out<B>, Out<Q>, Out<P>>): Promise<Reply>;
 }
 
@@ -148,13 +165,19 @@ export class Api {
     if (audit) audit.tenant = ctx.tenant;
     const scope = requestScope.getStore();
     if (scope && ctx.tenant) scope.tenantId = ctx.tenant.id;
-    // Counted before the input is read, so malformed requests spend the budget too.
-    const admission = await this.rateLimits.admit(ctx);
-    for (const [name, value] of Object.entries(admission.headers)) res.setHeader(name, value);
     const call = (audit?.call ?? {}) as AuditCall<Out<B>, Out<Q>, Out<P>>;
-    call.body = (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>;
-    call.query = (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>;
-    call.params = (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>;
+    let invalid: unknown;
+    try {
+      call.body = (spec.body ? parseInput(spec.body, req.body, 'body') : undefined) as Out<B>;
+      call.query = (spec.query ? parseInput(spec.query, req.query, 'query') : undefined) as Out<Q>;
+      call.params = (spec.params ? parseInput(spec.params, req.params, 'params') : undefined) as Out<P>;
+    } catch (error) {
+      invalid = error;
+    }
+    // Malformed requests spend the rate limits too (and a rate limit refuses them before they are judged); the route's own budgets only valid ones.
+    const admission = await this.rateLimits.admit(ctx, invalid === undefined ? spec.admission?.(ctx, this.platform) : undefined);
+    for (const [name, value] of Object.entries(admission.headers)) res.setHeader(name, value);
+    if (invalid !== undefined) throw invalid;
     await audit?.lookUpTenantTarget();
     const reply = await spec
       .handler({
@@ -164,6 +187,7 @@ export class Api {
         ctx,
         platform: this.platform,
         req,
+        admission,
       })
       .catch(async (error: unknown) => {
         // A request a quota refused spends none of the rate limits either.
@@ -177,7 +201,9 @@ export class Api {
       await reply.stream(res);
       res.end();
     } else if (reply.body === undefined) res.status(reply.status).end();
+    else if (reply.serialized) sendJson(res.status(reply.status), reply.body as Record<string, unknown>, reply.serialized);
     else res.status(reply.status).json(reply.body);
+    reply.afterwards?.();
   }
 
   private document(spec: RouteSpec<z.ZodType | undefined, ObjectSchema | undefined, ObjectSchema | undefined>): void {
@@ -216,6 +242,20 @@ export class Api {
       ...(auditAction ? { 'x-audit-action': auditAction } : {}),
     });
   }
+}
+
+/** `body` as JSON, its `serialized` fields first, as the bytes given: written side by side in one go, never copied together. */
+function sendJson(res: Response, body: Record<string, unknown>, serialized: Record<string, Buffer>): void {
+  const rest: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(body)) if (!(name in serialized)) rest[name] = value;
+  const parts: Array<string | Buffer> = Object.entries(serialized).flatMap(([name, bytes], index) => [`${index === 0 ? '{' : ','}${JSON.stringify(name)}:`, bytes]);
+  const tail = JSON.stringify(rest);
+  parts.push(tail === '{}' ? '}' : `,${tail.slice(1)}`);
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', parts.reduce((length, part) => length + Buffer.byteLength(part), 0));
+  res.cork();
+  for (const part of parts.slice(0, -1)) res.write(part);
+  res.end(parts.at(-1));
 }
 
 function describeAuth(rule: AuthRule): string {

@@ -122,6 +122,8 @@ export const apiKeyCreate = z
   })
   .strict();
 
+export const apiKeyPatch = z.object({ scopes: z.array(z.enum(SCOPES)).min(1).max(SCOPES.length) }).strict();
+
 export const apiKeySchema = z.object({
   id: z.uuid(),
   name: z.string(),

@@ -18,7 +18,13 @@ export interface TcpProxy {
    * take it before `restore()`.
    */
   cut(): void;
-  /** Forwards new connections again; clients are expected to reconnect by themselves. */
+  /**
+   * Loses the server silently, as a host that stops answering: connections
+   * stay open, new ones are accepted, and nothing is forwarded either way
+   * until `restore()`.
+   */
+  hang(): void;
+  /** Forwards again: new connections after a cut (clients reconnect by themselves), held ones after a hang. */
   restore(): void;
   /** Resets every connection and stops listening. */
   close(): Promise<void>;
@@ -27,6 +33,18 @@ export interface TcpProxy {
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>();
   let cut = false;
+  let hung = false;
+
+  const forward = ({ client, upstream }: { client: net.Socket; upstream: net.Socket }) => {
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
+  const hold = ({ client, upstream }: { client: net.Socket; upstream: net.Socket }) => {
+    client.unpipe(upstream);
+    upstream.unpipe(client);
+    client.pause();
+    upstream.pause();
+  };
 
   const drop = (pair: { client: net.Socket; upstream: net.Socket }) => {
     pairs.delete(pair);
@@ -47,8 +65,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     upstream.on('error', () => undefined);
     const pair = { client, upstream };
     pairs.add(pair);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    if (!hung) forward(pair);
     client.on('close', () => drop(pair));
     upstream.on('close', () => drop(pair));
   });
@@ -74,8 +91,16 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
       cut = true;
       for (const pair of [...pairs]) drop(pair);
     },
+    hang() {
+      hung = true;
+      for (const pair of pairs) hold(pair);
+    },
     restore() {
       cut = false;
+      if (hung) {
+        hung = false;
+        for (const pair of pairs) forward(pair);
+      }
     },
     async close() {
       cut = true;

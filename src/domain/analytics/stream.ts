@@ -15,7 +15,7 @@ export interface SearchEvent {
 }
 
 /** The stream holds at most about this many entries; older ones go when aggregation falls this far behind. */
-const STREAM_MAX_LENGTH = 1_000_000;
+export const STREAM_MAX_LENGTH = 1_000_000;
 export const CONSUMER_GROUP = 'aggregator';
 
 export const streamKey = (prefix: string) => `${prefix}:analytics:searches`;
@@ -23,16 +23,6 @@ export const streamKey = (prefix: string) => `${prefix}:analytics:searches`;
 /** Lower case, single spaces: "Redis  Persistence" and "redis persistence" are one query. */
 export function normaliseQuery(query: string): string {
   return query.normalize('NFKC').toLowerCase().trim().replace(/\s+/g, ' ');
-}
-
-/**
- * Appends the event to the stream without waiting: the search has already
- * answered. When Redis refuses, the event is dropped and `onDropped` counts it.
- */
-export function recordSearchEvent(redis: Redis, prefix: string, event: SearchEvent, onDropped: () => void): void {
-  redis
-    .xadd(streamKey(prefix), 'MAXLEN', '~', STREAM_MAX_LENGTH, '*', 'event', JSON.stringify(event))
-    .catch(onDropped);
 }
 
 /** Creates the consumer group (from the start of the stream) if it does not exist yet. */

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { hash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Knex } from 'knex';
 import { notFound } from '../../errors';
 import { newId } from '../ids';
@@ -6,6 +6,7 @@ import { paginate, type Page, type PageRequest } from '../pagination';
 import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import { assertRoomFor, lockTenantCounters, type Quotas } from '../tenants/quotas';
 import { customDomainOf, toTenant, type Tenant, type TenantRow } from '../tenants/tenants';
+import type { CredentialChanges } from './key-cache';
 
 export const SCOPES = [
   'documents:read',
@@ -25,6 +26,8 @@ export const DEFAULT_SCOPES: Scope[] = ['documents:read', 'documents:write', 'se
 export const KEY_PREFIX = 'rw_live_';
 /** 30 random bytes → 40 base64url characters after the prefix. */
 const KEY_RANDOM_BYTES = 30;
+/** What createApiKey hands out: anything else is no key of ours, and costs no lookup. */
+const KEY_FORMAT = new RegExp(`^${KEY_PREFIX}[A-Za-z0-9_-]{${Math.ceil((KEY_RANDOM_BYTES * 4) / 3)}}$`);
 /** How much of a key is kept in clear to tell keys apart. */
 const VISIBLE_PREFIX_LENGTH = KEY_PREFIX.length + 6;
 
@@ -70,7 +73,7 @@ const toApiKey = (row: ApiKeyRow): ApiKey => ({
   created_at: row.created_at.toISOString(),
 });
 
-export const hashKey = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
+export const hashKey = (key: string): string => hash('sha256', key, 'hex');
 
 export interface NewApiKey {
   name: string;
@@ -118,16 +121,33 @@ export async function listApiKeys(db: Knex, tenantId: string, page: PageRequest)
   return withTenant(db, tenantId, (trx) => paginate(trx<ApiKeyRow>('api_keys').select('*').where({ tenant_id: tenantId }).whereNull('revoked_at'), page, toApiKey));
 }
 
-export async function revokeApiKey(db: Knex, tenantId: string, keyId: string): Promise<void> {
-  const updated = await withTenant(db, tenantId, (trx) =>
-    trx('api_keys').where({ id: keyId, tenant_id: tenantId }).whereNull('revoked_at').update({ revoked_at: trx.fn.now() }),
+/** Revokes a key; every API process stops accepting it before this returns. */
+export async function revokeApiKey(db: Knex, changes: CredentialChanges, tenantId: string, keyId: string): Promise<void> {
+  const updated = await changes.announce({ keyId }, () =>
+    withTenant(db, tenantId, (trx) =>
+      trx('api_keys').where({ id: keyId, tenant_id: tenantId }).whereNull('revoked_at').update({ revoked_at: trx.fn.now() }),
+    ),
   );
   if (updated === 0) throw notFound('API key');
 }
 
+/** Replaces a key's scopes; every API process holds the key to them before this returns. */
+export async function setApiKeyScopes(db: Knex, changes: CredentialChanges, tenantId: string, keyId: string, scopes: Scope[]): Promise<ApiKey> {
+  const [row] = await changes.announce({ keyId }, () =>
+    withTenant(db, tenantId, (trx) =>
+      trx<ApiKeyRow>('api_keys').where({ id: keyId, tenant_id: tenantId }).whereNull('revoked_at').update({ scopes: [...new Set(scopes)] }).returning('*'),
+    ),
+  );
+  if (!row) throw notFound('API key');
+  return toApiKey(row);
+}
+
 export type KeyVerdict =
   | { ok: true; apiKey: ApiKey; tenant: Tenant; domainTenant: Tenant | null }
-  | { ok: false; reason: 'unknown' | 'revoked' | 'expired' };
+  | { ok: false; reason: 'unknown' }
+  | { ok: false; reason: 'revoked' | 'expired'; keyId: string };
+
+export const isWellFormedKey = (presented: string): boolean => KEY_FORMAT.test(presented);
 
 /**
  * Looks a presented key up by its SHA-256, with its tenant, in one query,
@@ -137,7 +157,7 @@ export type KeyVerdict =
  * secret-derived bytes.
  */
 export async function verifyApiKey(db: Knex, presented: string, options: { host?: string; now?: Date } = {}): Promise<KeyVerdict> {
-  if (!presented.startsWith(KEY_PREFIX)) return { ok: false, reason: 'unknown' };
+  if (!isWellFormedKey(presented)) return { ok: false, reason: 'unknown' };
   const digest = hashKey(presented);
   const domain = customDomainOf(options.host);
   const row = await acrossTenants(db, (trx) =>
@@ -155,8 +175,8 @@ export async function verifyApiKey(db: Knex, presented: string, options: { host?
   if (!row) return { ok: false, reason: 'unknown' };
   const key = reviveDates<ApiKeyRow>(row.key, ['expires_at', 'revoked_at', 'last_used_at', 'created_at']);
   if (!timingSafeEqual(Buffer.from(key.key_hash, 'hex'), Buffer.from(digest, 'hex'))) return { ok: false, reason: 'unknown' };
-  if (key.revoked_at) return { ok: false, reason: 'revoked' };
-  if (key.expires_at && key.expires_at <= now) return { ok: false, reason: 'expired' };
+  if (key.revoked_at) return { ok: false, reason: 'revoked', keyId: key.id };
+  if (key.expires_at && key.expires_at <= now) return { ok: false, reason: 'expired', keyId: key.id };
   const tenantOf = (json: Record<string, unknown>) => toTenant(reviveDates<TenantRow>(json, ['created_at', 'updated_at']));
   return { ok: true, apiKey: toApiKey(key), tenant: tenantOf(row.tenant), domainTenant: row.domain_tenant ? tenantOf(row.domain_tenant) : null };
 }

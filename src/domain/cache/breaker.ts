@@ -37,18 +37,28 @@ export class CircuitBreaker {
           timer = setTimeout(() => setImmediate(() => reject(new Error(`no answer within ${this.timeoutMs} ms`))), this.timeoutMs);
         }),
       ]);
-      this.failures = 0;
+      this.succeeded();
       return result;
     } catch {
-      this.failures += 1;
-      if (this.failures >= this.threshold) {
-        if (this.failures === this.threshold || state === 'half-open') this.opened += 1;
-        this.openedAt = Date.now();
-      }
+      this.failed(state);
       return undefined;
     } finally {
       clearTimeout(timer);
       if (state === 'half-open') this.trialInFlight = false;
+    }
+  }
+
+  /** Counts a call made elsewhere (in a script shared with other work) that answered. */
+  succeeded(): void {
+    this.failures = 0;
+  }
+
+  /** Counts a call made elsewhere that did not answer, or was not made because the dependency is known down. */
+  failed(state = this.state): void {
+    this.failures += 1;
+    if (this.failures >= this.threshold) {
+      if (this.failures === this.threshold || state === 'half-open') this.opened += 1;
+      this.openedAt = Date.now();
     }
   }
 }

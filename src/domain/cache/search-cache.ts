@@ -1,7 +1,8 @@
-import { createHash, randomInt } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { withTimeout } from '../../async';
+import type { Read } from '../../budgets';
 import { CircuitBreaker } from './breaker';
 
 export interface CacheSettings {
@@ -49,7 +50,8 @@ const ratio = (stats: TierStats) => (stats.hits + stats.misses > 0 ? stats.hits 
  * embeddings. Every key carries the tenant and the tenant's index
  * generation; bumping the generation (one INCR) makes every older entry
  * unreachable in every process at once, because each request reads the
- * current generation from Redis. While Redis misbehaves a circuit breaker
+ * current generation from Redis: in the script that takes its rate limits
+ * (`generationRead`), or here. While Redis misbehaves a circuit breaker
  * skips it, and the in-process tier answers with the last generation seen.
  */
 export class SearchCache {
@@ -91,7 +93,7 @@ export class SearchCache {
   }
 
   private static hash(request: unknown): string {
-    return createHash('sha256').update(JSON.stringify(request)).digest('base64url');
+    return hash('sha256', JSON.stringify(request), 'base64url');
   }
 
   /**
@@ -101,7 +103,13 @@ export class SearchCache {
    * in Redis or in any process's memory — never become reachable again.
    */
   private static seedGeneration(): string {
-    return String(Date.now() * 1000 + randomInt(1000));
+    // Math.random, not crypto: nothing is secret here, and each search asks for a seed.
+    return String(Date.now() * 1000 + Math.floor(Math.random() * 1000));
+  }
+
+  /** The read of a tenant's generation, for a script that reads it beside other work: the key, seeded when missing. */
+  generationRead(tenantId: string): Read {
+    return { key: this.generationKey(tenantId), seed: SearchCache.seedGeneration() };
   }
 
   /** The tenant's current generation, or the last one seen while Redis is away; null when neither is known. */
@@ -113,6 +121,17 @@ export class SearchCache {
       await this.redis.set(key, SearchCache.seedGeneration(), 'NX');
       return this.redis.get(key);
     });
+    return this.remember(tenantId, current);
+  }
+
+  /** A generation read by the caller (see generationRead), or null when Redis did not answer it: counted like a call of ours. */
+  private generationFrom(tenantId: string, read: string | null): number | null {
+    if (read === null) this.breaker.failed();
+    else this.breaker.succeeded();
+    return this.remember(tenantId, read);
+  }
+
+  private remember(tenantId: string, current: string | null | undefined): number | null {
     if (current !== undefined && current !== null) {
       const generation = Number(current);
       this.knownGenerations.set(tenantId, generation);
@@ -124,15 +143,23 @@ export class SearchCache {
   /**
    * Returns the cached value for this tenant and request, or computes it —
    * once per process however many identical requests arrive together — and
-   * stores it in both tiers.
+   * stores it in both tiers. `generationRead` is the tenant's generation as
+   * the caller read it (null: Redis did not answer); without it the
+   * generation is read here.
    */
-  async getOrCompute<T>(tenantId: string, namespace: string, request: unknown, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
+  async getOrCompute<T>(
+    tenantId: string,
+    namespace: string,
+    request: unknown,
+    compute: () => Promise<T>,
+    generationRead?: string | null,
+  ): Promise<{ value: T; cached: boolean }> {
     if (!this.settings.enabled) return { value: await compute(), cached: false };
     // An index change whose bump was lost: retry it; until it lands, nothing cached for the tenant is trusted.
     if (this.missedInvalidations.has(tenantId) && !(await this.invalidate(tenantId).then(() => true, () => false))) {
       return { value: await compute(), cached: false };
     }
-    const generation = await this.generation(tenantId);
+    const generation = generationRead === undefined ? await this.generation(tenantId) : this.generationFrom(tenantId, generationRead);
     if (generation === null) return { value: await compute(), cached: false };
     const key = `${this.prefix}:cache:${namespace}:${tenantId}:g${generation}:${SearchCache.hash(request)}`;
     return this.lookup(key, compute);

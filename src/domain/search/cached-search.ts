@@ -34,10 +34,18 @@ function cachingEmbedder(cache: SearchCache, tenantId: string, embedder: Embedde
 /**
  * A search answered from the cache when an identical one ran since the
  * tenant's index last changed. `took_ms` is this request's own time.
+ * `generation` is the tenant's cache generation as the caller read it
+ * (SearchCache.getOrCompute).
  */
-export async function cachedSearch(cache: SearchCache, deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<CachedSearchResponse> {
+export async function cachedSearch(
+  cache: SearchCache,
+  deps: SearchDeps,
+  tenantId: string,
+  request: SearchRequest,
+  generation?: string | null,
+): Promise<CachedSearchResponse> {
   const started = process.hrtime.bigint();
-  const withCachedEmbeddings = { ...deps, embedder: cachingEmbedder(cache, tenantId, deps.embedder) };
-  const { value, cached } = await cache.getOrCompute(tenantId, 'search', normaliseRequest(request), () => search(withCachedEmbeddings, tenantId, request));
+  const compute = () => search({ ...deps, embedder: cachingEmbedder(cache, tenantId, deps.embedder) }, tenantId, request);
+  const { value, cached } = await cache.getOrCompute(tenantId, 'search', normaliseRequest(request), compute, generation);
   return { ...value, query: request.query, took_ms: Number(process.hrtime.bigint() - started) / 1e6, cached };
 }

@@ -1,25 +1,17 @@
 import type { Redis } from 'ioredis';
-import { withTimeout } from '../../async';
+import { giveBackBudgets, type RefusingBudget } from '../../budgets';
 import { QuotaExceededError, utcDay } from './quotas';
+
+/** Counters outlive their day by one, so "used yesterday" stays readable until the day is rolled up. */
+const KEEP_MS = 2 * 24 * 3600 * 1000;
 
 /**
  * Searches per tenant and UTC day, counted in Redis so every API instance
- * draws on one allowance. The check and the increment are one script, so
- * concurrent searches at the boundary can never pass the limit together.
+ * draws on one allowance. A search takes its unit in the script that takes
+ * the request's rate limits (src/budgets.ts), all or none: concurrent
+ * searches at the boundary can never pass the limit together, and a search
+ * refused by a rate limit spends none of the day's allowance.
  */
-const TAKE = `
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if ARGV[1] ~= '' and used >= tonumber(ARGV[1]) then return -used - 1 end
-used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return used`;
-
-/** A hung Redis must not hold searches: past this the search goes ahead uncounted. */
-const TAKE_TIMEOUT_MS = 250;
-
-/** Counters outlive their day by one, so "used yesterday" stays readable until the day is rolled up. */
-const KEEP_SECONDS = 2 * 24 * 3600;
-
 export class DailySearchQuota {
   constructor(
     private readonly redis: Redis,
@@ -31,20 +23,22 @@ export class DailySearchQuota {
   }
 
   /**
-   * Counts one search, or throws QuotaExceededError (429, Retry-After until
-   * the next UTC midnight) when `limit` are used today. `limit` null counts
-   * without limiting. Redis errors propagate: the caller decides.
+   * Today's allowance as a budget: refused with QuotaExceededError (429,
+   * Retry-After until the next UTC midnight) when `limit` are used. `limit`
+   * null counts without limiting.
    */
-  async take(tenantId: string, limit: number | null, now = new Date()): Promise<number> {
-    const taken = this.redis.eval(TAKE, 1, this.key(tenantId, utcDay(now)), limit === null ? '' : String(limit), KEEP_SECONDS);
-    const result = Number(await withTimeout(taken, TAKE_TIMEOUT_MS, 'Redis did not answer the search quota check'));
-    if (result < 0) throw new QuotaExceededError('searches_per_day', limit!, -result - 1, secondsUntilNextUtcDay(now));
-    return result;
+  budget(tenantId: string, limit: number | null, now = new Date()): RefusingBudget {
+    return {
+      key: this.key(tenantId, utcDay(now)),
+      limit,
+      windowMs: KEEP_MS,
+      refusal: (used) => new QuotaExceededError('searches_per_day', limit!, used, secondsUntilNextUtcDay(now)),
+    };
   }
 
-  /** Returns one search taken by `take` for a search that then failed. */
-  async giveBack(tenantId: string, now = new Date()): Promise<void> {
-    await this.redis.decr(this.key(tenantId, utcDay(now)));
+  /** Returns the unit a search took, for a search that then failed. */
+  async giveBack(budget: RefusingBudget): Promise<void> {
+    await giveBackBudgets(this.redis, [budget]);
   }
 
   async used(tenantId: string, now = new Date()): Promise<number> {

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import type { CredentialChanges } from '../apikeys/key-cache';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
 import { normalHost } from '../hosts';
 import { isUuid, newId } from '../ids';
@@ -100,10 +101,17 @@ function findTenantRow(db: Knex, idOrSlug: string): Promise<TenantRow | undefine
   return isUuid(idOrSlug) ? query.where({ id: idOrSlug }) : query.where({ slug: idOrSlug });
 }
 
-/** Applies changes; a new tier or quota override is in force for the next request. */
-export async function updateTenant(db: Knex, idOrSlug: string, changes: TenantChanges): Promise<Tenant> {
+/**
+ * Applies changes; a new tier, quota override or custom domain is in force
+ * for the next request, in every API process.
+ */
+export async function updateTenant(db: Knex, credentials: CredentialChanges, idOrSlug: string, changes: TenantChanges): Promise<Tenant> {
+  if (Object.keys(changes).length === 0) return getTenant(db, idOrSlug);
+  return credentials.announce({ tenant: idOrSlug }, () => applyChanges(db, idOrSlug, changes));
+}
+
+async function applyChanges(db: Knex, idOrSlug: string, changes: TenantChanges): Promise<Tenant> {
   const tenant = await getTenant(db, idOrSlug);
-  if (Object.keys(changes).length === 0) return tenant;
   const { quotas, ...columns } = changes;
   const update: Record<string, unknown> = { ...columns, updated_at: db.fn.now() };
   // Merged by PostgreSQL in the UPDATE itself, so two operators changing different quotas at once both keep their change.
@@ -119,13 +127,16 @@ export async function updateTenant(db: Knex, idOrSlug: string, changes: TenantCh
   }
 }
 
-export async function setTenantStatus(db: Knex, idOrSlug: string, status: TenantStatus): Promise<Tenant> {
-  const tenant = await getTenant(db, idOrSlug);
-  const [row] = await db<TenantRow>('tenants')
-    .where({ id: tenant.id })
-    .update({ status, updated_at: db.fn.now() as unknown as Date })
-    .returning('*');
-  return toTenant(row);
+/** Suspends or resumes; the tenant's keys are refused, or accepted again, by every API process before this returns. */
+export async function setTenantStatus(db: Knex, credentials: CredentialChanges, idOrSlug: string, status: TenantStatus): Promise<Tenant> {
+  return credentials.announce({ tenant: idOrSlug }, async () => {
+    const tenant = await getTenant(db, idOrSlug);
+    const [row] = await db<TenantRow>('tenants')
+      .where({ id: tenant.id })
+      .update({ status, updated_at: db.fn.now() as unknown as Date })
+      .returning('*');
+    return toTenant(row);
+  });
 }
 
 /**
@@ -133,13 +144,15 @@ export async function setTenantStatus(db: Knex, idOrSlug: string, status: Tenant
  * index job items are locked first, in the order the indexer locks them,
  * so a deletion during indexing waits instead of deadlocking.
  */
-export async function deleteTenant(db: Knex, idOrSlug: string): Promise<Tenant> {
-  const tenant = await getTenant(db, idOrSlug);
-  await withTenant(db, tenant.id, async (trx) => {
-    await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
-    await trx('tenants').where({ id: tenant.id }).delete();
+export async function deleteTenant(db: Knex, credentials: CredentialChanges, idOrSlug: string): Promise<Tenant> {
+  return credentials.announce({ tenant: idOrSlug }, async () => {
+    const tenant = await getTenant(db, idOrSlug);
+    await withTenant(db, tenant.id, async (trx) => {
+      await trx('index_job_items').select('index_job_id').where({ tenant_id: tenant.id }).orderBy(['index_job_id', 'document_id']).forUpdate();
+      await trx('tenants').where({ id: tenant.id }).delete();
+    });
+    return tenant;
   });
-  return tenant;
 }
 
 /** The overrides a PATCH sets, and the ones it removes (`null`: back to the tier's value). */

@@ -1,15 +1,13 @@
 import type { Request } from 'express';
 import { z } from 'zod';
 import { recordClick } from '../../domain/analytics/reports';
-import { recordSearchEvent } from '../../domain/analytics/stream';
 import { newId } from '../../domain/ids';
-import { countSearch } from '../../domain/search/counter';
-import { QuotaExceededError } from '../../domain/tenants/quotas';
 import { cachedSearch } from '../../domain/search/cached-search';
-import type { SearchRequest } from '../../domain/search/search';
+import type { SearchRequest, SearchResult } from '../../domain/search/search';
 import type { Platform } from '../../platform';
 import type { RequestContext } from '../context';
-import type { Api } from '../route';
+import type { Admission, AdmissionNeeds } from '../rate-limit';
+import type { Api, Reply } from '../route';
 import { searchBody, searchQuery, searchResponseSchema } from '../schemas';
 
 const tag = 'Search';
@@ -23,55 +21,70 @@ function userOf(req: Request, fromBody: string | undefined): string | null {
 }
 
 /**
- * Takes one search from the tenant's daily allowance. With Redis away the
- * search is let through uncounted: searching needs only PostgreSQL, and an
- * outage must not turn into refusals.
+ * Taken and read in the script that takes the request's rate limits: one of
+ * the tenant's searches today, and the tenant's cache generation. With Redis
+ * away the search goes on uncounted (searching needs only PostgreSQL, and an
+ * outage must not turn into refusals) and the cache answers with the last
+ * generation it saw.
  */
-async function takeDailySearch(platform: Platform, ctx: RequestContext, at: Date): Promise<boolean> {
-  try {
-    await platform.searchQuota.take(ctx.tenant!.id, ctx.tenant!.quotas.searches_per_day, at);
-    return true;
-  } catch (error) {
-    if (error instanceof QuotaExceededError) throw error;
-    // Debug, not warn: every search would log it while the outage lasts, and /readyz already says Redis is down.
-    platform.logger.debug({ err: error, tenant_id: ctx.tenant!.id }, 'daily search quota not checked: Redis is unavailable');
-    return false;
-  }
+function searchAdmission(ctx: RequestContext, platform: Platform): AdmissionNeeds {
+  const tenant = ctx.tenant!;
+  return {
+    budgets: [platform.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)],
+    reads: platform.config.CACHE_ENABLED ? [platform.cache.generationRead(tenant.id)] : [],
+  };
 }
 
-async function runSearch(platform: Platform, ctx: RequestContext, request: SearchRequest, userId: string | null) {
+/**
+ * Each cached answer's results as JSON, made once: the cache hands out the
+ * same results to every hit, so a hit replies without serializing them again.
+ */
+const serializedResults = new WeakMap<SearchResult[], Buffer>();
+
+function resultsAsJson(results: SearchResult[]): Buffer {
+  let bytes = serializedResults.get(results);
+  if (!bytes) {
+    bytes = Buffer.from(JSON.stringify(results));
+    serializedResults.set(results, bytes);
+  }
+  return bytes;
+}
+
+async function runSearch(platform: Platform, ctx: RequestContext, admission: Admission, request: SearchRequest, userId: string | null): Promise<Reply> {
   const tenantId = ctx.tenant!.id;
-  const at = new Date();
-  const counted = await takeDailySearch(platform, ctx, at);
-  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request).catch(async (error: unknown) => {
+  // Undefined when the cache is off (nothing was read); null when Redis did not answer.
+  const generation = admission.values === null ? null : admission.values[0];
+  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request, generation).catch(async (error: unknown) => {
     // A search that failed did not happen: its allowance goes back.
-    if (counted) await platform.searchQuota.giveBack(tenantId, at).catch(() => undefined);
+    for (const budget of admission.routeTaken) await platform.searchQuota.giveBack(budget).catch(() => undefined);
     throw error;
   });
   const queryId = newId();
+  const at = new Date().toISOString();
   platform.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
-  countSearch(platform.redis, platform.config.QUEUE_PREFIX, tenantId);
-  if (platform.config.ANALYTICS_ENABLED) {
-    // Recorded without waiting: analytics must cost the search nothing.
-    recordSearchEvent(
-      platform.redis,
-      platform.config.QUEUE_PREFIX,
-      {
-        tenantId,
-        queryId,
-        query: request.query,
-        mode: request.mode,
-        filters: request.filters ?? {},
-        resultCount: response.total_results,
-        tookMs: response.took_ms,
-        cached: response.cached,
-        userId,
-        at: new Date().toISOString(),
-      },
-      () => platform.metrics.analyticsDropped.inc(),
-    );
-  }
-  return { status: 200, body: { ...response, query_id: queryId } };
+  return {
+    status: 200,
+    body: { ...response, query_id: queryId },
+    serialized: { results: resultsAsJson(response.results) },
+    // Counted and recorded once the reply is out, without waiting: analytics must cost the search nothing.
+    afterwards: () => {
+      const event = platform.config.ANALYTICS_ENABLED
+        ? {
+            tenantId,
+            queryId,
+            query: request.query,
+            mode: request.mode,
+            filters: request.filters ?? {},
+            resultCount: response.total_results,
+            tookMs: response.took_ms,
+            cached: response.cached,
+            userId,
+            at,
+          }
+        : null;
+      platform.searches.record(tenantId, event);
+    },
+  };
 }
 
 export function searchRoutes(api: Api): void {
@@ -85,7 +98,8 @@ export function searchRoutes(api: Api): void {
       501: { description: 'Semantic or hybrid search without pgvector' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
-    handler: ({ body, ctx, platform, req }) => runSearch(platform, ctx, body, userOf(req, body.user_id)),
+    admission: searchAdmission,
+    handler: ({ body, ctx, platform, req, admission }) => runSearch(platform, ctx, admission, body, userOf(req, body.user_id)),
   });
   api.add({
     method: 'get', path: '/api/search', operationId: 'searchByQueryString', summary: 'Search with query parameters', tag, auth,
@@ -95,8 +109,9 @@ export function searchRoutes(api: Api): void {
       501: { description: 'Semantic or hybrid search without pgvector' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
-    handler: ({ query, ctx, platform, req }) =>
-      runSearch(platform, ctx, {
+    admission: searchAdmission,
+    handler: ({ query, ctx, platform, req, admission }) =>
+      runSearch(platform, ctx, admission, {
         query: query.q,
         mode: query.mode,
         limit: query.limit,

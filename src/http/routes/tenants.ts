@@ -1,6 +1,6 @@
-import { createApiKey, DEFAULT_SCOPES, listApiKeys, revokeApiKey } from '../../domain/apikeys/apikeys';
+import { createApiKey, DEFAULT_SCOPES, listApiKeys, revokeApiKey, setApiKeyScopes, type Scope } from '../../domain/apikeys/apikeys';
 import { AppError } from '../../errors';
-import { hasScope } from '../context';
+import { hasScope, type RequestContext } from '../context';
 import {
   createTenant,
   deleteTenant,
@@ -15,6 +15,8 @@ import {
   apiKeyCreate,
   apiKeyCreated,
   apiKeyPage,
+  apiKeyPatch,
+  apiKeySchema,
   idOrSlugParams,
   idParams,
   listQuery,
@@ -51,7 +53,7 @@ export function tenantRoutes(api: Api): void {
     params: idOrSlugParams, body: tenantPatch,
     responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' }, 409: { description: 'Slug or domain taken' } },
     audit: { action: 'tenant.update', targetsTenant: true, details: ({ body }) => (body?.quotas ? { quotas: Object.keys(body.quotas).sort() } : undefined) },
-    handler: async ({ params, body, platform }) => ({ status: 200, body: await updateTenant(platform.db.knex, params.id, body) }),
+    handler: async ({ params, body, platform }) => ({ status: 200, body: await updateTenant(platform.db.knex, platform.keyChanges, params.id, body) }),
   });
   api.add({
     method: 'delete', path: '/api/admin/tenants/:id', operationId: 'deleteTenant', summary: 'Delete a tenant and everything it owns', tag, auth: 'operator',
@@ -59,7 +61,7 @@ export function tenantRoutes(api: Api): void {
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such tenant' } },
     audit: { action: 'tenant.delete', targetsTenant: true },
     handler: async ({ params, platform }) => {
-      const deleted = await deleteTenant(platform.db.knex, params.id);
+      const deleted = await deleteTenant(platform.db.knex, platform.keyChanges, params.id);
       await platform.suspension.forget(deleted.id).catch((error) => platform.logger.warn({ err: error, tenant_id: deleted.id }, 'could not drop the held-jobs note of a deleted tenant'));
       return { status: 204 };
     },
@@ -71,7 +73,7 @@ export function tenantRoutes(api: Api): void {
       responses: { 200: { description: 'The tenant', schema: tenantSchema }, 404: { description: 'No such tenant' } },
       audit: { action: `tenant.${action}`, targetsTenant: true },
       handler: async ({ params, platform }) => {
-        const tenant = await setTenantStatus(platform.db.knex, params.id, status);
+        const tenant = await setTenantStatus(platform.db.knex, platform.keyChanges, params.id, status);
         // Jobs held while it was suspended run now rather than at their next recheck.
         // Without Redis they still run, at their next recheck.
         if (status === 'active') {
@@ -92,12 +94,7 @@ export function tenantRoutes(api: Api): void {
     // The scopes handed out are the point of the record; the secret in the reply never is.
     audit: { action: 'api_key.create', target: repliedId, details: ({ body }) => body && { name: body.name, scopes: body.scopes ?? DEFAULT_SCOPES } },
     handler: async ({ body, ctx, platform }) => {
-      // A key can hand out only what it holds: keys:manage alone must not mint an admin key.
-      const wanted = body.scopes ?? DEFAULT_SCOPES;
-      const beyond = wanted.filter((scope) => !hasScope(ctx.principal!, scope));
-      if (ctx.principal?.kind === 'key' && beyond.length > 0) {
-        throw new AppError(403, 'forbidden', 'An API key cannot grant scopes it does not have.', { scopes: beyond });
-      }
+      assertMayGrant(ctx, body.scopes ?? DEFAULT_SCOPES);
       const { apiKey, key } = await createApiKey(platform.db.knex, ctx.tenant!.id, body, ctx.tenant!.quotas);
       return { status: 201, body: { ...publicKey(apiKey), key } };
     },
@@ -112,15 +109,33 @@ export function tenantRoutes(api: Api): void {
     },
   });
   api.add({
+    method: 'patch', path: '/api/admin/api-keys/:id', operationId: 'setApiKeyScopes', summary: "Replace an API key's scopes, effective at once", tag, auth: keysAuth,
+    params: idParams, body: apiKeyPatch,
+    responses: { 200: { description: 'The key, without its secret', schema: apiKeySchema }, 404: { description: 'No such key' } },
+    audit: { action: 'api_key.update', details: ({ body }) => body && { scopes: body.scopes } },
+    handler: async ({ params, body, ctx, platform }) => {
+      assertMayGrant(ctx, body.scopes);
+      return { status: 200, body: publicKey(await setApiKeyScopes(platform.db.knex, platform.keyChanges, ctx.tenant!.id, params.id, body.scopes)) };
+    },
+  });
+  api.add({
     method: 'delete', path: '/api/admin/api-keys/:id', operationId: 'revokeApiKey', summary: 'Revoke an API key, effective at once', tag, auth: keysAuth,
     params: idParams,
     responses: { 204: { description: 'Revoked' }, 404: { description: 'No such key' } },
     audit: { action: 'api_key.revoke' },
     handler: async ({ params, ctx, platform }) => {
-      await revokeApiKey(platform.db.knex, ctx.tenant!.id, params.id);
+      await revokeApiKey(platform.db.knex, platform.keyChanges, ctx.tenant!.id, params.id);
       return { status: 204 };
     },
   });
+}
+
+/** A key can hand out only what it holds: keys:manage alone must not mint an admin key. */
+function assertMayGrant(ctx: RequestContext, scopes: Scope[]): void {
+  const beyond = scopes.filter((scope) => !hasScope(ctx.principal!, scope));
+  if (ctx.principal?.kind === 'key' && beyond.length > 0) {
+    throw new AppError(403, 'forbidden', 'An API key cannot grant scopes it does not have.', { scopes: beyond });
+  }
 }
 
 function publicKey(apiKey: Awaited<ReturnType<typeof createApiKey>>['apiKey']) {
