@@ -11,7 +11,7 @@ import { webhookFanoutQueue } from './webhook-fanout';
 import { webhooksQueue } from './webhooks';
 
 export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, usageQueue, webhookFanoutQueue, webhooksQueue };
-export { WEBHOOK_BACKOFF } from './webhooks';
+export { WEBHOOK_BACKOFF, enqueueDeliveries, promoteDeliveries } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
 export { DATABASE_RETRIES } from './definition';
 

@@ -1,7 +1,8 @@
 import { Redis } from 'ioredis';
 import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
-import { QueueRegistry, indexingQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
+import { enqueueDeliveries } from '../queues/webhooks';
+import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
 import type { Config } from './config';
 import { openDatabase, type Database, type DatabaseOptions } from './db/database';
 import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
@@ -16,7 +17,7 @@ import type { SearchDeps } from './domain/search/search';
 import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
 import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
-import { EndpointSlots } from './domain/webhooks/fairness';
+import { EndpointSlots, slotTimings } from './domain/webhooks/fairness';
 import { SearchCache } from './domain/cache/search-cache';
 import { SearchRecorder } from './domain/search/record';
 import { DailySearchQuota } from './domain/tenants/search-quota';
@@ -177,12 +178,13 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     await queues.enqueueMany(indexingQueue, work);
   };
   const events: EventSink = {
-    announce: async (event) => {
-      await queues.enqueue(webhookFanoutQueue, event).catch((error) =>
-        logger.warn({ err: error, event_id: event.eventId }, 'could not enqueue a webhook fan-out; the reconcile tick will'),
+    announce: async (pending) => {
+      await queues.enqueueMany(webhookFanoutQueue, [...pending]).catch((error) =>
+        logger.warn({ err: error, event_ids: pending.map((event) => event.eventId) }, 'could not enqueue a webhook fan-out; the reconcile tick will'),
       );
     },
   };
+  const endpointSlots = new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY, slotTimings(config.WEBHOOK_TIMEOUT_MS));
   return {
     config,
     logger,
@@ -204,14 +206,12 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
       await queues.removeWaiting(indexingQueue, work);
     },
     events,
-    endpointSlots: new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY),
+    endpointSlots,
     cache,
     searchQuota: new DailySearchQuota(redis, config.QUEUE_PREFIX),
     searches: new SearchRecorder(redis, config.QUEUE_PREFIX, (events) => metrics.analyticsDropped.inc(events)),
     suspension: new SuspensionHold(redis, config.QUEUE_PREFIX),
-    enqueueDeliveries: async (work, spacingMs = 0) => {
-      await queues.enqueueMany(webhooksQueue, work, (index) => ({ attempts: config.WEBHOOK_RETRY_SCHEDULE.length, delay: index * spacingMs }));
-    },
+    enqueueDeliveries: (work, spacingMs = 0) => enqueueDeliveries(queues, endpointSlots, work, { attempts: config.WEBHOOK_RETRY_SCHEDULE.length, spacingMs }),
     startedAt: new Date(),
     version: VERSION,
     searchDeps: () => ({

@@ -34,6 +34,14 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
   beforeRedrive?(payload: PayloadOf<D>, platform: Platform): Promise<string | null>;
   /** Worker settings the queue needs, such as a custom backoff strategy. */
   workerSettings?(platform: Platform): WorkerOptions['settings'];
+  /** Work the queue needs beside its jobs while its worker runs (e.g. a periodic sweep); returns how to stop it. */
+  background?(platform: Platform): () => Promise<void>;
+  /**
+   * For a queue that holds while its tenant is suspended: the processor
+   * reads the tenant's status with its own data and holds the job itself
+   * (holdWhileSuspended), so the runtime does not look it up before every job.
+   */
+  checksSuspension?: boolean;
 }
 
 export function defineProcessor<D extends QueueDefinition>(processor: Processor<D>): Processor<D> {

@@ -2,12 +2,12 @@ import { DelayedError, UnrecoverableError, WaitingError, Worker, type Connection
 import { DATABASE_RETRIES } from '../queues';
 import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
-import { recheckDelayMs } from '../src/domain/tenants/suspension';
 import { unavailableDependency } from '../src/errors';
 import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
 import { redisOptions } from '../src/redis';
 import { PROCESSORS } from './index';
+import { holdWhileSuspended } from './suspension-hold';
 import type { Processor } from './processor';
 
 export interface DrainReport {
@@ -29,15 +29,29 @@ const DEPENDENCY_RETRY_MS = 5_000;
  */
 export class WorkerRuntime {
   private readonly workers: Worker[] = [];
+  private readonly backgroundStops: Array<() => Promise<void>> = [];
   private active = 0;
   private finishedWhileDraining = 0;
+  /**
+   * Aborted at the drain deadline: the signal every job is given. One for the
+   * runtime rather than one per job (BullMQ makes one per job for a processor
+   * that takes a signal), since the only cancellation is the hand-back of all.
+   */
+  private readonly shutdown = new AbortController();
+  /** How to stop waiting for each job in flight, at the drain deadline. */
+  private readonly handBacks = new Set<(reason: Error) => void>();
   private draining = false;
   private readonly onHealthChange = (name: string, up: boolean) => void this.pauseWhileDown(name, up);
   private readonly deadLetters: DeadLetterMetrics;
 
+  /**
+   * `processors` are the ones the queues are looked up in: every queue's
+   * (workers/index.ts) unless given, e.g. to run a queue of one's own.
+   */
   constructor(
     private readonly platform: Platform,
     private readonly queueNames: string[],
+    private readonly processors: readonly Processor[] = PROCESSORS,
   ) {
     this.deadLetters = deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger);
   }
@@ -45,9 +59,9 @@ export class WorkerRuntime {
   start(): void {
     const { config, logger } = this.platform;
     for (const name of this.queueNames) {
-      const processor = PROCESSORS.find((candidate) => candidate.definition.name === name);
+      const processor = this.processors.find((candidate) => candidate.definition.name === name);
       if (!processor) throw new Error(`No processor for queue "${name}"`);
-      const worker = new Worker(name, (job, token, signal) => this.run(processor, job, token, signal), {
+      const worker = new Worker(name, (job, token) => this.run(processor, job, token), {
         connection: redisOptions(config, 'worker') as ConnectionOptions,
         prefix: config.QUEUE_PREFIX,
         concurrency: config.WORKER_CONCURRENCY_PER_QUEUE[name] ?? config.WORKER_CONCURRENCY,
@@ -63,6 +77,7 @@ export class WorkerRuntime {
         if (job && STALLED_TOO_OFTEN.test(error.message)) void this.recordStalledFailure(processor, job, error);
       });
       this.workers.push(worker);
+      if (processor.background) this.backgroundStops.push(processor.background(this.platform));
     }
     this.platform.health.on('change', this.onHealthChange);
     logger.info({ queues: this.queueNames }, 'workers started');
@@ -77,7 +92,7 @@ export class WorkerRuntime {
     await Promise.all(this.workers.map((worker) => worker.waitUntilReady()));
   }
 
-  private async run(processor: Processor, job: Job, token: string | undefined, signal: AbortSignal | undefined): Promise<unknown> {
+  private async run(processor: Processor, job: Job, token: string | undefined): Promise<unknown> {
     const { platform } = this;
     const queue = processor.definition.name;
     const parsed = processor.definition.payload.safeParse(job.data);
@@ -88,11 +103,16 @@ export class WorkerRuntime {
       await this.recordDeadLetter(queue, job, invalid, job.attemptsMade + 1, platform.logger.child({ queue, job_id: job.id }));
       throw invalid;
     }
-    const abort = signal ?? new AbortController().signal;
+    const abort = this.shutdown.signal;
     const tenantId = (parsed.data as { tenantId?: string }).tenantId;
+    let logger: Logger | undefined;
     const context = {
       platform,
-      logger: platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) }),
+      // Made on first use: most jobs log nothing, and a child logger costs a serialisation of its bindings.
+      get logger(): Logger {
+        logger ??= platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) });
+        return logger;
+      },
       signal: abort,
       job,
       token,
@@ -101,14 +121,16 @@ export class WorkerRuntime {
     const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
     this.active += 1;
     try {
-      if (processor.definition.holdsWhileSuspended && tenantId && token && (await platform.suspension.isSuspended(platform.db.knex, tenantId))) {
-        // Not failed, not run: it waits for the tenant's resumption, which promotes it.
-        await platform.suspension.note(tenantId, queue, String(job.id));
-        // attemptsStarted counts every time a worker picked the job up, each look included.
-        await job.moveToDelayed(Date.now() + recheckDelayMs(job.attemptsStarted), token);
-        throw new DelayedError();
+      if (
+        processor.definition.holdsWhileSuspended &&
+        !processor.checksSuspension &&
+        tenantId &&
+        token &&
+        (await platform.suspension.isSuspended(platform.db.knex, tenantId))
+      ) {
+        await holdWhileSuspended(platform, queue, job, token, tenantId);
       }
-      const result = await untilAborted(processor.process(parsed.data, context), abort);
+      const result = await this.untilHandedBack(processor.process(parsed.data, context));
       platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
       return result;
     } catch (error) {
@@ -145,6 +167,14 @@ export class WorkerRuntime {
       this.active -= 1;
       if (this.draining) this.finishedWhileDraining += 1;
     }
+  }
+
+  /** Settles with the work, or rejects as soon as the job is handed back at the drain deadline, whichever is first. */
+  private untilHandedBack<T>(work: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.handBacks.add(reject);
+      work.then(resolve, reject).finally(() => this.handBacks.delete(reject));
+    });
   }
 
   /**
@@ -211,7 +241,9 @@ export class WorkerRuntime {
   async drain(timeoutMs: number): Promise<DrainReport> {
     this.draining = true;
     this.platform.health.off('change', this.onHealthChange);
+    // Closing first: a worker fetches no job after close() has begun, and stopping the background work awaits I/O.
     const closing = Promise.all(this.workers.map((worker) => worker.close()));
+    await Promise.all(this.backgroundStops.splice(0).map((stop) => stop()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       closing.then(() => false),
@@ -223,7 +255,8 @@ export class WorkerRuntime {
     let handedBack = 0;
     if (timedOut) {
       handedBack = this.active;
-      for (const worker of this.workers) worker.cancelAllJobs(SHUTDOWN);
+      this.shutdown.abort(SHUTDOWN);
+      for (const handBack of this.handBacks) handBack(new Error(SHUTDOWN));
       await closing;
     }
     // Handed-back jobs also pass through run()'s finally, so they are in the count.
@@ -242,14 +275,4 @@ function unrecoverable(failure: Error): UnrecoverableError {
   const stop = new UnrecoverableError(failure.message);
   stop.stack = failure.stack;
   return stop;
-}
-
-/** Settles with the work, or rejects as soon as the signal aborts, whichever is first. */
-function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }

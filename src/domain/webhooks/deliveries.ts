@@ -1,12 +1,15 @@
 import type { Knex } from 'knex';
-import { acrossTenants, withTenant } from '../../db/tenant-scope';
+import { acrossTenants, queryAsTenant, withTenant } from '../../db/tenant-scope';
 import { AppError, badRequest, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
 import { paginate, type Page, type PageRequest } from '../pagination';
-import { loadEndpoint, signingSecrets, type EndpointRow } from './endpoints';
+import { attemptDelivery } from './attempts';
+import { loadEndpoint } from './endpoints';
 import { recordEvent, type EventEnvelope, type EventSink } from './events';
+import { literal, uuidArray } from './literals';
 import type { EventType } from './event-types';
-import { sendSigned, type SendResult } from './sender';
+
+export { attemptDelivery, type AttemptVerdict, type SendGate } from './attempts';
 
 export type DeliveryOrigin = 'event' | 'redelivery' | 'replay' | 'test';
 export type DeliveryStatus = 'pending' | 'succeeded' | 'failed' | 'canceled';
@@ -33,7 +36,7 @@ export interface DeliveryDeps {
   settings: DeliverySettings;
 }
 
-interface DeliveryRow {
+export interface DeliveryRow {
   id: string;
   tenant_id: string;
   event_id: string;
@@ -99,192 +102,63 @@ const toAttemptView = (row: AttemptRow) => ({
  * by running it again.
  */
 export async function fanOut(db: Knex, tenantId: string, eventId: string): Promise<DeliveryWork[]> {
-  return withTenant(db, tenantId, async (trx) => {
-    await createFanOutDeliveries(trx, tenantId, eventId);
-    const pending: DeliveryRow[] = await trx('webhook_deliveries').select('*').where({ event_id: eventId, tenant_id: tenantId, origin: 'event', status: 'pending' });
-    return pending.map(toWork);
-  });
+  return (await fanOutEvents(db, tenantId, [eventId])).work[0];
 }
 
-async function createFanOutDeliveries(trx: Knex.Transaction, tenantId: string, eventId: string): Promise<void> {
-  const event = await trx('webhook_events').first('id', 'type').where({ id: eventId, tenant_id: tenantId }).forUpdate();
-  if (!event) return;
-  const endpoints: Array<{ id: string }> = await trx('webhook_endpoints')
-    .select('id')
-    .where({ tenant_id: tenantId, enabled: true })
-    .andWhere((subscribed) => subscribed.whereRaw('cardinality(event_types) = 0').orWhereRaw('? = any(event_types)', [event.type]));
-  if (endpoints.length > 0) {
-    const rows = endpoints.map((endpoint) => ({ id: newId(), endpoint_id: endpoint.id }));
-    await trx.raw(
-      `insert into webhook_deliveries (id, tenant_id, event_id, endpoint_id, event_type, origin)
-       select r.id, ?, ?, r.endpoint_id, ?, 'event' from jsonb_to_recordset(?::jsonb) as r(id uuid, endpoint_id uuid)
-       on conflict (event_id, endpoint_id) where origin = 'event' do nothing`,
-      [tenantId, eventId, event.type, JSON.stringify(rows)],
-    );
+/** A v7 UUID made by PostgreSQL (the millisecond clock in the first 48 bits), for rows whose number is known only there. */
+const SQL_UUID_V7 = `encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing substring(int8send((extract(epoch from clock_timestamp()) * 1000)::bigint) from 3) from 1 for 6), 52, 1), 53, 1), 'hex')::uuid`;
+
+/**
+ * fanOut for several events of one tenant in one statement: the events are
+ * locked and marked fanned out, a delivery is inserted for each enabled,
+ * subscribed endpoint, and the pending deliveries are returned — those just
+ * inserted and those an earlier, interrupted run left. `work` has one list
+ * per event, in the order given, each in endpoint order. For a suspended
+ * tenant nothing is done (`tenantSuspended`): its fan-outs wait for it.
+ */
+export async function fanOutEvents(db: Knex, tenantId: string, eventIds: readonly string[]): Promise<{ tenantSuspended: boolean; work: DeliveryWork[][] }> {
+  const tenant = literal(tenantId);
+  // One statement in one round trip (queryAsTenant: its implicit transaction commits it). Events are found
+  // and locked through their primary keys, one lateral lookup per id in id order (so concurrent fan-outs
+  // cannot deadlock), and updated by id: a table never analyzed yet (a fresh database) would otherwise
+  // tempt the planner into scanning the tenant's rows. A delivery that exists already (an interrupted
+  // earlier run) is returned by the no-op update of its conflict.
+  const rows = await queryAsTenant<{ tenant_status: string | null; id: string | null; event_id: string; endpoint_id: string; status: string }>(
+    db,
+    tenantId,
+    `with tenant as (
+       select status from tenants where id = ${tenant}
+     ),
+     locked as (
+       select ev.id from (select distinct id from unnest(${uuidArray(eventIds)}) as wanted(id) order by id) wanted
+        cross join lateral (select id from webhook_events where id = wanted.id and tenant_id = ${tenant} for update) ev
+        where (select status from tenant) is distinct from 'suspended'
+     ),
+     marked as (
+       update webhook_events set fanned_out_at = now() where id = any(array(select id from locked)) returning id, type
+     ),
+     inserted as (
+       insert into webhook_deliveries (id, tenant_id, event_id, endpoint_id, event_type, origin)
+       select ${SQL_UUID_V7}, ${tenant}, m.id, e.id, m.type, 'event'
+         from marked m
+         join webhook_endpoints e on e.tenant_id = ${tenant} and e.enabled and (cardinality(e.event_types) = 0 or m.type = any(e.event_types))
+       on conflict (event_id, endpoint_id) where origin = 'event' do update set status = webhook_deliveries.status
+       returning id, event_id, endpoint_id, status
+     )
+     select (select status from tenant) as tenant_status, inserted.* from (select 1) as one left join inserted on true`,
+  );
+  const tenantSuspended = rows[0]?.tenant_status === 'suspended';
+  const byEvent = new Map<string, DeliveryWork[]>(eventIds.map((eventId) => [eventId, []]));
+  const inserted = rows.filter((row): row is typeof row & { id: string } => row.id !== null && row.status === 'pending');
+  inserted.sort((a, b) => (a.endpoint_id < b.endpoint_id ? -1 : a.endpoint_id > b.endpoint_id ? 1 : 0));
+  for (const row of inserted) {
+    byEvent.get(row.event_id)?.push({ tenantId, deliveryId: row.id, eventId: row.event_id, endpointId: row.endpoint_id, origin: 'event' });
   }
-  await trx('webhook_events').where({ id: eventId }).update({ fanned_out_at: trx.fn.now() });
+  return { tenantSuspended, work: eventIds.map((eventId) => byEvent.get(eventId)!) };
 }
 
 function toWork(row: Pick<DeliveryRow, 'id' | 'tenant_id' | 'event_id' | 'endpoint_id' | 'origin'>): DeliveryWork {
   return { tenantId: row.tenant_id, deliveryId: row.id, eventId: row.event_id, endpointId: row.endpoint_id, origin: row.origin as DeliveryWork['origin'] };
-}
-
-export type AttemptVerdict =
-  | { kind: 'skipped'; reason: string }
-  | { kind: 'delivered' | 'retry' | 'gone' | 'given_up'; result: SendResult; endpointDisabled: boolean };
-
-/**
- * Makes one attempt of a delivery and records it. `final` says no retry
- * follows, so a failure fails the delivery. A delivery that is no longer
- * pending is skipped: a job that runs again after succeeding sends nothing.
- */
-export async function attemptDelivery(deps: DeliveryDeps, tenantId: string, deliveryId: string, final: boolean): Promise<AttemptVerdict> {
-  const loaded = await loadAttempt(deps.db, tenantId, deliveryId);
-  if ('kind' in loaded) return loaded;
-  const { delivery, endpoint, event } = loaded;
-
-  const result = await sendSigned({
-    url: endpoint.url,
-    messageId: delivery.event_id,
-    body: JSON.stringify(event.payload),
-    secrets: signingSecrets(endpoint),
-    userAgent: deps.settings.userAgent,
-    timeoutMs: deps.settings.timeoutMs,
-    allowPrivate: deps.settings.allowPrivate,
-  });
-  const kind = result.ok ? 'delivered' : result.statusCode === 410 ? 'gone' : final ? 'given_up' : 'retry';
-  const recorded = await recordAttempt(deps, delivery, endpoint, result, kind);
-  if (recorded === 'vanished') return { kind: 'skipped', reason: 'the delivery or its endpoint was deleted during the attempt' };
-  // Another attempt finished the delivery meanwhile: no retry for this one.
-  if (recorded.superseded && kind === 'retry') return { kind: 'skipped', reason: 'the delivery was finished by another attempt' };
-  // An endpoint disabled by this very failure gets no retry.
-  return { kind: kind === 'retry' && recorded.endpointDisabled ? 'given_up' : kind, result, endpointDisabled: recorded.endpointDisabled };
-}
-
-/** What an attempt sends, read before the request so no transaction stays open while the receiver answers. */
-async function loadAttempt(
-  db: Knex,
-  tenantId: string,
-  deliveryId: string,
-): Promise<{ kind: 'skipped'; reason: string } | { delivery: DeliveryRow; endpoint: EndpointRow; event: { payload: unknown } }> {
-  return withTenant(db, tenantId, async (trx) => {
-    const delivery = await trx<DeliveryRow>('webhook_deliveries').first('*').where({ id: deliveryId, tenant_id: tenantId });
-    if (!delivery) return { kind: 'skipped', reason: 'the delivery no longer exists' };
-    if (delivery.status !== 'pending') return { kind: 'skipped', reason: `the delivery is already ${delivery.status}` };
-    const endpoint = await trx<EndpointRow>('webhook_endpoints').first('*').where({ id: delivery.endpoint_id, tenant_id: tenantId });
-    if (!endpoint || !endpoint.enabled) {
-      const reason = endpoint ? 'The endpoint is disabled.' : 'The endpoint was deleted.';
-      await trx('webhook_deliveries').where({ id: deliveryId }).update({ status: 'canceled', last_error: reason, next_attempt_at: null, updated_at: trx.fn.now() });
-      return { kind: 'skipped', reason };
-    }
-    const event = await trx('webhook_events').first('payload').where({ id: delivery.event_id, tenant_id: tenantId });
-    if (!event) return { kind: 'skipped', reason: 'the event no longer exists' };
-    return { delivery, endpoint, event };
-  });
-}
-
-/** Thrown inside recordAttempt's transaction to roll it back when a row it needs was deleted mid-attempt. */
-class Vanished extends Error {}
-
-/**
- * Stores the attempt and its effect on the delivery and the endpoint's
- * health. `superseded`: the delivery was no longer pending (another attempt
- * overlapping this one finished it), so its status was left alone.
- * 'vanished': the endpoint or the delivery was deleted while the request was
- * in flight, and nothing was recorded.
- */
-async function recordAttempt(
-  deps: DeliveryDeps,
-  delivery: DeliveryRow,
-  endpoint: EndpointRow,
-  result: SendResult,
-  verdict: AttemptVerdict['kind'],
-): Promise<{ endpointDisabled: boolean; superseded: boolean } | 'vanished'> {
-  try {
-    return await withTenant(deps.db, delivery.tenant_id, async (trx) => {
-      // The endpoint row first, then the delivery: the order deleting an endpoint cascades in, so the two cannot deadlock.
-      const endpointDisabled = result.ok ? false : await recordFailureHealth(trx, deps, endpoint, verdict);
-      if (result.ok) {
-        const updated = await trx('webhook_endpoints')
-          .where({ id: endpoint.id })
-          .update({ consecutive_failures: 0, failing_since: null, last_success_at: trx.fn.now(), updated_at: trx.fn.now() });
-        if (updated === 0) throw new Vanished();
-      }
-      // The attempt happened, so it is counted and logged whatever the delivery's state now.
-      const [counted] = await trx('webhook_deliveries')
-        .where({ id: delivery.id })
-        .increment('attempts', 1)
-        .returning(['attempts', 'status']);
-      if (!counted) throw new Vanished();
-      const attempts: number = counted.attempts;
-      await trx('webhook_attempts').insert({
-        id: newId(),
-        tenant_id: delivery.tenant_id,
-        delivery_id: delivery.id,
-        endpoint_id: endpoint.id,
-        event_id: delivery.event_id,
-        event_type: delivery.event_type,
-        attempt: attempts,
-        outcome: result.ok ? 'succeeded' : 'failed',
-        status_code: result.statusCode,
-        duration_ms: result.durationMs,
-        error: result.error,
-        response_body: result.responseBody,
-      });
-      // Only a pending delivery changes: a late attempt overlapping one that already finished it must not undo its outcome.
-      if (counted.status !== 'pending') return { endpointDisabled, superseded: true };
-      await trx('webhook_deliveries')
-        .where({ id: delivery.id, status: 'pending' })
-        .update({
-          status: verdict === 'delivered' ? 'succeeded' : verdict === 'retry' && !endpointDisabled ? 'pending' : 'failed',
-          last_status_code: result.statusCode,
-          last_error: result.error,
-          delivered_at: verdict === 'delivered' ? trx.fn.now() : null,
-          // The attempt that was due has happened; a retry sets the next time again (scheduleNextAttempt).
-          next_attempt_at: null,
-          updated_at: trx.fn.now(),
-        });
-      return { endpointDisabled, superseded: false };
-    });
-  } catch (error) {
-    if (error instanceof Vanished) return 'vanished';
-    throw error;
-  }
-}
-
-/** Counts a failure against the endpoint; disables it on 410 or after failing too long. True if it got disabled. */
-async function recordFailureHealth(trx: Knex.Transaction, deps: DeliveryDeps, endpoint: EndpointRow, verdict: AttemptVerdict['kind']): Promise<boolean> {
-  const [health] = await trx('webhook_endpoints')
-    .where({ id: endpoint.id })
-    .update({
-      consecutive_failures: trx.raw('consecutive_failures + 1'),
-      failing_since: trx.raw('coalesce(failing_since, now())'),
-      last_failure_at: trx.fn.now(),
-      updated_at: trx.fn.now(),
-    })
-    .returning(['failing_since', 'enabled']);
-  if (!health) throw new Vanished();
-  const failingForMs = Date.now() - new Date(health.failing_since).getTime();
-  if (verdict === 'gone') return disableEndpoint(trx, deps.events, endpoint, 'The receiver answered 410 Gone.');
-  if (health.enabled && failingForMs >= deps.settings.disableAfterHours * 3_600_000) {
-    return disableEndpoint(trx, deps.events, endpoint, `Every attempt has failed for ${deps.settings.disableAfterHours} hours.`);
-  }
-  return false;
-}
-
-/** Disables an endpoint and tells the tenant's other endpoints with a `webhook.endpoint_disabled` event. */
-async function disableEndpoint(trx: Knex.Transaction, events: EventSink, endpoint: EndpointRow, reason: string): Promise<boolean> {
-  const updated = await trx('webhook_endpoints')
-    .where({ id: endpoint.id, enabled: true })
-    .update({ enabled: false, disabled_reason: reason, disabled_at: trx.fn.now(), updated_at: trx.fn.now() });
-  if (updated === 0) return false;
-  await recordEvent(trx, events, endpoint.tenant_id, 'webhook.endpoint_disabled', {
-    endpoint_id: endpoint.id,
-    url: endpoint.url,
-    reason,
-    failing_since: endpoint.failing_since ? endpoint.failing_since.toISOString() : new Date().toISOString(),
-  });
-  return true;
 }
 
 /** When the next attempt is due, for operators reading the delivery. */

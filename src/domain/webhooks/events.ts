@@ -14,7 +14,8 @@ export interface PendingEvent {
  * so announcing never fails the operation that caused the event.
  */
 export interface EventSink {
-  announce(event: PendingEvent): Promise<void>;
+  /** All the events one commit stored, at once, so they can be enqueued in one bulk add. */
+  announce(events: readonly PendingEvent[]): Promise<void>;
 }
 
 export interface EventEnvelope {
@@ -50,7 +51,7 @@ export async function recordEvent(
   );
   if (result.rows[0].needs_fanout) {
     trx.executionPromise.then(
-      () => sink.announce({ tenantId, eventId: envelope.id }).catch(() => undefined),
+      () => sink.announce([{ tenantId, eventId: envelope.id }]).catch(() => undefined),
       () => undefined,
     );
   }
@@ -92,9 +93,7 @@ export async function recordEvents(
   }
   if (needsFanout) {
     trx.executionPromise.then(
-      () => {
-        for (const envelope of envelopes) sink.announce({ tenantId, eventId: envelope.id }).catch(() => undefined);
-      },
+      () => sink.announce(envelopes.map((envelope) => ({ tenantId, eventId: envelope.id }))).catch(() => undefined),
       () => undefined,
     );
   }

@@ -1,39 +1,313 @@
 import type { Redis } from 'ioredis';
 
 /**
- * A per-endpoint limit on deliveries in flight, shared by every worker
- * through Redis: one slow receiver holds at most `limit` worker slots, and
- * the others' deliveries keep flowing. Each slot expires on its own, so a
- * worker that dies cannot hold one for ever.
+ * Per-endpoint concurrency without polling, shared by every worker through
+ * Redis. An endpoint has `limit` slots. A delivery runs only while it holds
+ * one; a delivery that finds them all taken is *parked* — its job waits in
+ * BullMQ's delayed set with a long backstop delay, its id in the endpoint's
+ * parked list — and the delivery that frees a slot hands it to the
+ * longest-parked one, whose job the caller then promotes. Nothing looks for
+ * a free slot on a timer: a slot changes hands when an attempt ends, as in
+ * BullMQ Pro's groups.
+ *
+ * Keys, per endpoint: `webhook-slots:<endpoint>` (sorted set: holder job id →
+ * lease expiry, ms) and `webhook-parked:<endpoint>` (sorted set: job id →
+ * when it was parked); and `webhook-parked-endpoints` (set of endpoints with
+ * parked jobs), which the sweeper walks.
+ *
+ * Leases bound every slot: a holder that dies (a killed worker, a lost
+ * promotion) frees its slot when the lease runs out, and the next grant —
+ * any acquire or release at that endpoint, or the sweeper — hands it on.
  */
-const ACQUIRE = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return 1
+
+/*
+ * Holders are job ids. A parked entry is `<job id>:<delivery id>` (a BullMQ
+ * job id cannot contain ':'), so whoever hands a slot on knows which
+ * delivery it woke and can read it ahead.
+ */
+
+/** Drops expired holders, then gives free slots to the longest-parked jobs; returns the parked entries woken. */
+const GRANT = `
+local function grant(holders, parked, registry, endpoint, now, limit, lease, holdTtl)
+  local woken = {}
+  local free = limit - redis.call('ZCARD', holders)
+  if free > 0 then
+    local popped = redis.call('ZPOPMIN', parked, free)
+    for i = 1, #popped, 2 do
+      redis.call('ZADD', holders, now + lease, string.match(popped[i], '^[^:]+'))
+      woken[#woken + 1] = popped[i]
+    end
+    if #woken > 0 then redis.call('PEXPIRE', holders, holdTtl) end
+  end
+  if redis.call('EXISTS', parked) == 0 then redis.call('SREM', registry, endpoint) end
+  return woken
 end
-return 0`;
+`;
+
+/**
+ * Admission of new deliveries, before their jobs are added: a slot for each
+ * while the endpoint has free ones and nobody is parked, otherwise parked in
+ * arrival order. KEYS: registry, then holders and parked of each endpoint.
+ * ARGV: now, limit, wait lease, holders' ttl, parked ttl, then per endpoint
+ * its id, the number of deliveries and, for each, its job id and delivery
+ * id. Returns 1 (runs now) or 0 (parked) per delivery, in order.
+ */
+const ADMIT = `
+local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local holdTtl, parkTtl = ARGV[4], ARGV[5]
+local answer = {}
+local a = 6
+for k = 2, #KEYS, 2 do
+  local holders, parked = KEYS[k], KEYS[k + 1]
+  local endpoint, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  for i = 1, n do
+    local id, entry = ARGV[a], ARGV[a] .. ':' .. ARGV[a + 1]
+    a = a + 2
+    if redis.call('ZSCORE', holders, id) then
+      answer[#answer + 1] = 1
+    elseif redis.call('ZSCORE', parked, entry) then
+      answer[#answer + 1] = 0
+    elseif redis.call('ZCARD', holders) < limit and redis.call('EXISTS', parked) == 0 then
+      redis.call('ZADD', holders, now + lease, id)
+      redis.call('PEXPIRE', holders, holdTtl)
+      answer[#answer + 1] = 1
+    else
+      -- A thousandth of a millisecond apart: the order of this call is kept among entries parked in the same millisecond.
+      redis.call('ZADD', parked, now + i / 1000, entry)
+      redis.call('PEXPIRE', parked, parkTtl)
+      redis.call('SADD', KEYS[1], endpoint)
+      answer[#answer + 1] = 0
+    end
+  end
+end
+return answer`;
+
+/**
+ * A delivery about to send: it keeps (or takes) a slot, or it is parked —
+ * keeping its place if it was parked before. Free slots left over are
+ * handed to parked jobs. KEYS: holders, parked, registry. ARGV: now, limit,
+ * run lease, wait lease, holders' ttl, parked ttl, job id, delivery id,
+ * endpoint id. Returns {1 held | 0 parked, parked entries woken...}.
+ */
+const ACQUIRE = `${GRANT}
+local holders, parked, registry = KEYS[1], KEYS[2], KEYS[3]
+local now, limit, runLease, waitLease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local holdTtl, parkTtl, id, endpoint = ARGV[5], ARGV[6], ARGV[7], ARGV[9]
+local entry = id .. ':' .. ARGV[8]
+redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+local held = 0
+if redis.call('ZSCORE', holders, id) or redis.call('ZCARD', holders) < limit then
+  redis.call('ZADD', holders, now + runLease, id)
+  redis.call('PEXPIRE', holders, holdTtl)
+  redis.call('ZREM', parked, entry)
+  held = 1
+else
+  if redis.call('ZADD', parked, 'NX', now, entry) == 1 then redis.call('PEXPIRE', parked, parkTtl) end
+  redis.call('SADD', registry, endpoint)
+end
+local answer = grant(holders, parked, registry, endpoint, now, limit, waitLease, holdTtl)
+table.insert(answer, 1, held)
+return answer`;
+
+/**
+ * A delivery's attempt is over (or it never needed its slot): its slot, and
+ * its place among the parked if it has one, are given up, and the slot goes
+ * to the longest-parked job. With an empty job id it only hands on slots
+ * whose leases ran out (the sweeper). KEYS: holders, parked, registry. ARGV:
+ * now, limit, wait lease, holders' ttl, job id, delivery id, endpoint id.
+ * Returns the parked entries woken.
+ */
+const RELEASE = `${GRANT}
+local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[5])
+  redis.call('ZREM', KEYS[2], ARGV[5] .. ':' .. ARGV[6])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return grant(KEYS[1], KEYS[2], KEYS[3], ARGV[7], now, limit, lease, ARGV[4])`;
+
+const COMMANDS = { admit: 'ragworksSlotsAdmit', acquire: 'ragworksSlotsAcquire', release: 'ragworksSlotsRelease' } as const;
+type ScriptCommand = (numberOfKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
+type SlotCommands = Record<(typeof COMMANDS)[keyof typeof COMMANDS], ScriptCommand>;
+
+/** The scripts as commands of this connection: ioredis sends EVALSHA, and the script only when Redis does not know it yet. */
+function commands(redis: Redis): SlotCommands {
+  if (!(COMMANDS.admit in redis)) {
+    redis.defineCommand(COMMANDS.admit, { lua: ADMIT });
+    redis.defineCommand(COMMANDS.acquire, { lua: ACQUIRE });
+    redis.defineCommand(COMMANDS.release, { lua: RELEASE });
+  }
+  return redis as unknown as SlotCommands;
+}
+
+export interface SlotTimings {
+  /** How long a slot is held by a delivery that is sending: past it, the holder is taken for dead. */
+  runLeaseMs: number;
+  /** How long a slot is kept for a delivery that was given it but has not started yet. */
+  waitLeaseMs: number;
+  /** How long a parked job waits at most before it looks again by itself; only a backstop. */
+  parkBackstopMs: number;
+}
+
+/** A delivery as the slots know it: its endpoint, its job and itself. */
+export interface SlotClaim {
+  endpointId: string;
+  jobId: string;
+  deliveryId: string;
+}
+
+/** A parked delivery given a slot: its job is to be promoted. */
+export interface Woken {
+  jobId: string;
+  deliveryId: string;
+}
+
+const woken = (entries: readonly string[]): Woken[] =>
+  entries.map((entry) => {
+    const split = entry.indexOf(':');
+    return { jobId: entry.slice(0, split), deliveryId: entry.slice(split + 1) };
+  });
 
 export class EndpointSlots {
+  private readonly scripts: SlotCommands;
+
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
     private readonly limit: number,
-  ) {}
+    readonly timings: SlotTimings,
+  ) {
+    this.scripts = commands(redis);
+  }
 
-  private key(endpointId: string): string {
+  private holdersKey(endpointId: string): string {
     return `${this.prefix}:webhook-slots:${endpointId}`;
   }
 
-  /** Takes a slot for up to `holdMs`; false when the endpoint already has `limit` deliveries in flight. */
-  async acquire(endpointId: string, token: string, holdMs: number): Promise<boolean> {
-    const now = Date.now();
-    const taken = await this.redis.eval(ACQUIRE, 1, this.key(endpointId), now, now + holdMs, this.limit, token, holdMs * 2);
-    return taken === 1;
+  private parkedKey(endpointId: string): string {
+    return `${this.prefix}:webhook-parked:${endpointId}`;
   }
 
-  async release(endpointId: string, token: string): Promise<void> {
-    await this.redis.zrem(this.key(endpointId), token);
+  private get registryKey(): string {
+    return `${this.prefix}:webhook-parked-endpoints`;
   }
+
+  private get holdTtl(): number {
+    return 2 * Math.max(this.timings.runLeaseMs, this.timings.waitLeaseMs);
+  }
+
+  private get parkTtl(): number {
+    return 2 * this.timings.parkBackstopMs;
+  }
+
+  /**
+   * Decides for new deliveries, in one round trip, which run now (a slot is
+   * kept for them) and which are parked. Returns the claims in each group,
+   * in the order given.
+   */
+  async admit(claims: readonly SlotClaim[]): Promise<{ admitted: SlotClaim[]; parked: SlotClaim[] }> {
+    if (claims.length === 0) return { admitted: [], parked: [] };
+    const byEndpoint = new Map<string, SlotClaim[]>();
+    for (const claim of claims) {
+      const group = byEndpoint.get(claim.endpointId);
+      if (group) group.push(claim);
+      else byEndpoint.set(claim.endpointId, [claim]);
+    }
+    const keys = [this.registryKey];
+    const args: Array<string | number> = [Date.now(), this.limit, this.timings.waitLeaseMs, this.holdTtl, this.parkTtl];
+    for (const [endpointId, group] of byEndpoint) {
+      keys.push(this.holdersKey(endpointId), this.parkedKey(endpointId));
+      args.push(endpointId, group.length, ...group.flatMap((claim) => [claim.jobId, claim.deliveryId]));
+    }
+    const answer = (await this.scripts[COMMANDS.admit](keys.length, ...keys, ...args)) as number[];
+    const admitted: SlotClaim[] = [];
+    const parked: SlotClaim[] = [];
+    [...byEndpoint.values()].flat().forEach((claim, index) => (answer[index] === 1 ? admitted : parked).push(claim));
+    return { admitted, parked };
+  }
+
+  /**
+   * For a delivery about to send: `held` when it has a slot (for the run
+   * lease), otherwise it has been parked. `woken`: parked deliveries given
+   * a slot that was free, for the caller to promote.
+   */
+  async acquire(claim: SlotClaim): Promise<{ held: boolean; woken: Woken[] }> {
+    const { runLeaseMs, waitLeaseMs } = this.timings;
+    const keys = [this.holdersKey(claim.endpointId), this.parkedKey(claim.endpointId), this.registryKey];
+    const [held, ...entries] = (await this.scripts[COMMANDS.acquire](
+      keys.length,
+      ...keys,
+      Date.now(),
+      this.limit,
+      runLeaseMs,
+      waitLeaseMs,
+      this.holdTtl,
+      this.parkTtl,
+      claim.jobId,
+      claim.deliveryId,
+      claim.endpointId,
+    )) as [number, ...string[]];
+    return { held: held === 1, woken: woken(entries) };
+  }
+
+  /** Frees the delivery's slot and its place among the parked, if it has them; returns the parked deliveries given a slot, for the caller to promote. */
+  async release(claim: SlotClaim): Promise<Woken[]> {
+    return woken(await this.releaseAt(claim.endpointId, claim.jobId, claim.deliveryId));
+  }
+
+  private async releaseAt(endpointId: string, jobId: string, deliveryId: string): Promise<string[]> {
+    const keys = [this.holdersKey(endpointId), this.parkedKey(endpointId), this.registryKey];
+    return (await this.scripts[COMMANDS.release](keys.length, ...keys, Date.now(), this.limit, this.timings.waitLeaseMs, this.holdTtl, jobId, deliveryId, endpointId)) as string[];
+  }
+
+  /** Which of these parked jobs have been given a slot meanwhile (to promote them when their wake-up may have missed them). */
+  async granted(claims: readonly SlotClaim[]): Promise<SlotClaim[]> {
+    if (claims.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const claim of claims) pipeline.zscore(this.holdersKey(claim.endpointId), claim.jobId);
+    const results = (await pipeline.exec()) ?? [];
+    return claims.filter((_, index) => {
+      const [error, score] = results[index] ?? [null, null];
+      if (error) throw error;
+      return score !== null;
+    });
+  }
+
+  /**
+   * Hands on the slots whose holders' leases ran out, at every endpoint with
+   * parked jobs: for wake-ups that were lost (a worker killed between freeing
+   * a slot and promoting the next job). Returns the jobs to promote.
+   */
+  async sweep(): Promise<Array<{ endpointId: string; woken: Woken[] }>> {
+    const endpoints = await this.redis.smembers(this.registryKey);
+    const swept = await Promise.all(endpoints.map(async (endpointId) => ({ endpointId, woken: woken(await this.releaseAt(endpointId, '', '')) })));
+    return swept.filter((entry) => entry.woken.length > 0);
+  }
+
+  /** The jobs holding a slot at the endpoint now and those parked, in order: for tests and operators. */
+  async state(endpointId: string): Promise<{ holders: string[]; parked: string[] }> {
+    const [holders, parked] = await Promise.all([
+      this.redis.zrangebyscore(this.holdersKey(endpointId), String(Date.now()), '+inf'),
+      this.redis.zrange(this.parkedKey(endpointId), '0', '-1'),
+    ]);
+    return { holders, parked: woken(parked).map((entry) => entry.jobId) };
+  }
+}
+
+/** How long a slot given to a delivery that has not started yet is kept for it. */
+const WAIT_LEASE_MS = 30_000;
+/** How long a parked delivery waits at most; wake-ups and the sweeper make it the exception. */
+const PARK_BACKSTOP_MS = 5 * 60_000;
+
+/**
+ * The leases for a given WEBHOOK_TIMEOUT_MS: a sending delivery's outlasts
+ * its deadline, and a slot given to a delivery outlasts that by ten seconds,
+ * so one that starts within them holds it for a whole attempt without
+ * asking again.
+ */
+export function slotTimings(timeoutMs: number): SlotTimings {
+  const runLeaseMs = timeoutMs + 5_000;
+  return { runLeaseMs, waitLeaseMs: Math.max(WAIT_LEASE_MS, runLeaseMs + 10_000), parkBackstopMs: PARK_BACKSTOP_MS };
 }
