@@ -137,10 +137,17 @@ export function spawnRagworks(role: string, env: Record<string, string>, label =
   return spawnScript(['src/main.ts', role], env, label);
 }
 
+/**
+ * BENCH_CPU_PROFILE_DIR: every process the benchmark starts writes a CPU
+ * profile there when it exits (`node --cpu-prof`, which NODE_OPTIONS does not take).
+ */
+const PROFILE_DIR = process.env.BENCH_CPU_PROFILE_DIR;
+const profiling = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+
 /** A script of this repository started the way ragworks is (`node --import tsx <script> …`): the same Node and loader. */
 export function spawnScript(args: string[], env: Record<string, string>, label: string): RagworksProcess {
   if (spawningClosed) throw new Error('the benchmark is stopping');
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
+  const child = spawn(process.execPath, [...profiling, '--import', 'tsx', ...args], {
     cwd: REPO_ROOT,
     env: { ...baseEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -3,9 +3,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { SearchMode } from '../src/domain/search/search';
+import { runBarePipeline, type BarePipelineResult } from './bare-pipeline';
 import { cacheFiguresJson, renderCache, runCacheBenchmark, type CacheFigures } from './cache';
 import { loadCorpus, pickQueries, type Corpus } from './corpus';
+import { fairnessFiguresJson, measureFairness, renderFairness, type FairnessFigures } from './fairness';
 import { Cleanup, indexCorpus, log, REPO_ROOT, startDeployment, stopAllChildren, type Deployment, type IndexingResult } from './indexing';
+import { queueFiguresJson, renderQueue, runQueueBenchmark, type QueueFigures } from './queue';
 import { LIMIT, timeHttpSearch, timeInProcess, type HttpTiming, type InProcessTiming } from './search';
 import { fixed, ratio, table, type Summary } from './stats';
 import { renderWebhooks, runWebhookBenchmark, webhookFiguresJson, type WebhookFigures } from './webhooks';
@@ -17,7 +20,8 @@ import { positiveIntEnv } from './settings';
  * throughput and latency, and the search cache and analytics recording
  * under load. Progress goes to stderr, the report to stdout, the figures as
  * JSON to a file under the temp directory. BENCH_ONLY=indexing (corpus,
- * indexing and search), BENCH_ONLY=webhooks or BENCH_ONLY=cache runs one part.
+ * indexing, its baselines and fairness, and search), BENCH_ONLY=webhooks,
+ * BENCH_ONLY=cache or BENCH_ONLY=queue (worker runtime overhead) runs one part.
  */
 
 const DOCUMENTS = positiveIntEnv('BENCH_DOCUMENTS', 2_000);
@@ -27,7 +31,7 @@ const WORKER_CONCURRENCY = positiveIntEnv('BENCH_WORKER_CONCURRENCY', 4);
 const BATCH_SIZE = 100;
 const INDEXING_TIMEOUT_MS = 5 * 60_000;
 const MODES: SearchMode[] = ['keyword', 'semantic', 'hybrid'];
-const PARTS = ['indexing', 'webhooks', 'cache'] as const;
+const PARTS = ['indexing', 'webhooks', 'cache', 'queue'] as const;
 type Part = (typeof PARTS)[number];
 const ONLY = onlyPart(process.env.BENCH_ONLY);
 
@@ -48,6 +52,9 @@ interface SearchFigures {
 interface IndexingPart {
   corpus: Corpus;
   indexing: IndexingResult[];
+  /** The same documents through the bare in-process pipeline, measured between the two PostgreSQL setups. */
+  bare: BarePipelineResult;
+  fairness: FairnessFigures;
   searches: SearchFigures[];
   queryCount: number;
   warmupCount: number;
@@ -60,12 +67,13 @@ async function main(cleanup: Cleanup): Promise<void> {
   const indexingPart = runs('indexing') ? await measureIndexingAndSearch(corpus!, cleanup) : null;
   const cache = runs('cache') ? await runCacheBenchmark(corpus!, cleanup) : null;
   const webhooks = runs('webhooks') ? await runWebhookBenchmark(cleanup) : null;
+  const queue = runs('queue') ? await runQueueBenchmark(cleanup) : null;
   const seconds = (performance.now() - began) / 1000;
-  const report = render(indexingPart, cache, webhooks, seconds);
+  const report = render(indexingPart, cache, webhooks, queue, seconds);
   // A run of one part does not overwrite the figures of a whole run.
   const output = path.join(os.tmpdir(), 'ragworks-bench', ONLY === null ? 'latest.json' : `latest-${ONLY}.json`);
   fs.mkdirSync(path.dirname(output), { recursive: true });
-  fs.writeFileSync(output, `${JSON.stringify(figures(indexingPart, cache, webhooks, seconds), null, 2)}\n`);
+  fs.writeFileSync(output, `${JSON.stringify(figures(indexingPart, cache, webhooks, queue, seconds), null, 2)}\n`);
   process.stdout.write(`${report}\n\nFigures as JSON: ${output}\n`);
 }
 
@@ -99,6 +107,10 @@ async function measureIndexingAndSearch(corpus: Corpus, cleanup: Cleanup): Promi
     }
   }
 
+  // The baseline both PostgreSQL setups are divided by, measured between them.
+  const bare = await runBarePipeline(corpus.documents, WORKER_CONCURRENCY, cleanup);
+  log(`  ${fixed(bare.documentsPerSecond, 1)} documents/s`);
+
   // PostgreSQL, two worker processes; then keyword search on what they indexed.
   {
     log('PostgreSQL with 2 worker processes: starting');
@@ -127,7 +139,8 @@ async function measureIndexingAndSearch(corpus: Corpus, cleanup: Cleanup): Promi
     }
   }
 
-  return { corpus, indexing, searches, queryCount: queries.length, warmupCount: warmup.length };
+  const fairness = await measureFairness(corpus.documents, WORKER_CONCURRENCY, cleanup);
+  return { corpus, indexing, bare, fairness, searches, queryCount: queries.length, warmupCount: warmup.length };
 }
 
 async function measureSearch(deployment: Deployment, modes: SearchMode[], queries: string[], warmup: string[]): Promise<SearchFigures> {
@@ -159,7 +172,7 @@ function latencyCells(summary: Summary): string[] {
   return [fixed(summary.p50), fixed(summary.p95), fixed(summary.p99), fixed(summary.mean)];
 }
 
-function render(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, seconds: number): string {
+function render(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, queue: QueueFigures | null, seconds: number): string {
   const out: string[] = [];
   out.push(`ragworks benchmark — ${new Date().toISOString()}${ONLY ? ` (BENCH_ONLY=${ONLY})` : ''}`);
   out.push(environmentLine());
@@ -174,12 +187,16 @@ function render(indexingPart: IndexingPart | null, cache: CacheFigures | null, w
     out.push(renderCache(cache, section), '');
     section += 1;
   }
-  if (webhooks) out.push(renderWebhooks(webhooks, section), '');
+  if (webhooks) {
+    out.push(renderWebhooks(webhooks, section), '');
+    section += 1;
+  }
+  if (queue) out.push(renderQueue(queue, section), '');
   out.push(`Run time ${fixed(seconds, 0)} s. Other work on this machine shows up in these figures: compare runs made under like load.`);
   return out.join('\n');
 }
 
-function renderIndexingAndSearch({ corpus, indexing, searches, queryCount, warmupCount }: IndexingPart): string {
+function renderIndexingAndSearch({ corpus, indexing, bare, fairness, searches, queryCount, warmupCount }: IndexingPart): string {
   const out: string[] = [];
   out.push('1. Corpus: README files under node_modules');
   out.push(
@@ -199,23 +216,34 @@ function renderIndexingAndSearch({ corpus, indexing, searches, queryCount, warmu
   out.push('2. Indexing end to end: first POST /api/documents/batch → every document `indexed`');
   out.push(
     table(
-      ['setup', 'documents', 'chunks', 'failed', 'accepted (s)', 'indexed (s)', 'documents/s', 'embeddings'],
-      indexing.map((row) => [
-        row.setup,
-        String(row.documents),
-        String(row.chunks),
-        String(row.failed),
-        fixed(row.acceptSeconds),
-        fixed(row.totalSeconds),
-        fixed(row.documentsPerSecond, 1),
-        row.embeddings ? 'computed (offline hashing, 384 dims)' : 'none (no pgvector)',
-      ]),
+      ['setup', 'documents', 'chunks', 'failed', 'accepted (s)', 'indexed (s)', 'documents/s', 'vs bare', 'embeddings'],
+      [
+        ...indexing.map((row) => [
+          row.setup,
+          String(row.documents),
+          String(row.chunks),
+          String(row.failed),
+          fixed(row.acceptSeconds),
+          fixed(row.totalSeconds),
+          fixed(row.documentsPerSecond, 1),
+          row.embeddings ? '–' : ratio(row.documentsPerSecond, bare.documentsPerSecond),
+          row.embeddings ? 'computed (offline hashing, 384 dims)' : 'none (no pgvector)',
+        ]),
+        [`bare pipeline, in process (${bare.concurrency} at a time)`, String(bare.documents), String(bare.chunks), '0', '–', fixed(bare.seconds), fixed(bare.documentsPerSecond, 1), '1.00×', 'none (no pgvector)'],
+      ],
     ),
   );
+  const [one, two] = indexing;
   out.push(
     `   Batches of ${BATCH_SIZE} posted one after another; WORKER_CONCURRENCY=${WORKER_CONCURRENCY} per worker process; polled every 100 ms.`,
     '   The machine\'s PostgreSQL has no pgvector: there, chunks are split and keyword-indexed but no embeddings are computed.',
     '   PGlite has pgvector, so its figure includes embedding every chunk — but it is one process on one embedded connection.',
+    '   Bare pipeline: the same documents stored in batches, then chunked and their chunks inserted with ragworks\' own statement,',
+    '   in this process, on a fresh PostgreSQL database, measured between the two PostgreSQL setups (see bench/README.md).',
+    `   2 worker processes / 1: ${ratio(two.documentsPerSecond, one.documentsPerSecond)} (goal ≥ 1.00×) — ${two.documentsPerSecond >= one.documentsPerSecond ? 'met' : 'not met'}.`,
+    `   ragworks / bare pipeline: ${ratio(one.documentsPerSecond, bare.documentsPerSecond)} with 1 worker process, ${ratio(two.documentsPerSecond, bare.documentsPerSecond)} with 2 (goal ≥ 0.80×) — ${Math.max(one.documentsPerSecond, two.documentsPerSecond) >= 0.8 * bare.documentsPerSecond ? 'met' : 'not met'}.`,
+    '',
+    renderFairness(fairness, '2b.'),
     '',
   );
 
@@ -234,19 +262,21 @@ function renderIndexingAndSearch({ corpus, indexing, searches, queryCount, warmu
       rows.push([http.mode, 'HTTP', ...latencyCells(http.client)]);
       rows.push(['', 'search()', ...latencyCells(local.search)]);
       rows.push(['', 'SQL', ...latencyCells(local.sql)]);
+      rows.push(['', 'ranking-only SQL', ...latencyCells(local.ranking)]);
     }
     out.push(indent(table(['mode', 'layer', 'p50', 'p95', 'p99', 'mean'], rows), 3));
     out.push('');
     out.push(
       indent(
         table(
-          ['mode', 'HTTP/SQL p50', 'search()/SQL p50', 'server took_ms p50', 'HTTP/took_ms p50', 'queries with results', 'semantic plan'],
+          ['mode', 'HTTP/SQL p50', 'search()/SQL p50', 'SQL/ranking-only p50', 'server took_ms p50', 'HTTP/took_ms p50', 'queries with results', 'semantic plan'],
           figures.http.map((http) => {
             const local = figures.inProcess.find((timing) => timing.mode === http.mode)!;
             return [
               http.mode,
               ratio(http.client.p50, local.sql.p50),
               ratio(local.search.p50, local.sql.p50),
+              ratio(local.sql.p50, local.ranking.p50),
               fixed(http.server.p50),
               ratio(http.client.p50, http.server.p50),
               `${http.withResults}/${http.client.n}`,
@@ -257,8 +287,48 @@ function renderIndexingAndSearch({ corpus, indexing, searches, queryCount, warmu
         3,
       ),
     );
+    const goal = keywordGoal(figures);
+    if (goal) out.push('', ...renderKeywordGoal(goal).map((line) => `   ${line}`));
   }
   return out.join('\n');
+}
+
+/** The bound of issue 11, goal 2: uncached keyword search over HTTP within this factor of its SQL statement, at p50. */
+const KEYWORD_HTTP_OVER_SQL_GOAL = 1.2;
+
+/**
+ * Keyword search on PostgreSQL against its goal. HTTP/SQL splits into
+ * HTTP/took_ms (the request path around search: authentication, limits,
+ * cache, route, JSON, socket) and took_ms/SQL (the search inside the server
+ * over its bare statement); SQL/ranking-only is what the returned rows' text
+ * and snippets add to the ranking.
+ */
+function keywordGoal(figures: SearchFigures) {
+  const http = figures.http.find((timing) => timing.mode === 'keyword');
+  const local = figures.inProcess.find((timing) => timing.mode === 'keyword');
+  if (figures.database !== 'postgres' || !http || !local) return null;
+  return {
+    documents: DOCUMENTS,
+    bound: KEYWORD_HTTP_OVER_SQL_GOAL,
+    http_p50_ms: http.client.p50,
+    sql_p50_ms: local.sql.p50,
+    ranking_only_sql_p50_ms: local.ranking.p50,
+    server_took_p50_ms: http.server.p50,
+    http_over_sql_p50: http.client.p50 / local.sql.p50,
+    met: http.client.p50 / local.sql.p50 <= KEYWORD_HTTP_OVER_SQL_GOAL,
+    http_over_server_took_p50: http.client.p50 / http.server.p50,
+    server_took_over_sql_p50: http.server.p50 / local.sql.p50,
+    sql_over_ranking_only_p50: local.sql.p50 / local.ranking.p50,
+  };
+}
+
+function renderKeywordGoal(goal: NonNullable<ReturnType<typeof keywordGoal>>): string[] {
+  const atSize = goal.documents === 2_000 ? '' : ` (stated at 2,000 documents; this run has ${goal.documents})`;
+  return [
+    `Goal, uncached keyword search: HTTP p50 ≤ ${goal.bound}× SQL p50${atSize}: ${fixed(goal.http_p50_ms)} / ${fixed(goal.sql_p50_ms)} ms = ${ratio(goal.http_p50_ms, goal.sql_p50_ms)} — ${goal.met ? 'met' : 'not met'}`,
+    `  = HTTP/took_ms ${ratio(goal.http_p50_ms, goal.server_took_p50_ms)} (the request path around the search) × took_ms/SQL ${ratio(goal.server_took_p50_ms, goal.sql_p50_ms)} (the search over its statement)`,
+    `  SQL/ranking-only p50 ${ratio(goal.sql_p50_ms, goal.ranking_only_sql_p50_ms)} (${fixed(goal.sql_p50_ms)} / ${fixed(goal.ranking_only_sql_p50_ms)} ms): what the ${LIMIT} returned rows' text and snippets add to ranking the candidates`,
+  ];
 }
 
 function indent(text: string, spaces: number): string {
@@ -268,7 +338,7 @@ function indent(text: string, spaces: number): string {
     .join('\n');
 }
 
-function figures(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, seconds: number) {
+function figures(indexingPart: IndexingPart | null, cache: CacheFigures | null, webhooks: WebhookFigures | null, queue: QueueFigures | null, seconds: number) {
   return {
     generated_at: new Date().toISOString(),
     only: ONLY,
@@ -276,11 +346,12 @@ function figures(indexingPart: IndexingPart | null, cache: CacheFigures | null, 
     ...(indexingPart ? indexingFigures(indexingPart) : {}),
     cache: cache ? cacheFiguresJson(cache) : null,
     webhooks: webhooks ? webhookFiguresJson(webhooks) : null,
+    queue: queue ? queueFiguresJson(queue) : null,
     run_seconds: seconds,
   };
 }
 
-function indexingFigures({ corpus, indexing, searches, queryCount, warmupCount }: IndexingPart) {
+function indexingFigures({ corpus, indexing, bare, fairness, searches, queryCount, warmupCount }: IndexingPart) {
   return {
     settings: { documents: DOCUMENTS, queries: queryCount, warmup_queries: warmupCount, batch_size: BATCH_SIZE, worker_concurrency: WORKER_CONCURRENCY, search_limit: LIMIT },
     corpus: {
@@ -300,7 +371,17 @@ function indexingFigures({ corpus, indexing, searches, queryCount, warmupCount }
       total_seconds: row.totalSeconds,
       documents_per_second: row.documentsPerSecond,
       embeddings: row.embeddings,
+      over_bare_pipeline: row.embeddings ? null : row.documentsPerSecond / bare.documentsPerSecond,
     })),
+    bare_pipeline: {
+      documents: bare.documents,
+      chunks: bare.chunks,
+      seconds: bare.seconds,
+      documents_per_second: bare.documentsPerSecond,
+      concurrency: bare.concurrency,
+    },
+    two_workers_over_one: indexing[1].documentsPerSecond / indexing[0].documentsPerSecond,
+    fairness: fairnessFiguresJson(fairness),
     search: searches.map((figures) => ({
       database: figures.database,
       setup: figures.setup,
@@ -312,13 +393,16 @@ function indexingFigures({ corpus, indexing, searches, queryCount, warmupCount }
           server_took_ms: http.server,
           search_ms: local.search,
           sql_ms: local.sql,
+          ranking_only_sql_ms: local.ranking,
           http_over_sql_p50: http.client.p50 / local.sql.p50,
           search_over_sql_p50: local.search.p50 / local.sql.p50,
+          sql_over_ranking_only_p50: local.sql.p50 / local.ranking.p50,
           http_over_server_took_p50: http.client.p50 / http.server.p50,
           queries_with_results: http.withResults,
           semantic_plan: local.plan,
         };
       }),
+      keyword_goal: keywordGoal(figures),
     })),
   };
 }

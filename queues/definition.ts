@@ -10,6 +10,11 @@ export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
   jobId(payload: z.output<Schema>): string;
   /** Work done for a tenant (payload `tenantId`) that waits, delayed, while the tenant is suspended. */
   readonly holdsWhileSuspended?: boolean;
+  /**
+   * `tenant`: jobs are served in turn per tenant (payload `tenantId`), so one
+   * tenant's backlog cannot hold up another's work (queues/fairness.ts).
+   */
+  readonly fairness?: 'tenant';
 }
 
 export type PayloadOf<D extends QueueDefinition> = z.output<D['payload']>;

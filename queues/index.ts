@@ -2,6 +2,7 @@ import { Queue, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { z } from 'zod';
 import type { QueueDefinition } from './definition';
+import { TenantFairness } from './fairness';
 import { analyticsQueue } from './analytics';
 import { indexingQueue } from './indexing';
 import { reconcileQueue } from './reconcile';
@@ -37,6 +38,7 @@ export function queueDefinition(name: string): QueueDefinition | undefined {
  */
 export class QueueRegistry {
   private readonly queues = new Map<string, Queue>();
+  private readonly fairness = new Map<string, TenantFairness>();
 
   constructor(
     private readonly connection: Redis,
@@ -60,6 +62,7 @@ export class QueueRegistry {
   }
 
   async enqueue<S extends z.ZodType>(definition: QueueDefinition<S>, payload: z.input<S>, options: JobsOptions = {}): Promise<string> {
+    if (definition.fairness) return (await this.enqueueMany(definition, [payload], () => options))[0];
     const data = definition.payload.parse(payload);
     const job = await this.queue(definition.name).add(definition.name, data, { ...options, jobId: definition.jobId(data) });
     return job.id!;
@@ -67,13 +70,38 @@ export class QueueRegistry {
 
   async enqueueMany<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[], options: (index: number) => JobsOptions = () => ({})): Promise<string[]> {
     if (payloads.length === 0) return [];
-    const jobs = await this.queue(definition.name).addBulk(
-      payloads.map((payload, index) => {
-        const data = definition.payload.parse(payload);
-        return { name: definition.name, data, opts: { ...options(index), jobId: definition.jobId(data) } };
+    const jobs = payloads.map((payload, index) => {
+      const data = definition.payload.parse(payload);
+      return { name: definition.name, data, opts: { ...options(index), jobId: definition.jobId(data) } };
+    });
+    if (definition.fairness) await this.takeTurns(definition.name, jobs);
+    const added = await this.queue(definition.name).addBulk(jobs);
+    return added.map((job) => job.id!);
+  }
+
+  /** Gives each tenant's jobs their place: the wait list or a priority (queues/fairness.ts); one round trip for all the tenants of a call. */
+  private async takeTurns(queueName: string, jobs: Array<{ data: unknown; opts: JobsOptions & { jobId: string } }>): Promise<void> {
+    const byTenant = new Map<string, typeof jobs>();
+    for (const job of jobs) {
+      const tenantId = (job.data as { tenantId?: unknown }).tenantId;
+      if (typeof tenantId !== 'string' || job.opts.priority !== undefined) continue;
+      const own = byTenant.get(tenantId);
+      if (own) own.push(job);
+      else byTenant.set(tenantId, [job]);
+    }
+    let fairness = this.fairness.get(queueName);
+    if (!fairness) {
+      fairness = new TenantFairness(this.connection, this.prefix, queueName);
+      this.fairness.set(queueName, fairness);
+    }
+    await Promise.all(
+      [...byTenant].map(async ([tenantId, own]) => {
+        const priorities = await fairness.priorities(tenantId, own.map((job) => job.opts.jobId));
+        own.forEach((job, index) => {
+          if (priorities[index] > 0) job.opts.priority = priorities[index];
+        });
       }),
     );
-    return jobs.map((job) => job.id!);
   }
 
   /** Removes the jobs for these payloads unless a worker holds them; returns how many went. */

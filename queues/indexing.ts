@@ -41,7 +41,9 @@ export const indexingQueue = defineQueue({
     backoff: { type: INDEXING_BACKOFF },
     ...RETENTION_DEFAULTS,
   },
-  // The index job is part of the id: a forced re-index of the same version is new work.
   holdsWhileSuspended: true,
+  // One tenant's 2,000-document batch must not make another's single document wait for all of it.
+  fairness: 'tenant',
+  // The index job is part of the id: a forced re-index of the same version is new work.
   jobId: (payload) => `doc-${payload.documentId}-v${payload.version}-${payload.indexJobId}`,
 });

@@ -1,20 +1,21 @@
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, indexingQueue, indexingRetryDelayMs } from '../queues/indexing';
+import type { SearchCache } from '../src/domain/cache/search-cache';
 import { EmbeddingError } from '../src/domain/embeddings/embedder';
 import { DocumentTooComplexError } from '../src/domain/indexing/cpu-pool';
-import { failIndexing, indexDocument } from '../src/domain/indexing/indexer';
+import { failIndexing, indexDocument, warmIndexingCpu } from '../src/domain/indexing/indexer';
+import { Coalescer } from '../src/coalescer';
 import { defineProcessor } from './processor';
 
 export const indexingProcessor = defineProcessor({
   definition: indexingQueue,
-  async process(payload, { platform, signal, job, logger }) {
-    const result = await indexDocument(platform.indexerDeps(), payload, signal, (stage, done, total) =>
-      job.updateProgress({ stage, done, total }),
-    );
+  async process(payload, context) {
+    const { platform, signal, job } = context;
+    const result = await indexDocument(platform.indexerDeps(), payload, signal, (stage, done, total) => job.updateProgress({ stage, done, total }));
     if (result.outcome === 'indexed') platform.metrics.documentsIndexed.inc();
-    else logger.info({ reason: result.reason }, 'indexing skipped');
+    else context.logger.info({ reason: result.reason }, 'indexing skipped');
     // Also after a skip: if a run committed but died before this line, its re-run must still invalidate.
     // A failure here fails the job, which is retried and invalidates then.
-    await platform.cache.invalidate(payload.tenantId);
+    await invalidations(platform.cache).after(payload.tenantId);
     return result;
   },
   attemptsFor(error) {
@@ -29,4 +30,21 @@ export const indexingProcessor = defineProcessor({
   workerSettings: (platform) => ({
     backoffStrategy: (attemptsMade: number) => indexingRetryDelayMs(attemptsMade, platform.config.INDEX_RETRY_BASE_MS),
   }),
+  background(platform) {
+    // A process that indexes starts its threads with its worker, not with its first documents.
+    const warming = warmIndexingCpu(platform.indexerDeps().cpu);
+    return () => warming;
+  },
 });
+
+/** Cache invalidations of this process, per tenant: the documents indexed meanwhile share one bump. */
+const invalidators = new WeakMap<SearchCache, Coalescer<string>>();
+
+function invalidations(cache: SearchCache): Coalescer<string> {
+  let coalescer = invalidators.get(cache);
+  if (!coalescer) {
+    coalescer = new Coalescer((tenantId) => cache.invalidate(tenantId));
+    invalidators.set(cache, coalescer);
+  }
+  return coalescer;
+}

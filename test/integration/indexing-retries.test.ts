@@ -30,6 +30,17 @@ function bullJob(stack: TestStack, tenant: Tenant, document: { id: string; job_i
   return stack.platform.queues.queue(indexingQueue.name).getJob(indexingQueue.jobId({ tenantId: tenant.id, indexJobId: document.job_id, documentId: document.id, version: 1 }));
 }
 
+/** The job once BullMQ has it in `state`: the last attempt marks the document a moment before its job moves. */
+function bullJobOnceIn(state: 'completed' | 'failed', stack: TestStack, tenant: Tenant, document: { id: string; job_id: string }) {
+  return waitFor(
+    async () => {
+      const job = await bullJob(stack, tenant, document);
+      return job && (await job.getState()) === state ? job : null;
+    },
+    { what: `the job to be ${state}` },
+  );
+}
+
 describe('an embeddings provider outage (pglite)', () => {
   let provider: FakeEmbeddingsProvider;
   let stack: TestStack;
@@ -55,11 +66,10 @@ describe('an embeddings provider outage (pglite)', () => {
     expect(indexed).toMatchObject({ error: null, error_code: null });
     expect(indexed.chunk_count).toBeGreaterThan(0);
     expect(refusals).toBeGreaterThanOrEqual(8);
-    const job = await bullJob(stack, tenant, document);
-    expect(await job!.getState()).toBe('completed');
+    const job = await bullJobOnceIn('completed', stack, tenant, document);
     // Eight attempts met the outage, the ninth succeeded.
-    expect(job!.attemptsMade).toBe(9);
-    expect(job!.opts.attempts).toBe(16);
+    expect(job.attemptsMade).toBe(9);
+    expect(job.opts.attempts).toBe(16);
   });
 
   it('fails the document for good with embedding_failed once the whole schedule is spent, and dead-letters it', async () => {
@@ -74,9 +84,9 @@ describe('an embeddings provider outage (pglite)', () => {
       { timeoutMs: 90_000, what: 'the document to fail' },
     );
     expect(failed).toMatchObject({ error_code: 'embedding_failed', error: expect.stringContaining('HTTP 503') });
-    const job = await bullJob(stack, tenant, document);
-    expect(job!.attemptsMade).toBe(16);
-    const deadLetter = await waitFor(() => stack.sql((db) => db('dead_letters').first('*').where({ queue: 'indexing', job_id: job!.id })));
+    const job = await bullJobOnceIn('failed', stack, tenant, document);
+    expect(job.attemptsMade).toBe(16);
+    const deadLetter = await waitFor(() => stack.sql((db) => db('dead_letters').first('*').where({ queue: 'indexing', job_id: job.id })));
     expect(deadLetter).toMatchObject({ error_class: 'EmbeddingError', attempts: 16, max_attempts: 16 });
   });
 });
@@ -121,12 +131,11 @@ describe('a job whose own statement kills its database connection (postgres)', (
       { timeoutMs: 30_000, what: 'the document to fail' },
     );
     expect(failed).toMatchObject({ error_code: 'indexing_failed', error: expect.stringMatching(/terminat/i) });
-    const job = await bullJob(stack, tenant, poisoned);
-    expect(await job!.getState()).toBe('failed');
+    const job = await bullJobOnceIn('failed', stack, tenant, poisoned);
     // The five attempts any failure but a provider outage gets, none of them free.
-    expect(job!.attemptsMade).toBe(5);
-    expect(job!.data.databaseRetries).toBeUndefined();
-    const deadLetter = await waitFor(() => stack.sql((db) => db('dead_letters').first('*').where({ queue: 'indexing', job_id: job!.id })));
+    expect(job.attemptsMade).toBe(5);
+    expect(job.data.databaseRetries).toBeUndefined();
+    const deadLetter = await waitFor(() => stack.sql((db) => db('dead_letters').first('*').where({ queue: 'indexing', job_id: job.id })));
     expect(deadLetter).toMatchObject({ attempts: 5, max_attempts: 16 });
     // The database was up all along: the workers never paused, and the other document was indexed.
     expect(stack.workers!.isPaused()).toBe(false);

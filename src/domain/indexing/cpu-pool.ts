@@ -72,6 +72,17 @@ export class CpuPool<Entry> {
     }
   }
 
+  /**
+   * Starts the threads now rather than with the first task, and has each run
+   * `name` once on `input` (a task that costs next to nothing), so that
+   * each has loaded the entry: the first real tasks do not wait for it.
+   * Never rejects.
+   */
+  async warm<Name extends TaskName<Entry>>(name: Name, input: InputOf<Entry[Name]>): Promise<void> {
+    const threads = this.options.threads ?? os.availableParallelism();
+    await Promise.all(Array.from({ length: threads }, () => this.run(name, input))).catch(() => undefined);
+  }
+
   /** Stops every thread; tasks still running are rejected (their jobs were handed back by then). */
   async close(): Promise<void> {
     this.closed = true;

@@ -1,14 +1,15 @@
 import path from 'node:path';
 import type { Knex } from 'knex';
-import { withTenant } from '../../db/tenant-scope';
-import type { Chunk, ChunkingOptions } from '../chunking/chunker';
+import { withLiterals } from '../../db/literal';
+import { queryAsTenant, withTenant } from '../../db/tenant-scope';
+import { DEFAULT_CHUNKING, type Chunk, type ChunkingOptions } from '../chunking/chunker';
 import type { DocumentErrorCode, DocumentRow } from '../documents/documents';
 import { EmbeddingError, type Embedder } from '../embeddings/embedder';
 import { newId } from '../ids';
 import { CpuPool, DocumentTooComplexError, type CpuPoolOptions } from './cpu-pool';
 import type { IndexingWork } from './dispatch';
 import { embeddingText, type PreparedDocument } from './prepare';
-import { refreshIndexJob, type ItemStatus } from './jobs';
+import { refreshIndexJob, refreshIndexJobUnlessBusy, settleIndexJob, type ItemStatus } from './jobs';
 import { recordDocumentEvent } from '../webhooks/document-events';
 import type { EventSink } from '../webhooks/events';
 
@@ -18,6 +19,11 @@ export type IndexingCpu = CpuPool<typeof import('./cpu-thread')>;
 export function createIndexingCpu(options: Omit<CpuPoolOptions, 'entry'>): IndexingCpu {
   // The entry in the form this code runs as: .ts from source (tsx, jest), .js once compiled.
   return new CpuPool({ ...options, entry: path.join(__dirname, `cpu-thread${path.extname(__filename)}`) });
+}
+
+/** Starts the indexing threads and loads the chunker in each, before the first document needs them. */
+export function warmIndexingCpu(cpu: IndexingCpu): Promise<void> {
+  return cpu.warm('prepareDocument', { title: '', content: '', contentType: 'text', chunking: DEFAULT_CHUNKING, hashDimensions: null });
 }
 
 export interface IndexerDeps {
@@ -37,7 +43,8 @@ export type IndexOutcome =
   | { outcome: 'indexed'; chunks: number }
   | { outcome: 'skipped'; reason: string };
 
-export type IndexProgress = (stage: 'chunking' | 'embedding' | 'storing', done: number, total: number) => void | Promise<void>;
+/** Progress of the one step that can take long between database writes: asking an embeddings provider, batch by batch. */
+export type IndexProgress = (stage: 'embedding', done: number, total: number) => void | Promise<void>;
 
 /** Rows per INSERT: big enough to be quick, small enough to stay far from parameter and packet limits. */
 const INSERT_SLICE = 100;
@@ -48,11 +55,20 @@ const INSERT_SLICE = 100;
  * in one transaction, so the end state is one set of chunks.
  */
 export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signal?: AbortSignal, progress?: IndexProgress): Promise<IndexOutcome> {
+  const { outcome, counted } = await claimPrepareAndStore(deps, work, signal, progress);
+  // Also after a skip: a run that committed its item but died before counting it left the job to its re-run.
+  if (!counted) await settleIndexJob(deps.db, deps.events, work.tenantId, work.indexJobId);
+  return outcome;
+}
+
+/** The outcome, and whether the index job was recounted in the transaction that stored it. */
+type Stored = { outcome: IndexOutcome; counted: boolean };
+
+async function claimPrepareAndStore(deps: IndexerDeps, work: IndexingWork, signal?: AbortSignal, progress?: IndexProgress): Promise<Stored> {
   const claim = await claimItem(deps, work);
-  if (claim.outcome === 'skipped') return claim;
+  if (claim.outcome === 'skipped') return { outcome: claim, counted: false };
   const document = claim.document;
 
-  await progress?.('chunking', 0, 1);
   const embedInThread = deps.vectorSearch && deps.embedder.local === 'hashing';
   const prepared = await deps.cpu.run(
     'prepareDocument',
@@ -65,35 +81,66 @@ export async function indexDocument(deps: IndexerDeps, work: IndexingWork, signa
     },
     signal,
   );
-  const { chunks } = prepared;
   signal?.throwIfAborted();
   const embeddings = deps.vectorSearch ? await embedChunks(deps, document.title, prepared, signal, progress) : [];
+  return storeChunks(deps, work, document.title, prepared.chunks, embeddings);
+}
 
-  await progress?.('storing', 0, chunks.length);
+/**
+ * Replaces the document's chunks, marks it indexed and its item completed,
+ * stores `document.indexed` and recounts the index job: one transaction of
+ * five statements (more only for a document of over INSERT_SLICE chunks).
+ * Every document of a batch ends at its index job's row; one that finds the
+ * row locked by another does not wait for it, but leaves the recount to
+ * after its commit (settleIndexJob).
+ */
+async function storeChunks(deps: IndexerDeps, work: IndexingWork, title: string, chunks: Chunk[], embeddings: Vector[]): Promise<Stored> {
   return withTenant(deps.db, work.tenantId, async (trx) => {
     // Item first, then document, then job: the order claimItem, failIndexing and cancelIndexJob lock in,
     // so two runs of the same work (or a run and a cancel) wait for each other instead of deadlocking.
-    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
-    if (item?.status !== 'processing') return { outcome: 'skipped' as const, reason: `the item is ${item?.status ?? 'gone'}` };
-    const current = await lockCurrentVersion(trx, deps.events, work);
-    if (current.outcome === 'skipped') return current;
-
-    await trx('chunks').where({ document_id: work.documentId }).delete();
-    for (let start = 0; start < chunks.length; start += INSERT_SLICE) {
-      await insertChunks(trx, deps, work, document.title, chunks.slice(start, start + INSERT_SLICE), embeddings.slice(start, start + INSERT_SLICE));
+    // The scalar subquery locks the item before the document is read.
+    const marked = await trx.raw(
+      `with item as (
+         select status from index_job_items where index_job_id = :indexJobId and document_id = :documentId for update
+       ), document as (
+         select d.id, d.version from documents d
+          where d.id = :documentId and d.tenant_id = :tenantId and (select count(*) from item) > 0
+          for update
+       ), current as (
+         select d.id from document d, item i where d.version = :version and i.status = 'processing'
+       ), completed as (
+         update index_job_items set status = 'completed', error = null, updated_at = now()
+          where index_job_id = :indexJobId and document_id = :documentId and exists (select 1 from current)
+       )
+       update documents set status = 'indexed', chunk_count = :chunkCount, indexed_at = now(), error = null, error_code = null, updated_at = now()
+        where id = :documentId and exists (select 1 from current)
+       returning *`,
+      { ...work, chunkCount: chunks.length },
+    );
+    const indexed: DocumentRow | undefined = marked.rows[0];
+    if (!indexed) {
+      // Canceled, finished by another run, deleted or superseded meanwhile: the item says which, the document how.
+      const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId });
+      if (item?.status !== 'processing') return { outcome: { outcome: 'skipped', reason: `the item is ${item?.status ?? 'gone'}` }, counted: false };
+      const current = await lockCurrentVersion(trx, deps.events, work);
+      if (current.outcome === 'skipped') return { outcome: current, counted: true };
+      throw new Error('the document changed while its chunks were being replaced');
     }
-    await trx('documents').where({ id: work.documentId }).update({
-      status: 'indexed',
-      chunk_count: chunks.length,
-      indexed_at: trx.fn.now(),
-      error: null,
-      error_code: null,
-      updated_at: trx.fn.now(),
-    });
-    await setItemStatus(trx, deps.events, work, 'completed', null);
-    const indexed = await trx<DocumentRow>('documents').first('*').where({ id: work.documentId });
-    await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.indexed', indexed!);
-    return { outcome: 'indexed' as const, chunks: chunks.length };
+    // The old chunks go in the statement that inserts the first new ones: the subquery finishes the delete
+    // first, and a row this transaction deleted no longer holds its (document, ordinal).
+    for (let start = 0; start === 0 || start < chunks.length; start += INSERT_SLICE) {
+      const insert = chunkInsert(deps, work, title, chunks.slice(start, start + INSERT_SLICE), embeddings.slice(start, start + INSERT_SLICE));
+      if (start > 0) await trx.raw(insert.sql, insert.bindings);
+      else {
+        await trx.raw(`with cleared as (delete from chunks where document_id = ? returning 1) ${insert.sql} where (select count(*) from cleared) >= 0`, [
+          work.documentId,
+          ...insert.bindings,
+        ]);
+      }
+    }
+    await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.indexed', indexed);
+    const counted = await refreshIndexJobUnlessBusy(trx, deps.events, work.indexJobId);
+    return { outcome: { outcome: 'indexed', chunks: chunks.length }, counted };
   });
 }
 
@@ -147,21 +194,64 @@ type Vector = readonly number[] | Float64Array;
 
 type Claim = { outcome: 'claimed'; document: DocumentRow } | { outcome: 'skipped'; reason: string };
 
+/** The usual claim, for an item still queued for the current version; see claimItem. */
+const CLAIM_QUEUED_ITEM = `
+  with item as (
+    select status from index_job_items where index_job_id = ? and document_id = ? for update
+  ), document as (
+    select d.* from documents d
+     where d.id = ? and d.tenant_id = ? and (select count(*) from item) > 0
+     for update
+  ), claimable as (
+    select d.id from document d, item i where d.version = ? and i.status = 'queued'
+  ), claimed_document as (
+    update documents set status = 'processing', updated_at = now()
+     where id = ? and last_index_job_id = ? and exists (select 1 from claimable)
+  ), claimed_item as (
+    update index_job_items set status = 'processing', error = null, updated_at = now()
+     where index_job_id = ? and document_id = ? and exists (select 1 from claimable)
+    returning document_id
+  ), started_job as (
+    update index_jobs set status = 'processing', started_at = coalesce(started_at, now())
+     where id = ? and status = 'queued' and exists (select 1 from claimed_item)
+  )
+  select d.*, exists (select 1 from claimable) as claimed from document d`;
+
+/**
+ * Marks the item and its document `processing` and returns the document.
+ * The usual case — an item still queued for the current version — is one
+ * statement in one round trip, its own transaction; a re-run, an operator's
+ * retry of a failed item, a deleted or superseded document take the longer
+ * way. Item, then document, then job, as everywhere: the scalar subquery
+ * locks the item before the document is read.
+ */
 async function claimItem({ db, events }: IndexerDeps, work: IndexingWork): Promise<Claim> {
-  return withTenant(db, work.tenantId, async (trx) => {
-    const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
-    if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
-    // A failed item runs again only when an operator retries its failed queue job (nothing else re-runs a
-    // failed job), and that retry must redo the work rather than skip it.
-    if (item.status === 'completed' || item.status === 'canceled') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
-    const current = await lockCurrentVersion(trx, events, work);
-    if (current.outcome === 'skipped') return current;
-    await trx('documents')
-      .where({ id: work.documentId, last_index_job_id: work.indexJobId })
-      .update({ status: 'processing', updated_at: trx.fn.now() });
-    await setItemStatus(trx, events, work, 'processing', null);
-    return { outcome: 'claimed', document: current.document };
-  });
+  const { tenantId, indexJobId, documentId, version } = work;
+  const [row] = await queryAsTenant<DocumentRow & { claimed: boolean }>(
+    db,
+    tenantId,
+    withLiterals(CLAIM_QUEUED_ITEM, [indexJobId, documentId, documentId, tenantId, version, documentId, indexJobId, indexJobId, documentId, indexJobId]),
+  );
+  if (row?.claimed) {
+    const { claimed: _claimed, ...document } = row;
+    return { outcome: 'claimed', document };
+  }
+  return withTenant(db, tenantId, (trx) => claimSlowly(trx, events, work));
+}
+
+async function claimSlowly(trx: Knex.Transaction, events: EventSink, work: IndexingWork): Promise<Claim> {
+  const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId }).forUpdate();
+  if (!item) return { outcome: 'skipped', reason: 'the index job no longer exists' };
+  // A failed item runs again only when an operator retries its failed queue job (nothing else re-runs a
+  // failed job), and that retry must redo the work rather than skip it.
+  if (item.status === 'completed' || item.status === 'canceled') return { outcome: 'skipped', reason: `the item is already ${item.status}` };
+  const current = await lockCurrentVersion(trx, events, work);
+  if (current.outcome === 'skipped') return current;
+  await trx('documents')
+    .where({ id: work.documentId, last_index_job_id: work.indexJobId })
+    .update({ status: 'processing', updated_at: trx.fn.now() });
+  await setItemStatus(trx, events, work, 'processing', null);
+  return { outcome: 'claimed', document: current.document };
 }
 
 /** Locks the document; if it is gone or has moved on to a newer version, the item is canceled. */
@@ -185,14 +275,21 @@ async function setItemStatus(trx: Knex.Transaction, events: EventSink, work: Ind
   await refreshIndexJob(trx, events, work.indexJobId);
 }
 
-async function insertChunks(
-  trx: Knex.Transaction,
-  deps: IndexerDeps,
-  work: IndexingWork,
+/** What the INSERT of chunks depends on. */
+export type ChunkInsertSettings = Pick<IndexerDeps, 'textSearchConfig' | 'vectorSearch' | 'embedder'>;
+
+/**
+ * One INSERT of a document's chunks: the rows travel as one JSON parameter;
+ * the text search vectors are computed in the database. What storeChunks
+ * runs, and the benchmark's bare pipeline too.
+ */
+export function chunkInsert(
+  settings: ChunkInsertSettings,
+  work: Pick<IndexingWork, 'tenantId' | 'documentId' | 'version'>,
   title: string,
-  chunks: Chunk[],
-  embeddings: Vector[],
-): Promise<void> {
+  chunks: readonly Chunk[],
+  embeddings: readonly Vector[],
+): { sql: string; bindings: Knex.RawBinding[] } {
   const records = chunks.map((chunk, index) => ({
     id: newId(),
     ordinal: chunk.ordinal,
@@ -200,20 +297,20 @@ async function insertChunks(
     heading: chunk.heading,
     char_start: chunk.charStart,
     char_end: chunk.charEnd,
-    embedding: deps.vectorSearch ? `[${embeddings[index].join(',')}]` : null,
+    embedding: settings.vectorSearch ? `[${embeddings[index].join(',')}]` : null,
   }));
-  const config = deps.textSearchConfig;
-  const vectorColumns = deps.vectorSearch ? ', embedding_model, embedding_dims, embedding' : '';
-  const vectorValues = deps.vectorSearch ? ', ?, ?, c.embedding::vector' : '';
-  const vectorBindings = deps.vectorSearch ? [deps.embedder.model, deps.embedder.dimensions] : [];
-  await trx.raw(
-    `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, tsv${vectorColumns})
+  const config = settings.textSearchConfig;
+  const vectorColumns = settings.vectorSearch ? ', embedding_model, embedding_dims, embedding' : '';
+  const vectorValues = settings.vectorSearch ? ', ?, ?, c.embedding::vector' : '';
+  const vectorBindings = settings.vectorSearch ? [settings.embedder.model, settings.embedder.dimensions] : [];
+  return {
+    sql: `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, tsv${vectorColumns})
      select c.id, ?, ?, ?, c.ordinal, c.content, c.heading, c.char_start, c.char_end,
             setweight(to_tsvector(?::regconfig, ?), 'A')
               || setweight(to_tsvector(?::regconfig, coalesce(c.heading, '')), 'B')
               || setweight(to_tsvector(?::regconfig, c.content), 'D')${vectorValues}
        from jsonb_to_recordset(?::jsonb)
          as c(id uuid, ordinal int, content text, heading text, char_start int, char_end int, embedding text)`,
-    [work.tenantId, work.documentId, work.version, config, title, config, config, ...vectorBindings, JSON.stringify(records)],
-  );
+    bindings: [work.tenantId, work.documentId, work.version, config, title, config, config, ...vectorBindings, JSON.stringify(records)],
+  };
 }

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { acrossTenants, withTenant } from '../../db/tenant-scope';
+import { Coalescer } from '../../coalescer';
 import type { Logger } from '../../logger';
 import { AppError, conflict, notFound } from '../../errors';
 import { newId } from '../ids';
@@ -183,7 +184,9 @@ export async function cancelIndexJob(
     // The job's items before the job row: the indexer locks an item and then its job, so a cancel
     // arriving mid-write waits for that write instead of deadlocking with it.
     await trx('index_job_items').select('document_id').where({ index_job_id: indexJobId, tenant_id: tenantId }).forUpdate();
-    const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId }).forUpdate();
+    // Counted afresh: the last item may have committed while its job's recount (settleIndexJob) is still to come.
+    await refreshIndexJob(trx, events, indexJobId);
+    const row = await trx<IndexJobRow>('index_jobs').first('*').where({ id: indexJobId, tenant_id: tenantId });
     if (!row) throw notFound('Index job');
     if (row.status !== 'queued' && row.status !== 'processing') {
       throw conflict(`The index job is already ${row.status}.`, { status: row.status });
@@ -219,6 +222,22 @@ export async function cancelIndexJob(
  */
 export async function refreshIndexJob(trx: Knex.Transaction, events: EventSink, indexJobId: string): Promise<void> {
   const before = await trx<IndexJobRow>('index_jobs').first('status').where({ id: indexJobId }).forUpdate();
+  await recountIndexJob(trx, events, indexJobId, before?.status);
+}
+
+/**
+ * refreshIndexJob, when the job's row can be locked at once; false, having
+ * done nothing, when another transaction holds it (or the job is gone).
+ */
+export async function refreshIndexJobUnlessBusy(trx: Knex.Transaction, events: EventSink, indexJobId: string): Promise<boolean> {
+  const before = await trx<IndexJobRow>('index_jobs').first('status').where({ id: indexJobId }).forUpdate().skipLocked();
+  if (!before) return false;
+  await recountIndexJob(trx, events, indexJobId, before.status);
+  return true;
+}
+
+/** The recount itself; the caller holds the job's row lock, taken in an earlier statement so this one sees every item committed before it. */
+async function recountIndexJob(trx: Knex.Transaction, events: EventSink, indexJobId: string, statusBefore: IndexJobStatus | undefined): Promise<void> {
   const result = await trx.raw(
     `update index_jobs j
         set documents_completed = c.completed,
@@ -250,10 +269,33 @@ export async function refreshIndexJob(trx: Knex.Transaction, events: EventSink, 
     [indexJobId, indexJobId],
   );
   const after: IndexJobRow | undefined = result.rows[0];
-  if (!after || after.status === before?.status) return;
+  if (!after || after.status === statusBefore) return;
   if (after.status === 'completed' || after.status === 'failed') {
     await recordEvent(trx, events, after.tenant_id, `index_job.${after.status}`, { ...toIndexJob(after) });
   }
+}
+
+/** Per database handle: the recounts of each index job, shared by the items that finish at about the same time. */
+const settlers = new WeakMap<Knex, Coalescer<string>>();
+
+/**
+ * Recounts an index job (refreshIndexJob) in a transaction of its own that
+ * begins after the caller's item has committed: for an item whose own
+ * transaction found the job's row busy (refreshIndexJobUnlessBusy), so that
+ * it never queues there. Items of one job that do so at about the same time
+ * in this process share one recount. Whichever item commits last, its
+ * recount — in its transaction, or after it — counts every item.
+ */
+export function settleIndexJob(db: Knex, events: EventSink, tenantId: string, indexJobId: string): Promise<void> {
+  let settler = settlers.get(db);
+  if (!settler) {
+    settler = new Coalescer((key: string) => {
+      const [tenant, job] = key.split(' ');
+      return withTenant(db, tenant, (trx) => refreshIndexJob(trx, events, job));
+    });
+    settlers.set(db, settler);
+  }
+  return settler.after(`${tenantId} ${indexJobId}`);
 }
 
 /**
