@@ -1,4 +1,5 @@
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, indexingQueue, indexingRetryDelayMs } from '../queues/indexing';
+import { onePer } from '../src/one-per';
 import type { SearchCache } from '../src/domain/cache/search-cache';
 import { EmbeddingError } from '../src/domain/embeddings/embedder';
 import { DocumentTooComplexError } from '../src/domain/indexing/cpu-pool';
@@ -38,13 +39,4 @@ export const indexingProcessor = defineProcessor({
 });
 
 /** Cache invalidations of this process, per tenant: the documents indexed meanwhile share one bump. */
-const invalidators = new WeakMap<SearchCache, Coalescer<string>>();
-
-function invalidations(cache: SearchCache): Coalescer<string> {
-  let coalescer = invalidators.get(cache);
-  if (!coalescer) {
-    coalescer = new Coalescer((tenantId) => cache.invalidate(tenantId));
-    invalidators.set(cache, coalescer);
-  }
-  return coalescer;
-}
+const invalidations = onePer((cache: SearchCache) => new Coalescer<string>((tenantId) => cache.invalidate(tenantId)));

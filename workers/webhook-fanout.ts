@@ -1,4 +1,5 @@
 import { webhookFanoutQueue } from '../queues';
+import { onePer } from '../src/one-per';
 import { Batcher, settleAll } from '../src/domain/webhooks/batcher';
 import { fanOutEvents } from '../src/domain/webhooks/deliveries';
 import type { Platform } from '../src/platform';
@@ -11,23 +12,17 @@ import { holdWhileSuspended } from './suspension-hold';
  * enqueues them all. Each job completes only once its deliveries are
  * enqueued. 'suspended': the tenant is, and nothing was done.
  */
-const batchesByPlatform = new WeakMap<Platform, Batcher<string, number | 'suspended'>>();
-
-function fanOutBatches(platform: Platform): Batcher<string, number | 'suspended'> {
-  let batches = batchesByPlatform.get(platform);
-  if (!batches) {
-    batches = new Batcher((tenantId, eventIds) =>
+const fanOutBatches = onePer(
+  (platform: Platform) =>
+    new Batcher<string, number | 'suspended'>((tenantId, eventIds) =>
       settleAll<number | 'suspended'>(eventIds.length, async () => {
         const { tenantSuspended, work } = await fanOutEvents(platform.db.knex, tenantId, eventIds);
         if (tenantSuspended) return eventIds.map(() => 'suspended' as const);
         await platform.enqueueDeliveries(work.flat());
         return work.map((deliveries) => deliveries.length);
       }),
-    );
-    batchesByPlatform.set(platform, batches);
-  }
-  return batches;
-}
+    ),
+);
 
 export const webhookFanoutProcessor = defineProcessor({
   definition: webhookFanoutQueue,

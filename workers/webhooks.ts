@@ -1,4 +1,5 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
+import { onePer } from '../src/one-per';
 import { promoteDeliveries, WEBHOOK_BACKOFF, webhooksQueue } from '../queues';
 import { readAttempt, type AttemptRead } from '../src/domain/webhooks/attempts';
 import { attemptDelivery, failDelivery, reopenDelivery, scheduleNextAttempt, type SendGate } from '../src/domain/webhooks/deliveries';
@@ -68,16 +69,7 @@ class HandOffs {
   }
 }
 
-const handOffsByPlatform = new WeakMap<Platform, HandOffs>();
-
-function handOffs(platform: Platform): HandOffs {
-  let found = handOffsByPlatform.get(platform);
-  if (!found) {
-    found = new HandOffs();
-    handOffsByPlatform.set(platform, found);
-  }
-  return found;
-}
+const handOffs = onePer((_platform: Platform) => new HandOffs());
 
 /**
  * The per-endpoint slot of one job (src/domain/webhooks/fairness.ts), as the

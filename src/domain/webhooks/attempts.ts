@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { onePer } from '../../one-per';
 import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import { newId } from '../ids';
 import { Batcher, settleAll, type Settled } from './batcher';
@@ -130,19 +131,12 @@ interface Batches {
   records: Batcher<AttemptRecord, Recorded>;
 }
 
-const batchesByDb = new WeakMap<Knex, Batches>();
-
-function batchesFor(db: Knex): Batches {
-  let batches = batchesByDb.get(db);
-  if (!batches) {
-    batches = {
-      loads: new Batcher((tenantId, deliveryIds) => settleAll(deliveryIds.length, () => loadAttempts(db, tenantId, deliveryIds))),
-      records: new Batcher((tenantId, records) => recordAttempts(db, tenantId, records)),
-    };
-    batchesByDb.set(db, batches);
-  }
-  return batches;
-}
+const batchesFor = onePer(
+  (db: Knex): Batches => ({
+    loads: new Batcher((tenantId, deliveryIds) => settleAll(deliveryIds.length, () => loadAttempts(db, tenantId, deliveryIds))),
+    records: new Batcher((tenantId, records) => recordAttempts(db, tenantId, records)),
+  }),
+);
 
 // ---------------------------------------------------------------------------
 // Loading: what a batch of attempts sends, in one statement
