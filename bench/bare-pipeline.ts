@@ -69,7 +69,11 @@ export async function runBarePipeline(documents: readonly CorpusDocument[], conc
           const row = rows[next++];
           const chunks = chunkDocument(row.content, 'markdown', chunking);
           const embeddings = settings.vectorSearch ? await embedder.embed(chunks.map((chunk) => embeddingText(row.title, chunk))) : [];
-          const insert = chunkInsert(settings, { tenantId, documentId: row.id, version: 1 }, row.title, chunks, embeddings);
+          const insert = chunkInsert(
+            settings,
+            tenantId,
+            chunks.map((chunk, index) => ({ documentId: row.id, version: 1, title: row.title, chunk, embedding: embeddings[index] })),
+          );
           await db.knex.raw(insert.sql, insert.bindings);
           chunkCount += chunks.length;
         }

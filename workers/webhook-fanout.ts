@@ -1,6 +1,6 @@
 import { webhookFanoutQueue } from '../queues';
 import { onePer } from '../src/one-per';
-import { Batcher, settleAll } from '../src/domain/webhooks/batcher';
+import { Batcher, settleAll } from '../src/batcher';
 import { fanOutEvents } from '../src/domain/webhooks/deliveries';
 import type { Platform } from '../src/platform';
 import { defineProcessor } from './processor';

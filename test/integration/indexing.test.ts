@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Response } from 'supertest';
 import { indexingQueue } from '../../queues';
 import type { IndexingWork } from '../../src/domain/indexing/dispatch';
-import { indexDocument } from '../../src/domain/indexing/indexer';
+import { indexDocument, type IndexerDeps, type IndexOutcome } from '../../src/domain/indexing/indexer';
 import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
 import { waitFor } from '../helpers/wait';
@@ -99,15 +99,15 @@ async function lockWaiters(stack: TestStack): Promise<number> {
 
 /**
  * Runs the indexer for `work` and holds it inside its storing transaction
- * (item and document locked, chunks not yet written) while `during` starts;
- * lets it go once `during` is waiting for a lock too. This is the moment a
- * user's request meets a worker mid-write.
+ * (item and document locked, chunks written, its event not yet) while
+ * `during` starts; lets it go once `during` is waiting for a lock too. This
+ * is the moment a user's request meets a worker mid-write.
  */
 async function whileStoring<T>(stack: TestStack, work: IndexingWork, during: () => Promise<T>): Promise<{ outcome: unknown; result: T }> {
   const holder = await stack.platform.db.knex.transaction();
   try {
-    // Only writers of chunks wait behind this lock, and this stack has no workers of its own writing any.
-    await holder.raw('lock table chunks in share mode');
+    // Only writers of events wait behind this lock, and this stack has no workers of its own writing any.
+    await holder.raw('lock table webhook_events in share mode');
     const indexing = indexDocument(stack.platform.indexerDeps(), work).then(
       (outcome) => ({ ok: true as const, outcome }),
       (error: unknown) => ({ ok: false as const, error }),
@@ -378,6 +378,84 @@ describe('index jobs without workers (postgres)', () => {
     expect(await getDocument(stack, tenant, created.id)).toMatchObject({ status: 'indexed' });
     await expectOneSetOfChunks(stack, tenant, created.id);
     expect(await getJob(stack, tenant, created.job_id)).toMatchObject({ status: 'completed', documents_completed: 1 });
+  });
+
+  /**
+   * Holds the storing of a first document (its transaction waits on a lock of the chunks table), so the
+   * documents prepared meanwhile queue behind it in the process's store batcher; `indexing` starts them,
+   * and is released once each of them has left the worker threads.
+   */
+  async function storedBehindOne(
+    tenant: Tenant,
+    first: DocumentBody,
+    indexing: (deps: IndexerDeps) => Array<Promise<IndexOutcome>>,
+    prepared: number,
+  ): Promise<PromiseSettledResult<IndexOutcome>[]> {
+    const holder = await stack.platform.db.knex.transaction();
+    try {
+      await holder.raw('lock table chunks in share mode');
+      const deps = stack.platform.indexerDeps();
+      const firstRun = indexDocument(deps, workOf(tenant, first));
+      await waitFor(async () => (await lockWaiters(stack)) >= 1, { what: 'the first store to wait on the chunks lock' });
+      // The real worker threads, counted: a document that has left them is in the batcher's queue a tick later.
+      let done = 0;
+      const counted: IndexerDeps = {
+        ...deps,
+        cpu: Object.assign(Object.create(deps.cpu), { run: (...args: Parameters<typeof deps.cpu.run>) => deps.cpu.run(...args).finally(() => (done += 1)) }),
+      };
+      const runs = indexing(counted);
+      await waitFor(() => done >= prepared, { what: `${prepared} documents to be prepared` });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await holder.commit();
+      return await Promise.allSettled([firstRun, ...runs]);
+    } finally {
+      if (!holder.isCompleted()) await holder.rollback();
+    }
+  }
+
+  it('documents prepared while another is being stored are stored together, in one transaction', async () => {
+    const tenant = await stack.createTenant();
+    const batch = await stack
+      .as(tenant.key, 'post', '/api/documents/batch')
+      .send({ documents: Array.from({ length: 6 }, (_, index) => ({ title: `Together ${index}`, content: `${LONG_MARKDOWN}\n\ncommon${index}` })) })
+      .expect(202);
+    const items = batch.body.items as DocumentBody[];
+    const outcomes = await storedBehindOne(tenant, items[0], (deps) => items.slice(1).map((item) => indexDocument(deps, workOf(tenant, item))), 5);
+    expect(outcomes.map((outcome) => outcome.status === 'fulfilled' && outcome.value.outcome)).toEqual(Array(6).fill('indexed'));
+
+    const documents = await Promise.all(items.map((item) => getDocument(stack, tenant, item.id)));
+    for (const item of items) await expectOneSetOfChunks(stack, tenant, item.id);
+    // now() is the transaction's start: the five queued behind the first share it, the first does not.
+    const [first, ...together] = documents.map((document) => document.indexed_at);
+    expect(new Set(together).size).toBe(1);
+    expect(together[0]).not.toBe(first);
+    expect(await getJob(stack, tenant, batch.body.job_id)).toMatchObject({ status: 'completed', documents_completed: 6, documents_failed: 0 });
+    const events = await stack.sql((db) => db('webhook_events').where({ tenant_id: tenant.id, type: 'document.indexed' }).select('payload'));
+    expect(events.map((event) => event.payload.data.id).sort()).toEqual(items.map((item) => item.id).sort());
+    const hits = await stack.as(tenant.key, 'post', '/api/search').send({ query: 'common4', mode: 'keyword' }).expect(200);
+    expect(hits.body.results.map((hit: { document_id: string }) => hit.document_id)).toEqual([items[4].id]);
+  });
+
+  it('a batch that fails as a whole is stored document by document', async () => {
+    const tenant = await stack.createTenant();
+    const batch = await stack
+      .as(tenant.key, 'post', '/api/documents/batch')
+      .send({ documents: Array.from({ length: 3 }, (_, index) => ({ title: `Apart ${index}`, content: LONG_MARKDOWN })) })
+      .expect(202);
+    const items = batch.body.items as DocumentBody[];
+    // The same work twice in one batch inserts its chunks twice: the batch's transaction fails on their uniqueness.
+    const outcomes = await storedBehindOne(
+      tenant,
+      items[0],
+      (deps) => [indexDocument(deps, workOf(tenant, items[1])), indexDocument(deps, workOf(tenant, items[1])), indexDocument(deps, workOf(tenant, items[2]))],
+      3,
+    );
+    const values = outcomes.map((outcome) => (outcome.status === 'fulfilled' ? outcome.value.outcome : String(outcome.reason)));
+    expect(values[0]).toBe('indexed');
+    expect([values[1], values[2]].sort()).toEqual(['indexed', 'skipped']);
+    expect(values[3]).toBe('indexed');
+    for (const item of items) await expectOneSetOfChunks(stack, tenant, item.id);
+    expect(await getJob(stack, tenant, batch.body.job_id)).toMatchObject({ status: 'completed', documents_completed: 3 });
   });
 
   it('a cancel arriving while a document is being stored waits for it and answers 409', async () => {

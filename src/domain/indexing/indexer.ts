@@ -10,7 +10,9 @@ import { CpuPool, DocumentTooComplexError, type CpuPoolOptions } from './cpu-poo
 import type { IndexingWork } from './dispatch';
 import { embeddingText, type PreparedDocument } from './prepare';
 import { refreshIndexJob, refreshIndexJobUnlessBusy, settleIndexJob, type ItemStatus } from './jobs';
-import { recordDocumentEvent } from '../webhooks/document-events';
+import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-events';
+import { Batcher, type Settled } from '../../batcher';
+import { onePer } from '../../one-per';
 import type { EventSink } from '../webhooks/events';
 
 /** The worker threads that run ./cpu-thread's tasks: chunking, and embedding with the built-in embedder. */
@@ -86,61 +88,151 @@ async function claimPrepareAndStore(deps: IndexerDeps, work: IndexingWork, signa
   return storeChunks(deps, work, document.title, prepared.chunks, embeddings);
 }
 
+/** One document's chunks, ready to be stored for its work. */
+interface StoreRequest {
+  deps: IndexerDeps;
+  work: IndexingWork;
+  title: string;
+  chunks: Chunk[];
+  embeddings: Vector[];
+}
+
 /**
- * Replaces the document's chunks, marks it indexed and its item completed,
- * stores `document.indexed` and recounts the index job: one transaction of
- * five statements (more only for a document of over INSERT_SLICE chunks).
- * Every document of a batch ends at its index job's row; one that finds the
- * row locked by another does not wait for it, but leaves the recount to
- * after its commit (settleIndexJob).
+ * The documents of one tenant that a process has prepared at about the same
+ * time are stored together, in one transaction (group commit): under load a
+ * transaction's fixed round trips — scope, the event's lookup, the index
+ * job's recount, commit — are paid once for several documents, not each.
  */
-async function storeChunks(deps: IndexerDeps, work: IndexingWork, title: string, chunks: Chunk[], embeddings: Vector[]): Promise<Stored> {
-  return withTenant(deps.db, work.tenantId, async (trx) => {
-    // Item first, then document, then job: the order claimItem, failIndexing and cancelIndexJob lock in,
-    // so two runs of the same work (or a run and a cancel) wait for each other instead of deadlocking.
-    // The scalar subquery locks the item before the document is read.
-    const marked = await trx.raw(
-      `with item as (
-         select status from index_job_items where index_job_id = :indexJobId and document_id = :documentId for update
-       ), document as (
-         select d.id, d.version from documents d
-          where d.id = :documentId and d.tenant_id = :tenantId and (select count(*) from item) > 0
-          for update
-       ), current as (
-         select d.id from document d, item i where d.version = :version and i.status = 'processing'
-       ), completed as (
-         update index_job_items set status = 'completed', error = null, updated_at = now()
-          where index_job_id = :indexJobId and document_id = :documentId and exists (select 1 from current)
-       )
-       update documents set status = 'indexed', chunk_count = :chunkCount, indexed_at = now(), error = null, error_code = null, updated_at = now()
-        where id = :documentId and exists (select 1 from current)
-       returning *`,
-      { ...work, chunkCount: chunks.length },
+const storeBatches = onePer((_db: Knex) => new Batcher<StoreRequest, Stored>((tenantId, requests) => storeTogetherOrAlone(tenantId, requests)));
+
+function storeChunks(deps: IndexerDeps, work: IndexingWork, title: string, chunks: Chunk[], embeddings: Vector[]): Promise<Stored> {
+  return storeBatches(deps.db).submit(work.tenantId, { deps, work, title, chunks, embeddings });
+}
+
+/**
+ * A batch that fails as a whole (one of its documents changed under it, a
+ * deadlock with an operator's cancel) is stored again document by document,
+ * so each document's outcome is its own.
+ */
+async function storeTogetherOrAlone(tenantId: string, requests: StoreRequest[]): Promise<Array<Settled<Stored>>> {
+  if (requests.length > 1) {
+    try {
+      const stored = await storeTogether(requests[0].deps, tenantId, requests);
+      return stored.map((value) => ({ ok: true, value }));
+    } catch {
+      // Each alone below: the error, if it was one document's, comes back to that document's job.
+    }
+  }
+  return Promise.all(
+    requests.map(async (request): Promise<Settled<Stored>> => {
+      try {
+        return { ok: true, value: (await storeTogether(request.deps, tenantId, [request]))[0] };
+      } catch (error) {
+        return { ok: false, error };
+      }
+    }),
+  );
+}
+
+/**
+ * Marks the items completed and their documents indexed, for those still
+ * current and processing, and replaces those documents' chunks with the
+ * rows of `insert` that belong to them; answers the documents it marked.
+ * The scalar subquery locks the items before the documents are read, found
+ * by their keys alone (see claimItem); the delete finishes before the
+ * insert reads its count, and a row this statement deleted no longer holds
+ * its (document, ordinal).
+ */
+function markAndStore(insert: { sql: string; bindings: Knex.RawBinding[] }): string {
+  return `
+  with wanted as (
+    select * from jsonb_to_recordset(?::jsonb) as w(index_job_id uuid, document_id uuid, version int, chunk_count int)
+  ), item as (
+    select i.index_job_id, i.document_id, i.status from index_job_items i
+      join wanted w on w.index_job_id = i.index_job_id and w.document_id = i.document_id
+     order by i.index_job_id, i.document_id
+       for update of i
+  ), document as (
+    select d.id, d.tenant_id, d.version from documents d
+     where d.id in (select document_id from wanted) and (select count(*) from item) > 0
+     order by d.id
+       for update
+  ), current as (
+    select w.* from wanted w
+      join document d on d.id = w.document_id and d.tenant_id = ? and d.version = w.version
+      join item i on i.index_job_id = w.index_job_id and i.document_id = w.document_id and i.status = 'processing'
+  ), completed as (
+    update index_job_items i set status = 'completed', error = null, updated_at = now()
+      from current c
+     where i.index_job_id = c.index_job_id and i.document_id = c.document_id
+  ), marked as (
+    update documents d
+       set status = 'indexed', chunk_count = c.chunk_count, indexed_at = now(), error = null, error_code = null, updated_at = now()
+      from current c
+     where d.id = c.document_id
+    returning d.*
+  ), cleared as (
+    delete from chunks where document_id in (select id from marked) returning 1
+  ), inserted as (
+    ${insert.sql}
+     where c.document_id in (select id from marked) and (select count(*) from cleared) >= 0
+  )
+  select * from marked`;
+}
+
+/**
+ * Replaces each document's chunks, marks it indexed and its item
+ * completed, stores their `document.indexed` events and recounts their
+ * index jobs, in one transaction: the same statements for one document as
+ * for many (one more per INSERT_SLICE chunks beyond the first). Every
+ * document of a batch ends at its index job's row; a job whose row another
+ * transaction holds is not waited for, but recounted after the commit
+ * (settleIndexJob).
+ */
+async function storeTogether(deps: IndexerDeps, tenantId: string, requests: StoreRequest[]): Promise<Stored[]> {
+  return withTenant(deps.db, tenantId, async (trx) => {
+    // Items first, then documents, then jobs, each in key order: the order claimItem, failIndexing and
+    // cancelIndexJob lock in, so two runs of the same work (or a run and a cancel) wait for each other
+    // instead of deadlocking.
+    const wanted = requests.map(({ work, chunks }) => ({ index_job_id: work.indexJobId, document_id: work.documentId, version: work.version, chunk_count: chunks.length }));
+    const rows = requests.flatMap(({ work, title, chunks, embeddings }) =>
+      chunks.map((chunk, index) => ({ documentId: work.documentId, version: work.version, title, chunk, embedding: embeddings[index] })),
     );
-    const indexed: DocumentRow | undefined = marked.rows[0];
-    if (!indexed) {
+    const firstInsert = chunkInsert(deps, tenantId, rows.slice(0, INSERT_SLICE));
+    const marked = await trx.raw(markAndStore(firstInsert), [JSON.stringify(wanted), tenantId, ...firstInsert.bindings]);
+    const indexed = new Map<string, DocumentRow>(marked.rows.map((row: DocumentRow) => [row.id, row]));
+    const isStored = ({ documentId, version }: { documentId: string; version: number }) => indexed.get(documentId)?.version === version;
+
+    const outcomes = new Map<StoreRequest, Stored>();
+    for (const request of requests) {
+      const { work } = request;
+      if (isStored(work)) continue;
       // Canceled, finished by another run, deleted or superseded meanwhile: the item says which, the document how.
       const item = await trx('index_job_items').first('status').where({ index_job_id: work.indexJobId, document_id: work.documentId });
-      if (item?.status !== 'processing') return { outcome: { outcome: 'skipped', reason: `the item is ${item?.status ?? 'gone'}` }, counted: false };
-      const current = await lockCurrentVersion(trx, deps.events, work);
-      if (current.outcome === 'skipped') return { outcome: current, counted: true };
-      throw new Error('the document changed while its chunks were being replaced');
-    }
-    // The old chunks go in the statement that inserts the first new ones: the subquery finishes the delete
-    // first, and a row this transaction deleted no longer holds its (document, ordinal).
-    for (let start = 0; start === 0 || start < chunks.length; start += INSERT_SLICE) {
-      const insert = chunkInsert(deps, work, title, chunks.slice(start, start + INSERT_SLICE), embeddings.slice(start, start + INSERT_SLICE));
-      if (start > 0) await trx.raw(insert.sql, insert.bindings);
-      else {
-        await trx.raw(`with cleared as (delete from chunks where document_id = ? returning 1) ${insert.sql} where (select count(*) from cleared) >= 0`, [
-          work.documentId,
-          ...insert.bindings,
-        ]);
+      if (item?.status !== 'processing') {
+        outcomes.set(request, { outcome: { outcome: 'skipped', reason: `the item is ${item?.status ?? 'gone'}` }, counted: false });
+        continue;
       }
+      const current = await lockCurrentVersion(trx, deps.events, work);
+      if (current.outcome === 'skipped') outcomes.set(request, { outcome: current, counted: true });
+      else throw new Error('the document changed while its chunks were being replaced');
     }
-    await recordDocumentEvent(trx, deps.events, work.tenantId, 'document.indexed', indexed);
-    const counted = await refreshIndexJobUnlessBusy(trx, deps.events, work.indexJobId);
-    return { outcome: { outcome: 'indexed', chunks: chunks.length }, counted };
+
+    const rest = rows.slice(INSERT_SLICE).filter(isStored);
+    for (let start = 0; start < rest.length; start += INSERT_SLICE) {
+      const insert = chunkInsert(deps, tenantId, rest.slice(start, start + INSERT_SLICE));
+      await trx.raw(insert.sql, insert.bindings);
+    }
+    const storing = requests.filter((request) => !outcomes.has(request));
+    await recordDocumentEvents(trx, deps.events, tenantId, 'document.indexed', storing.map(({ work }) => indexed.get(work.documentId)!));
+
+    const countedJobs = new Map<string, boolean>();
+    for (const indexJobId of [...new Set(storing.map(({ work }) => work.indexJobId))].sort()) {
+      countedJobs.set(indexJobId, await refreshIndexJobUnlessBusy(trx, deps.events, indexJobId));
+    }
+    return requests.map(
+      (request) => outcomes.get(request) ?? { outcome: { outcome: 'indexed', chunks: request.chunks.length }, counted: countedJobs.get(request.work.indexJobId)! },
+    );
   });
 }
 
@@ -200,10 +292,10 @@ const CLAIM_QUEUED_ITEM = `
     select status from index_job_items where index_job_id = ? and document_id = ? for update
   ), document as (
     select d.* from documents d
-     where d.id = ? and d.tenant_id = ? and (select count(*) from item) > 0
+     where d.id = ? and (select count(*) from item) > 0
      for update
   ), claimable as (
-    select d.id from document d, item i where d.version = ? and i.status = 'queued'
+    select d.id from document d, item i where d.tenant_id = ? and d.version = ? and i.status = 'queued'
   ), claimed_document as (
     update documents set status = 'processing', updated_at = now()
      where id = ? and last_index_job_id = ? and exists (select 1 from claimable)
@@ -223,7 +315,10 @@ const CLAIM_QUEUED_ITEM = `
  * statement in one round trip, its own transaction; a re-run, an operator's
  * retry of a failed item, a deleted or superseded document take the longer
  * way. Item, then document, then job, as everywhere: the scalar subquery
- * locks the item before the document is read.
+ * locks the item before the document is read. The document is found by its
+ * key alone and its tenant checked after: with the tenant beside the key, a
+ * planner without statistics yet (a new table's first batches, before
+ * autoanalyze) may walk all the tenant's documents for each one.
  */
 async function claimItem({ db, events }: IndexerDeps, work: IndexingWork): Promise<Claim> {
   const { tenantId, indexJobId, documentId, version } = work;
@@ -278,26 +373,33 @@ async function setItemStatus(trx: Knex.Transaction, events: EventSink, work: Ind
 /** What the INSERT of chunks depends on. */
 export type ChunkInsertSettings = Pick<IndexerDeps, 'textSearchConfig' | 'vectorSearch' | 'embedder'>;
 
+/** One chunk to insert, with the document version it belongs to. */
+export interface ChunkRow {
+  documentId: string;
+  version: number;
+  /** The document's title, weighted first in the chunk's text search vector. */
+  title: string;
+  chunk: Chunk;
+  embedding?: Vector;
+}
+
 /**
- * One INSERT of a document's chunks: the rows travel as one JSON parameter;
- * the text search vectors are computed in the database. What storeChunks
- * runs, and the benchmark's bare pipeline too.
+ * One INSERT of chunks, of one document or several: the rows travel as one
+ * JSON parameter; the text search vectors are computed in the database.
+ * What storeTogether runs, and the benchmark's bare pipeline too.
  */
-export function chunkInsert(
-  settings: ChunkInsertSettings,
-  work: Pick<IndexingWork, 'tenantId' | 'documentId' | 'version'>,
-  title: string,
-  chunks: readonly Chunk[],
-  embeddings: readonly Vector[],
-): { sql: string; bindings: Knex.RawBinding[] } {
-  const records = chunks.map((chunk, index) => ({
+export function chunkInsert(settings: ChunkInsertSettings, tenantId: string, rows: readonly ChunkRow[]): { sql: string; bindings: Knex.RawBinding[] } {
+  const records = rows.map(({ documentId, version, title, chunk, embedding }) => ({
     id: newId(),
+    document_id: documentId,
+    document_version: version,
+    title,
     ordinal: chunk.ordinal,
     content: chunk.content,
     heading: chunk.heading,
     char_start: chunk.charStart,
     char_end: chunk.charEnd,
-    embedding: settings.vectorSearch ? `[${embeddings[index].join(',')}]` : null,
+    embedding: settings.vectorSearch ? `[${embedding!.join(',')}]` : null,
   }));
   const config = settings.textSearchConfig;
   const vectorColumns = settings.vectorSearch ? ', embedding_model, embedding_dims, embedding' : '';
@@ -305,12 +407,12 @@ export function chunkInsert(
   const vectorBindings = settings.vectorSearch ? [settings.embedder.model, settings.embedder.dimensions] : [];
   return {
     sql: `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, tsv${vectorColumns})
-     select c.id, ?, ?, ?, c.ordinal, c.content, c.heading, c.char_start, c.char_end,
-            setweight(to_tsvector(?::regconfig, ?), 'A')
+     select c.id, ?, c.document_id, c.document_version, c.ordinal, c.content, c.heading, c.char_start, c.char_end,
+            setweight(to_tsvector(?::regconfig, c.title), 'A')
               || setweight(to_tsvector(?::regconfig, coalesce(c.heading, '')), 'B')
               || setweight(to_tsvector(?::regconfig, c.content), 'D')${vectorValues}
        from jsonb_to_recordset(?::jsonb)
-         as c(id uuid, ordinal int, content text, heading text, char_start int, char_end int, embedding text)`,
-    bindings: [work.tenantId, work.documentId, work.version, config, title, config, config, ...vectorBindings, JSON.stringify(records)],
+         as c(id uuid, document_id uuid, document_version int, title text, ordinal int, content text, heading text, char_start int, char_end int, embedding text)`,
+    bindings: [tenantId, config, config, config, ...vectorBindings, JSON.stringify(records)],
   };
 }

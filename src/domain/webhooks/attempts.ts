@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { onePer } from '../../one-per';
 import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import { newId } from '../ids';
-import { Batcher, settleAll, type Settled } from './batcher';
+import { Batcher, settleAll, type Settled } from '../../batcher';
 import type { DeliveryDeps, DeliveryRow } from './deliveries';
 import { signingSecrets, type EndpointRow } from './endpoints';
 import { recordEvent, type EventSink } from './events';

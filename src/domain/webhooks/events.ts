@@ -42,19 +42,7 @@ export async function recordEvent(
   type: EventType,
   data: Record<string, unknown>,
 ): Promise<EventEnvelope> {
-  const envelope: EventEnvelope = { id: newId(), type, created_at: new Date().toISOString(), tenant_id: tenantId, data: boundData(data) };
-  const result = await trx.raw(
-    `insert into webhook_events (id, tenant_id, type, payload, created_at, fanned_out_at)
-     values (?, ?, ?, ?::jsonb, ?, case when exists (select 1 from webhook_endpoints where tenant_id = ? and enabled) then null else now() end)
-     returning fanned_out_at is null as needs_fanout`,
-    [envelope.id, tenantId, type, JSON.stringify(envelope), envelope.created_at, tenantId],
-  );
-  if (result.rows[0].needs_fanout) {
-    trx.executionPromise.then(
-      () => sink.announce([{ tenantId, eventId: envelope.id }]).catch(() => undefined),
-      () => undefined,
-    );
-  }
+  const [envelope] = await recordEvents(trx, sink, tenantId, type, [data]);
   return envelope;
 }
 
@@ -63,9 +51,9 @@ const EVENT_INSERT_SLICE = 200;
 
 /**
  * recordEvent for many events of one type at once (e.g. a 1000-document
- * batch): one look for an enabled endpoint, one insert per slice of rows
- * instead of one round trip per event. Same guarantees: stored in the
- * caller's transaction, announced only after it commits.
+ * batch): one statement per slice of rows, which also looks for an enabled
+ * endpoint, instead of a round trip per event. Same guarantees: stored in
+ * the caller's transaction, announced only after it commits.
  */
 export async function recordEvents(
   trx: Knex.Transaction,
@@ -74,26 +62,26 @@ export async function recordEvents(
   type: EventType,
   dataList: ReadonlyArray<Record<string, unknown>>,
 ): Promise<EventEnvelope[]> {
-  if (dataList.length === 0) return [];
-  const { rows } = await trx.raw(`select exists (select 1 from webhook_endpoints where tenant_id = ? and enabled) as subscribed`, [tenantId]);
-  const needsFanout = Boolean(rows[0].subscribed);
   const createdAt = new Date().toISOString();
   const envelopes: EventEnvelope[] = dataList.map((data) => ({ id: newId(), type, created_at: createdAt, tenant_id: tenantId, data: boundData(data) }));
+  const announced: PendingEvent[] = [];
   for (let start = 0; start < envelopes.length; start += EVENT_INSERT_SLICE) {
-    await trx('webhook_events').insert(
-      envelopes.slice(start, start + EVENT_INSERT_SLICE).map((envelope) => ({
-        id: envelope.id,
-        tenant_id: tenantId,
-        type,
-        payload: trx.raw('?::jsonb', [JSON.stringify(envelope)]),
-        created_at: envelope.created_at,
-        fanned_out_at: needsFanout ? null : trx.fn.now(),
-      })),
+    const slice = envelopes.slice(start, start + EVENT_INSERT_SLICE);
+    const result = await trx.raw(
+      `insert into webhook_events (id, tenant_id, type, payload, created_at, fanned_out_at)
+       select e.id, ?, ?, e.payload, ?,
+              case when exists (select 1 from webhook_endpoints where tenant_id = ? and enabled) then null else now() end
+         from jsonb_to_recordset(?::jsonb) as e(id uuid, payload jsonb)
+       returning id, fanned_out_at is null as needs_fanout`,
+      [tenantId, type, createdAt, tenantId, JSON.stringify(slice.map((envelope) => ({ id: envelope.id, payload: envelope })))],
     );
+    const fannedOut = new Set((result.rows as Array<{ id: string; needs_fanout: boolean }>).filter((row) => !row.needs_fanout).map((row) => row.id));
+    // In the order they were recorded, whatever order the insert answered in.
+    for (const envelope of slice) if (!fannedOut.has(envelope.id)) announced.push({ tenantId, eventId: envelope.id });
   }
-  if (needsFanout) {
+  if (announced.length > 0) {
     trx.executionPromise.then(
-      () => sink.announce(envelopes.map((envelope) => ({ tenantId, eventId: envelope.id }))).catch(() => undefined),
+      () => sink.announce(announced).catch(() => undefined),
       () => undefined,
     );
   }
