@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { concurrencyOf, indexingQueue } from '../queues';
+import { loadConfig } from '../src/config';
 import type { SearchMode } from '../src/domain/search/search';
 import { runBarePipeline, type BarePipelineResult } from './bare-pipeline';
 import { cacheFiguresJson, renderCache, runCacheBenchmark, type CacheFigures } from './cache';
@@ -27,7 +29,8 @@ import { positiveIntEnv } from './settings';
 const DOCUMENTS = positiveIntEnv('BENCH_DOCUMENTS', 2_000);
 const QUERIES = positiveIntEnv('BENCH_QUERIES', 300);
 const WARMUP = 20;
-const WORKER_CONCURRENCY = positiveIntEnv('BENCH_WORKER_CONCURRENCY', 4);
+/** Documents in flight per worker process (and in the bare pipeline): the indexing queue's default unless set. */
+const WORKER_CONCURRENCY = positiveIntEnv('BENCH_WORKER_CONCURRENCY', concurrencyOf(indexingQueue, loadConfig({})));
 const BATCH_SIZE = 100;
 const INDEXING_TIMEOUT_MS = 5 * 60_000;
 const MODES: SearchMode[] = ['keyword', 'semantic', 'hybrid'];

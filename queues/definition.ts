@@ -15,6 +15,19 @@ export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
    * tenant's backlog cannot hold up another's work (queues/fairness.ts).
    */
   readonly fairness?: 'tenant';
+  /** Jobs at once per worker process unless the settings say otherwise (see concurrencyOf). */
+  readonly concurrency?: number;
+}
+
+/** Jobs at once per worker process of a queue that names no concurrency of its own. */
+const DEFAULT_CONCURRENCY = 4;
+
+/** Jobs at once per worker process for `definition`: the queue's own setting, else everyone's, else its default. */
+export function concurrencyOf(
+  definition: Pick<QueueDefinition, 'name' | 'concurrency'>,
+  settings: { WORKER_CONCURRENCY?: number; WORKER_CONCURRENCY_PER_QUEUE: Record<string, number> },
+): number {
+  return settings.WORKER_CONCURRENCY_PER_QUEUE[definition.name] ?? settings.WORKER_CONCURRENCY ?? definition.concurrency ?? DEFAULT_CONCURRENCY;
 }
 
 export type PayloadOf<D extends QueueDefinition> = z.output<D['payload']>;

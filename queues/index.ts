@@ -14,7 +14,7 @@ import { webhooksQueue } from './webhooks';
 export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, usageQueue, webhookFanoutQueue, webhooksQueue };
 export { WEBHOOK_BACKOFF, enqueueDeliveries, promoteDeliveries } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
-export { DATABASE_RETRIES } from './definition';
+export { concurrencyOf, DATABASE_RETRIES } from './definition';
 
 /** Every queue ragworks runs. */
 export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [

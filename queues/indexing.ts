@@ -44,6 +44,9 @@ export const indexingQueue = defineQueue({
   holdsWhileSuspended: true,
   // One tenant's 2,000-document batch must not make another's single document wait for all of it.
   fairness: 'tenant',
+  // Documents that finish preparing while others are being stored go to the database together, in one
+  // transaction (group commit): more in flight makes those batches bigger and each document cheaper.
+  concurrency: 16,
   // The index job is part of the id: a forced re-index of the same version is new work.
   jobId: (payload) => `doc-${payload.documentId}-v${payload.version}-${payload.indexJobId}`,
 });

@@ -55,7 +55,7 @@ const retrySchedule = z.string().transform((value, ctx) => {
 
 /**
  * Per-queue worker concurrency, written `indexing=4,reconcile=1`. Queues not
- * named use WORKER_CONCURRENCY.
+ * named use WORKER_CONCURRENCY, or their own default.
  */
 const concurrencyMap = z.string().transform((value, ctx) => {
   const result: Record<string, number> = {};
@@ -154,8 +154,8 @@ export const configSchema = z
     OTEL_TRACE_REDIS: booleanFlag.default(false).describe('Trace every Redis command (costs queue throughput).'),
 
     WORKER_QUEUES: z.string().default('all').describe('The queues a worker process consumes: `all`, or a comma-separated list of [queue names](architecture.md#queues).'),
-    WORKER_CONCURRENCY: positiveInt.default(4).describe('Jobs at once per queue per process.'),
-    WORKER_CONCURRENCY_PER_QUEUE: concurrencyMap.default({}).describe('Concurrency of some queues, e.g. `indexing=8,reconcile=1`; the others use `WORKER_CONCURRENCY`.'),
+    WORKER_CONCURRENCY: positiveInt.optional().describe('Jobs at once per queue per process. Unset: each queue\'s own, 16 for `indexing` (documents prepared together are stored in one transaction) and 4 for the others.'),
+    WORKER_CONCURRENCY_PER_QUEUE: concurrencyMap.default({}).describe('Concurrency of some queues, e.g. `indexing=8,reconcile=1`; the others follow `WORKER_CONCURRENCY`.'),
     WORKER_LOCK_DURATION_MS: positiveInt.default(30_000).describe("How long a job's lock lasts without renewal: a dead worker's job is taken over by another after this."),
     WORKER_STALLED_INTERVAL_MS: positiveInt.default(30_000).describe('How often workers look for stalled jobs (whose lock expired).'),
     WORKER_DATABASE_RETRIES: z.coerce.number().int().min(0).default(12).describe('Times a job that lost its database connection is put back for 5 s without spending an attempt, each time only if an immediate ping confirms the database is down; after that such failures spend attempts.'),

@@ -1,5 +1,5 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { DATABASE_RETRIES } from '../queues';
+import { concurrencyOf, DATABASE_RETRIES } from '../queues';
 import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { unavailableDependency } from '../src/errors';
@@ -64,7 +64,7 @@ export class WorkerRuntime {
       const worker = new Worker(name, (job, token) => this.run(processor, job, token), {
         connection: redisOptions(config, 'worker') as ConnectionOptions,
         prefix: config.QUEUE_PREFIX,
-        concurrency: config.WORKER_CONCURRENCY_PER_QUEUE[name] ?? config.WORKER_CONCURRENCY,
+        concurrency: concurrencyOf(processor.definition, config),
         lockDuration: config.WORKER_LOCK_DURATION_MS,
         stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
         settings: processor.workerSettings?.(this.platform),

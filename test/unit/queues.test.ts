@@ -1,4 +1,5 @@
-import { indexingQueue, QUEUE_DEFINITIONS, reconcileQueue, WEBHOOK_BACKOFF, webhooksQueue } from '../../queues';
+import { concurrencyOf, indexingQueue, QUEUE_DEFINITIONS, reconcileQueue, WEBHOOK_BACKOFF, webhooksQueue } from '../../queues';
+import { loadConfig } from '../../src/config';
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, INDEXING_BACKOFF, indexingRetryDelayMs } from '../../queues/indexing';
 import { redact } from '../../queues/admin';
 import { tickOf } from '../../workers/scheduler';
@@ -20,6 +21,19 @@ describe('queue definitions', () => {
       expect(definition.jobOptions.removeOnComplete).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
       expect(definition.jobOptions.removeOnFail).toMatchObject({ age: expect.any(Number), count: expect.any(Number) });
     }
+  });
+
+  it('run indexing 16 at a time per process and the others 4, unless the settings say otherwise', () => {
+    const unset = loadConfig({});
+    expect(concurrencyOf(indexingQueue, unset)).toBe(16);
+    expect(concurrencyOf(webhooksQueue, unset)).toBe(4);
+    expect(concurrencyOf(reconcileQueue, unset)).toBe(4);
+    // WORKER_CONCURRENCY is everyone's, the indexing queue's too; a queue's own setting wins over it.
+    const everyone = loadConfig({ WORKER_CONCURRENCY: '2', WORKER_CONCURRENCY_PER_QUEUE: 'reconcile=1' });
+    expect(concurrencyOf(indexingQueue, everyone)).toBe(2);
+    expect(concurrencyOf(webhooksQueue, everyone)).toBe(2);
+    expect(concurrencyOf(reconcileQueue, everyone)).toBe(1);
+    expect(concurrencyOf(indexingQueue, loadConfig({ WORKER_CONCURRENCY_PER_QUEUE: 'indexing=32' }))).toBe(32);
   });
 
   it('derive indexing job ids from the document, its version and the index job', () => {
