@@ -82,3 +82,11 @@ async function pingDatabase(db: Database): Promise<boolean> {
     return false;
   }
 }
+
+/** What /readyz answers, on the API port and a worker's or scheduler's METRICS_PORT alike: both stores, checked now. */
+export async function readiness(health: DependencyHealth): Promise<{ status: 200 | 503; body: { status: string; checks: Record<DependencyName, 'up' | 'down'> } }> {
+  const state = await health.check();
+  const ready = state.database && state.redis;
+  const upDown = (up: boolean): 'up' | 'down' => (up ? 'up' : 'down');
+  return { status: ready ? 200 : 503, body: { status: ready ? 'ready' : 'unavailable', checks: { database: upDown(state.database), redis: upDown(state.redis) } } };
+}

@@ -3,7 +3,7 @@ import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
 import { enqueueDeliveries } from '../queues/webhooks';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
-import type { Config } from './config';
+import { ConfigError, type Config } from './config';
 import { openDatabase, type Database, type DatabaseOptions } from './db/database';
 import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
@@ -99,7 +99,11 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
       logger.warn(`keyword search scans each tenant's chunks instead of using its index: ${migration.textSearchIndex.reason}`);
     }
     if (!migration.rowLevelSecurity.enforced) {
-      logger.warn(`row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role (docs/operations.md, "Production database roles")`);
+      const problem = `row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role and migrate with MIGRATION_DATABASE_URL (docs/operations.md, "Production database roles")`;
+      // A server's one role serving every tenant is a laptop's setup: in production one tenant could read another's rows.
+      // The embedded database has no roles to separate; it serves one process on one machine.
+      if (config.NODE_ENV === 'production' && db.kind === 'postgres') throw new ConfigError(`refusing to start in production: ${problem}`);
+      logger.warn(problem);
     }
     return assemble(config, logger, redis, db, migration.vectorSearch, migration.rowLevelSecurity);
   } catch (error) {

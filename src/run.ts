@@ -9,6 +9,7 @@ import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
+import { readiness } from './health';
 import { scrapeAllowed } from './metrics';
 import { createPlatform, databaseOptions, migrationOptions, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
@@ -49,6 +50,7 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
     platform = await createPlatform(config, logger);
   } catch (error) {
     if (error instanceof RedisUnreachableError) die(error.message);
+    if (error instanceof ConfigError) die(error.message, 2);
     die(`could not start: ${(error as Error).message}`);
   }
   logger.info({ database: platform.db.location, kind: platform.db.kind, vector_search: platform.vector.available }, 'platform ready');
@@ -65,8 +67,7 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    // Intake stops and work drains side by side, each within SHUTDOWN_TIMEOUT_MS; closing the pools gets as long again.
-    const deadline = config.SHUTDOWN_TIMEOUT_MS * 2 + 5_000;
+    const deadline = exitDeadlineMs(config);
     const timer = setTimeout(() => die(`shutdown took longer than ${deadline} ms; exiting`), deadline);
     timer.unref();
     try {
@@ -89,6 +90,16 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
 }
 
 type Stop = () => Promise<void>;
+
+/**
+ * How long a process may take after SIGTERM before it exits anyway: intake
+ * stops and work drains side by side, each within SHUTDOWN_TIMEOUT_MS;
+ * closing the pools gets as long again. An orchestrator's grace period must
+ * be longer (ops/k8s, docker-compose.yml), or it kills what is handing back.
+ */
+export function exitDeadlineMs(config: Pick<Config, 'SHUTDOWN_TIMEOUT_MS'>): number {
+  return config.SHUTDOWN_TIMEOUT_MS * 2 + 5_000;
+}
 
 /** Brings the schema up to date without Redis, queues or workers, and exits. */
 async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutdown(): Promise<void> }): Promise<never> {
@@ -158,8 +169,25 @@ function closeServer(server: http.Server, timeoutMs: number): Promise<void> {
   });
 }
 
+/**
+ * A worker's or scheduler's port (METRICS_PORT): /metrics, and the probes an
+ * orchestrator needs: /healthz answers from the event loop, so a loop
+ * blocked for longer than the probe's timeout fails it; /readyz checks both
+ * stores.
+ */
 function metricsOnly(platform: Platform): http.RequestListener {
   return (req, res) => {
+    if (req.url === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok"}');
+      return;
+    }
+    if (req.url === '/readyz') {
+      readiness(platform.health).then(
+        ({ status, body }) => res.writeHead(status, { 'Content-Type': 'application/json' }).end(JSON.stringify(body)),
+        () => res.writeHead(503).end(),
+      );
+      return;
+    }
     if (req.url !== '/metrics') {
       res.writeHead(404).end();
       return;

@@ -164,4 +164,28 @@ describe('/metrics with METRICS_TOKEN (postgres)', () => {
       await worker.stop();
     }
   });
+
+  it("serves an orchestrator's probes on a worker's METRICS_PORT: liveness from its event loop, readiness from both stores", async () => {
+    const port = await unusedPort();
+    const worker = startRagworks('worker', { ...stack.env, METRICS_PORT: String(port), LOG_LEVEL: 'info' });
+    const probe = (path: string) => fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(1_000) });
+    try {
+      await worker.waitForMessage('workers started');
+      const live = await waitFor(async () => (await probe('/healthz').catch(() => null)) ?? null, { what: 'the worker probe server' });
+      expect(live.status).toBe(200);
+      expect(await live.json()).toEqual({ status: 'ok' });
+      const ready = await probe('/readyz');
+      expect(ready.status).toBe(200);
+      expect(await ready.json()).toEqual({ status: 'ready', checks: { database: 'up', redis: 'up' } });
+
+      // A process that cannot run its event loop (here: stopped) fails liveness, and passes again once it runs.
+      worker.signal('SIGSTOP');
+      await expect(probe('/healthz')).rejects.toThrow();
+      worker.signal('SIGCONT');
+      expect((await probe('/healthz')).status).toBe(200);
+    } finally {
+      worker.signal('SIGCONT');
+      await worker.stop();
+    }
+  });
 });

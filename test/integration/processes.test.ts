@@ -183,6 +183,56 @@ describe('development operator token (role all on the embedded database)', () =>
   });
 });
 
+describe('production refuses a database role that bypasses row-level security', () => {
+  it('exits 2 naming MIGRATION_DATABASE_URL and the roles section for a superuser, a table owner or a BYPASSRLS role; starts with separate roles', async () => {
+    const owned = await createTestDatabase({ ownedByOwnerRole: true });
+    const plain = await createTestDatabase();
+    const bypassRole = 'ragworks_test_bypass';
+    const admin = new pg.Client({ connectionString: plain.url });
+    await admin.connect();
+    const prefix = uniqueName('rwproc');
+    try {
+      await admin.query(`do $$ begin
+        if not exists (select 1 from pg_roles where rolname = '${bypassRole}') then create role ${bypassRole} login nosuperuser bypassrls; end if;
+      end $$`);
+      const asBypass = new URL(plain.applicationUrl);
+      asBypass.username = bypassRole;
+      const production = { NODE_ENV: 'production', REDIS_URL, QUEUE_PREFIX: prefix, ADMIN_TOKEN, DATA_DIR: scratch };
+      const cases: Array<{ name: string; env: Record<string, string>; reason: string }> = [
+        // The one role migrates and serves: a superuser (the machine's postgres), or a table owner that is none.
+        { name: 'superuser', env: { DATABASE_URL: plain.url }, reason: 'is a superuser' },
+        { name: 'owner', env: { DATABASE_URL: owned.url }, reason: 'owns the tables' },
+        { name: 'bypassrls', env: { MIGRATION_DATABASE_URL: plain.url, DATABASE_URL: asBypass.toString() }, reason: 'has BYPASSRLS' },
+      ];
+      const outcomes = await inBatches(cases, 3, async (testCase) => {
+        const child = startRagworks('web', { ...production, PORT: String(await unusedPort()), ...testCase.env });
+        const exit = await child.waitForExit();
+        const line = child.stderr.join('\n');
+        return {
+          name: testCase.name,
+          code: exit.code,
+          stderrLines: child.stderr.length,
+          says: ['refusing to start in production', testCase.reason, 'MIGRATION_DATABASE_URL', 'Production database roles'].filter((part) => !line.includes(part)),
+          ready: child.messages('platform ready').length,
+        };
+      });
+      expect(outcomes).toEqual(cases.map((testCase) => ({ name: testCase.name, code: 2, stderrLines: 1, says: [], ready: 0 })));
+
+      // The roles as production has them: the owner migrates, the application role serves.
+      const port = await unusedPort();
+      const web = startRagworks('web', { ...production, PORT: String(port), LOG_LEVEL: 'info', MIGRATION_DATABASE_URL: owned.url, DATABASE_URL: owned.applicationUrl });
+      await web.waitForMessage('platform ready');
+      await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null))?.status === 200, { what: 'the web process to be ready' });
+      expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+    } finally {
+      await admin.end();
+      await owned.drop();
+      await plain.drop();
+      await deleteRedisPrefix(prefix);
+    }
+  });
+});
+
 describe('migrations under an advisory lock', () => {
   it('two migrate processes started together both succeed and apply each migration once', async () => {
     const database = await createTestDatabase();

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { DependencyState } from '../../health';
+import { readiness, type DependencyState } from '../../health';
 import type { Platform } from '../../platform';
 import { isOperatorRequest } from '../auth';
 import type { Api } from '../route';
@@ -19,14 +19,7 @@ export function healthRoutes(api: Api): void {
       200: { description: 'Ready', schema: z.object({ status: z.string(), checks: z.object({ database: z.string(), redis: z.string() }) }) },
       503: { description: 'A dependency is down' },
     },
-    handler: async ({ platform }) => {
-      const state = await platform.health.check();
-      const ready = state.database && state.redis;
-      return {
-        status: ready ? 200 : 503,
-        body: { status: ready ? 'ready' : 'unavailable', checks: { database: upDown(state.database), redis: upDown(state.redis) } },
-      };
-    },
+    handler: ({ platform }) => readiness(platform.health),
   });
   api.add({
     method: 'get', path: '/api/health', operationId: 'getHealth', summary: 'Health: up or down per service; with operator credentials, versions, queues and workers too', tag, auth: 'public',
