@@ -24,9 +24,19 @@ interface LogWaiter {
   resolve: (line: LogLine) => void;
 }
 
+/** How a process is started: from the sources with tsx (`npm start`), or from a build (the image). */
+export interface Launch {
+  cwd: string;
+  /** Node's arguments before the role. */
+  args: string[];
+}
+
+const FROM_SOURCES: Launch = { cwd: ROOT, args: ['--import', 'tsx', 'src/main.ts'] };
+
 /**
  * A ragworks process started the way production starts it
- * (`node --import tsx src/main.ts <role>`), with its output kept line by line.
+ * (`node --import tsx src/main.ts <role>`, or `node src/main.js <role>` in
+ * a build), with its output kept line by line.
  */
 export class RagworksProcess {
   readonly stdout: string[] = [];
@@ -41,9 +51,10 @@ export class RagworksProcess {
   constructor(
     readonly role: string,
     env: Record<string, string>,
+    launch: Launch = FROM_SOURCES,
   ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', role], {
-      cwd: ROOT,
+    this.child = spawn(process.execPath, [...launch.args, role], {
+      cwd: launch.cwd,
       env: { ...baseEnvironment(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -170,6 +181,11 @@ const live = new Set<RagworksProcess>();
 /** Starts `src/main.ts <role>` with only the given environment (plus PATH and HOME). */
 export function startRagworks(role: string, env: Record<string, string>): RagworksProcess {
   return new RagworksProcess(role, env);
+}
+
+/** Starts `node src/main.js <role>` in a build made by scripts/build.ts, as the container image does. */
+export function startBuiltRagworks(buildDir: string, role: string, env: Record<string, string>): RagworksProcess {
+  return new RagworksProcess(role, env, { cwd: buildDir, args: ['src/main.js'] });
 }
 
 /** Kills (SIGKILL) every process still running and waits for them; for afterAll. */
