@@ -277,6 +277,26 @@ function commonEnv(prefix: string, port: number, workerConcurrency: number): Rec
   };
 }
 
+/**
+ * A fresh database on the machine's PostgreSQL, set up as in production: the
+ * owner migrates (`migrationUrl`), the application role serves under
+ * row-level security (`applicationUrl`).
+ */
+export async function createBenchDatabase(cleanup: Cleanup): Promise<{ migrationUrl: string; applicationUrl: string; drop: () => Promise<void> }> {
+  const database = uniqueName('rw_bench');
+  const drop = cleanup.add(`database ${database}`, () => adminQuery(`drop database if exists ${database} with (force)`));
+  await adminQuery(`create database ${database}`);
+  await adminQuery(`do $$ begin
+    if not exists (select 1 from pg_roles where rolname = '${APPLICATION_ROLE}') then create role ${APPLICATION_ROLE} login nosuperuser nobypassrls; end if;
+  end $$`);
+  const url = new URL(POSTGRES_ADMIN_URL);
+  url.pathname = `/${database}`;
+  const migrationUrl = url.toString();
+  url.username = APPLICATION_ROLE;
+  url.password = '';
+  return { migrationUrl, applicationUrl: url.toString(), drop };
+}
+
 export async function startDeployment(options: DeploymentOptions, cleanup: Cleanup): Promise<Deployment> {
   const prefix = uniqueName('rwbench');
   const port = await freePort();
@@ -286,19 +306,10 @@ export async function startDeployment(options: DeploymentOptions, cleanup: Clean
 
   let description: string;
   if (options.kind === 'postgres') {
-    const database = uniqueName('rw_bench');
-    releases.push(cleanup.add(`database ${database}`, () => adminQuery(`drop database if exists ${database} with (force)`)));
-    await adminQuery(`create database ${database}`);
-    // As in production: the owner migrates, the application role serves under row-level security.
-    await adminQuery(`do $$ begin
-      if not exists (select 1 from pg_roles where rolname = '${APPLICATION_ROLE}') then create role ${APPLICATION_ROLE} login nosuperuser nobypassrls; end if;
-    end $$`);
-    const url = new URL(POSTGRES_ADMIN_URL);
-    url.pathname = `/${database}`;
-    env.MIGRATION_DATABASE_URL = url.toString();
-    url.username = APPLICATION_ROLE;
-    url.password = '';
-    env.DATABASE_URL = url.toString();
+    const database = await createBenchDatabase(cleanup);
+    releases.push(database.drop);
+    env.MIGRATION_DATABASE_URL = database.migrationUrl;
+    env.DATABASE_URL = database.applicationUrl;
     description = `PostgreSQL, 1 web + ${options.workers} worker process${options.workers === 1 ? '' : 'es'}`;
   } else {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ragworks-bench-'));

@@ -10,7 +10,7 @@ import { redisOptions } from '../src/redis';
 import { defineProcessor, type Processor } from '../workers/processor';
 import { WorkerRuntime } from '../workers/runtime';
 import { deleteRedisPrefix } from '../test/helpers/redis';
-import { adminQuery, log, POSTGRES_ADMIN_URL, REDIS_URL, uniqueName, type Cleanup } from './indexing';
+import { createBenchDatabase, log, REDIS_URL, uniqueName, type Cleanup } from './indexing';
 import { positiveIntEnv } from './settings';
 import { fixed, ratio, summarize, table, type Summary } from './stats';
 
@@ -60,14 +60,18 @@ function noopQueue(name: string): QueueDefinition<typeof payload> {
 
 export async function runQueueBenchmark(cleanup: Cleanup): Promise<QueueFigures> {
   const prefix = uniqueName('rwbench');
-  const database = uniqueName('rw_bench');
   cleanup.add(`redis prefix ${prefix}`, () => deleteRedisPrefix(prefix, REDIS_URL));
-  cleanup.add(`database ${database}`, () => adminQuery(`drop database if exists ${database} with (force)`));
-  await adminQuery(`create database ${database}`);
-  const url = new URL(POSTGRES_ADMIN_URL);
-  url.pathname = `/${database}`;
+  const database = await createBenchDatabase(cleanup);
   // The runtime needs a platform (its database answers health checks and would keep dead letters); no job touches it.
-  const config = loadConfig({ NODE_ENV: 'production', REDIS_URL, QUEUE_PREFIX: prefix, DATABASE_URL: url.toString(), LOG_LEVEL: 'error', ADMIN_TOKEN: 'bench-queue-unused-token-0123456789' });
+  const config = loadConfig({
+    NODE_ENV: 'production',
+    REDIS_URL,
+    QUEUE_PREFIX: prefix,
+    MIGRATION_DATABASE_URL: database.migrationUrl,
+    DATABASE_URL: database.applicationUrl,
+    LOG_LEVEL: 'error',
+    ADMIN_TOKEN: 'bench-queue-unused-token-0123456789',
+  });
   const platform = await createPlatform(config, createLogger(config.LOG_LEVEL));
   const closePlatform = cleanup.add('queue benchmark platform', () => platform.close());
   const producer = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
