@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
+import { indexingQueue } from '../../queues';
 import { embedText } from '../../src/domain/embeddings/hashing';
 import { startStack, type TestStack } from '../helpers/harness';
 import { PrivateRedis } from '../helpers/private-redis';
@@ -68,6 +69,14 @@ async function seed(stack: TestStack, key: string, documents: DocumentInput[]): 
     },
     { timeoutMs: 60_000, intervalMs: 100, what: `index job ${jobId} to complete` },
   );
+  // The job is completed at the store's commit; the worker bumps the cache generation just after, then
+  // finishes its queue job. Waiting for that keeps a test's first search from being cached at the old one.
+  const indexing = stack.platform.queues.queue(indexingQueue.name);
+  await waitFor(async () => Object.values(await indexing.getJobCounts('waiting', 'prioritized', 'active', 'delayed')).every((count) => count === 0), {
+    timeoutMs: 60_000,
+    intervalMs: 50,
+    what: 'the indexing queue jobs to finish',
+  });
   return (reply.body.items as Array<{ id: string }>).map((item) => item.id);
 }
 
