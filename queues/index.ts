@@ -1,4 +1,4 @@
-import { Queue, type JobsOptions } from 'bullmq';
+import { Queue, type JobsOptions, type Telemetry } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { z } from 'zod';
 import type { QueueDefinition } from './definition';
@@ -43,6 +43,8 @@ export class QueueRegistry {
   constructor(
     private readonly connection: Redis,
     readonly prefix: string,
+    /** BullMQ's OpenTelemetry: a job carries the trace of what enqueued it to the worker that runs it. */
+    readonly telemetry?: Telemetry,
   ) {}
 
   queue(name: string): Queue {
@@ -50,7 +52,7 @@ export class QueueRegistry {
     if (!definition) throw new Error(`Unknown queue "${name}"`);
     let queue = this.queues.get(name);
     if (!queue) {
-      queue = new Queue(name, { connection: this.connection, prefix: this.prefix, defaultJobOptions: definition.jobOptions });
+      queue = new Queue(name, { connection: this.connection, prefix: this.prefix, defaultJobOptions: definition.jobOptions, telemetry: this.telemetry });
       queue.on('error', () => undefined); // surfaced through the calls that fail
       this.queues.set(name, queue);
     }

@@ -152,6 +152,8 @@ export const configSchema = z
     OTEL_EXPORTER_OTLP_ENDPOINT: z.url().optional().describe('The OTLP/HTTP collector traces are sent to; unset: none are exported.'),
     OTEL_SERVICE_NAME: z.string().default('ragworks').describe('The service name in traces.'),
     OTEL_TRACE_REDIS: booleanFlag.default(false).describe('Trace every Redis command (costs queue throughput).'),
+    OTEL_TRACES_SAMPLER: z.enum(['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio']).default('parentbased_always_on').describe('Which traces are kept (the OpenTelemetry standard variable): e.g. `parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.1` keeps a tenth of the traces that start here and follows the caller\'s choice for the rest.'),
+    OTEL_TRACES_SAMPLER_ARG: z.coerce.number().min(0).max(1).optional().describe('The ratio for the `traceidratio` samplers, from 0 to 1.'),
 
     WORKER_QUEUES: z.string().default('all').describe('The queues a worker process consumes: `all`, or a comma-separated list of [queue names](architecture.md#queues).'),
     WORKER_CONCURRENCY: positiveInt.optional().describe('Jobs at once per queue per process. Unset: each queue\'s own, 16 for `indexing` (documents prepared together are stored in one transaction) and 4 for the others.'),
@@ -219,6 +221,7 @@ export const configSchema = z
     WEBHOOK_RETRY_AFTER_MAX_SECONDS: positiveInt.default(3_600).describe('The longest `Retry-After` of a receiver that is honoured.'),
     WEBHOOK_DISABLE_AFTER_HOURS: z.coerce.number().positive().default(120).describe('Disable an endpoint whose every attempt has failed for this long.'),
     WEBHOOK_ALLOW_PRIVATE: booleanFlag.default(false).describe('Allow private, loopback and metadata addresses as webhook targets (development, tests).'),
+    WEBHOOK_PROPAGATE_TRACE: booleanFlag.default(false).describe('Send our trace context (`traceparent`, `tracestate`, `baggage`) with webhook deliveries; off by default, since a receiver is a third party.'),
     WEBHOOK_ENDPOINT_CONCURRENCY: positiveInt.default(2).describe('Deliveries in flight per endpoint, across all workers.'),
     WEBHOOK_REPLAY_PER_SECOND: positiveInt.default(10).describe('Pace of a replay, in events per second.'),
 

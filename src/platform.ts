@@ -4,6 +4,7 @@ import { QueueAdmin } from '../queues/admin';
 import { enqueueDeliveries } from '../queues/webhooks';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
 import { ConfigError, type Config } from './config';
+import { queueTelemetry } from './telemetry';
 import { openDatabase, type Database, type DatabaseOptions } from './db/database';
 import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
@@ -129,7 +130,7 @@ export function migrationOptions(config: Config): MigrationOptions {
 }
 
 function assemble(config: Config, logger: Logger, redis: Redis, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
-  const queues = new QueueRegistry(redis, config.QUEUE_PREFIX);
+  const queues = new QueueRegistry(redis, config.QUEUE_PREFIX, queueTelemetry(config));
   const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
   // Threads start with the first document indexed: a web-only process never starts any.
@@ -241,6 +242,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
         timeoutMs: config.WEBHOOK_TIMEOUT_MS,
         userAgent: `ragworks-webhooks/${VERSION}`,
         disableAfterHours: config.WEBHOOK_DISABLE_AFTER_HOURS,
+        propagateTrace: config.WEBHOOK_PROPAGATE_TRACE,
       },
     }),
     endpointSettings: () => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE }),

@@ -1,4 +1,6 @@
 import type { NodeSDK } from '@opentelemetry/sdk-node';
+import type { Telemetry } from 'bullmq';
+import type { Config } from './config';
 
 /**
  * Starts OpenTelemetry before anything it instruments is loaded. Nothing is
@@ -7,6 +9,20 @@ import type { NodeSDK } from '@opentelemetry/sdk-node';
  * fifth of queue throughput. Read straight from the environment because it
  * must run before the configuration module and its imports load.
  */
+const UNTRACED_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/api/health']);
+
+/**
+ * BullMQ's OpenTelemetry for every Queue and Worker, when traces are
+ * exported: `POST /api/documents`, its indexing job, the worker's work, the
+ * fan-out and each delivery attempt share one trace.
+ */
+export function queueTelemetry(config: Pick<Config, 'OTEL_EXPORTER_OTLP_ENDPOINT' | 'OTEL_SERVICE_NAME'>): Telemetry | undefined {
+  if (!config.OTEL_EXPORTER_OTLP_ENDPOINT) return undefined;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { BullMQOtel } = require('bullmq-otel') as typeof import('bullmq-otel');
+  return new BullMQOtel({ tracerName: config.OTEL_SERVICE_NAME });
+}
+
 export function startTelemetry(env: NodeJS.ProcessEnv = process.env): { shutdown(): Promise<void> } {
   if (!env.OTEL_EXPORTER_OTLP_ENDPOINT) return { shutdown: async () => undefined };
   // Metrics go through prom-client and logs through pino.
@@ -24,7 +40,8 @@ export function startTelemetry(env: NodeJS.ProcessEnv = process.env): { shutdown
     serviceName: env.OTEL_SERVICE_NAME || 'ragworks',
     traceExporter: new OTLPTraceExporter({ url: `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/$/, '')}/v1/traces` }),
     instrumentations: [
-      new HttpInstrumentation({ ignoreIncomingRequestHook: (req) => req.url === '/healthz' || req.url === '/metrics' }),
+      // Probes and scrapes come every few seconds and say nothing about the work: never a trace of their own.
+      new HttpInstrumentation({ ignoreIncomingRequestHook: (req) => UNTRACED_PATHS.has((req.url ?? '').split('?')[0]) }),
       new ExpressInstrumentation(),
       new PgInstrumentation(),
       ...(traceRedis ? [new IORedisInstrumentation()] : []),

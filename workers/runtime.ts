@@ -68,6 +68,7 @@ export class WorkerRuntime {
         lockDuration: config.WORKER_LOCK_DURATION_MS,
         stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
         settings: processor.workerSettings?.(this.platform),
+        telemetry: this.platform.queues.telemetry,
         autorun: true,
       });
       worker.on('error', (error) => logger.warn({ err: error, queue: name }, 'worker error'));
@@ -131,7 +132,10 @@ export class WorkerRuntime {
         await holdWhileSuspended(platform, queue, job, token, tenantId);
       }
       const result = await this.untilHandedBack(processor.process(parsed.data, context));
-      platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, seconds());
+      const duration = seconds();
+      platform.metrics.jobDuration.observe({ queue, outcome: 'completed' }, duration);
+      // Checked first: the job's logger is made on first use, and costs what a job that logs nothing should not pay.
+      if (platform.logger.isLevelEnabled('debug')) context.logger.debug({ duration_ms: Math.round(duration * 1000) }, 'job completed');
       return result;
     } catch (error) {
       // A processor that moved its own job (to delayed or waiting) has not failed.

@@ -482,7 +482,7 @@ describe('SSRF defence at connect time (private targets refused)', () => {
     const secret = `whsec_${randomBytes(32).toString('base64')}`;
     target.secrets = [secret];
     const send = (url: string, allowPrivate: boolean) =>
-      sendSigned({ url, messageId: 'msg_ssrf', body: '{"type":"webhook.test"}', secrets: [secret], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate });
+      sendSigned({ url, messageId: 'msg_ssrf', body: '{"type":"webhook.test"}', secrets: [secret], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate, propagateTrace: false });
 
     const refusedUrls = [
       `http://127.0.0.1:${target.port}/`,
@@ -520,7 +520,7 @@ describe('SSRF defence at connect time (private targets refused)', () => {
     const redirecting = await receiver();
     redirecting.defaultResponse = { status: 307, headers: { Location: target.url('/internal') } };
     const send = (url: string, allowPrivate: boolean) =>
-      sendSigned({ url, messageId: 'msg_redirect', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate });
+      sendSigned({ url, messageId: 'msg_redirect', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate, propagateTrace: false });
     const name = await loopbackName();
 
     const refused = await send(`http://${name}:${redirecting.port}/hook`, false);
@@ -546,7 +546,7 @@ describe('SSRF defence at connect time (private targets refused)', () => {
     try {
       const port = (listener.address() as net.AddressInfo).port;
       const send = (allowPrivate: boolean) =>
-        sendSigned({ url: `https://127.0.0.1:${port}/hook`, messageId: 'msg_tls', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate });
+        sendSigned({ url: `https://127.0.0.1:${port}/hook`, messageId: 'msg_tls', body: '{}', secrets: [`whsec_${randomBytes(32).toString('base64')}`], userAgent: 'ragworks-webhooks/test', timeoutMs: 2_000, allowPrivate, propagateTrace: false });
       expect(await send(false)).toMatchObject({ ok: false, statusCode: null, error: 'refused: 127.0.0.1 does not resolve to a public address' });
       expect(connections).toHaveLength(0);
       // The listener is reachable: allowed, the same send does connect (and fails in the TLS handshake).
@@ -578,7 +578,7 @@ async function settled(send: Promise<SendResult>, what: string): Promise<SendRes
 describe('sendSigned against receivers that misbehave after the headers', () => {
   const secret = `whsec_${randomBytes(32).toString('base64')}`;
   const send = (target: WebhookReceiver, timeoutMs: number) =>
-    sendSigned({ url: target.url('/hook'), messageId: 'msg_misbehave', body: '{"type":"webhook.test"}', secrets: [secret], userAgent: 'ragworks-webhooks/test', timeoutMs, allowPrivate: true });
+    sendSigned({ url: target.url('/hook'), messageId: 'msg_misbehave', body: '{"type":"webhook.test"}', secrets: [secret], userAgent: 'ragworks-webhooks/test', timeoutMs, allowPrivate: true, propagateTrace: false });
 
   it.each([
     ['closed', false],

@@ -89,6 +89,7 @@ export async function attemptDelivery(
       userAgent: deps.settings.userAgent,
       timeoutMs: deps.settings.timeoutMs,
       allowPrivate: deps.settings.allowPrivate,
+      propagateTrace: deps.settings.propagateTrace,
     });
   } catch (error) {
     await gate?.leave();

@@ -28,6 +28,7 @@ export interface DeliverySettings {
   timeoutMs: number;
   userAgent: string;
   disableAfterHours: number;
+  propagateTrace: boolean;
 }
 
 export interface DeliveryDeps {

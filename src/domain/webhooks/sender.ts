@@ -11,7 +11,12 @@ export interface SignedRequest {
   userAgent: string;
   timeoutMs: number;
   allowPrivate: boolean;
+  /** Whether our trace context (traceparent, tracestate, baggage) may travel to the receiver: WEBHOOK_PROPAGATE_TRACE. */
+  propagateTrace: boolean;
 }
+
+/** The headers through which the HTTP instrumentation would carry our traces to a third party. */
+const TRACE_HEADERS = ['traceparent', 'tracestate', 'baggage'];
 
 export interface SendResult {
   ok: boolean;
@@ -135,6 +140,8 @@ export function sendSigned(request: SignedRequest): Promise<SendResult> {
       if (incoming) finish(fromResponse(incoming, `HTTP ${incoming.statusCode}, but the connection failed (${error.code ?? error.message}) before the response ended`));
       else finish({ ok: false, statusCode: null, error: describeRequestError(error, url, request.allowPrivate), responseBody: null, retryAfterMs: null });
     });
+    // The instrumentation has set them by now; until the body goes, the headers can still be taken back.
+    if (!request.propagateTrace) for (const header of TRACE_HEADERS) outgoing.removeHeader(header);
     outgoing.end(request.body);
   });
 }
