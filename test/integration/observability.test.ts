@@ -177,6 +177,37 @@ describe('OpenTelemetry', () => {
       await target.close();
     }
   });
+
+  it('sends our traceparent with a delivery when WEBHOOK_PROPAGATE_TRACE=true: the receiver joins the document\'s trace', async () => {
+    const target = await startWebhookReceiver();
+    try {
+      const tenant = await stack.createTenant();
+      const created = await stack.as(tenant.key, 'post', '/api/admin/webhooks').send({ url: target.url('/hook'), event_types: ['document.indexed'] }).expect(201);
+      target.secrets = [created.body.secret];
+      const env = { ...stack.env, LOG_LEVEL: 'info', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}` };
+      const web = startRagworks('web', { ...env, PORT: '0' });
+      const worker = startRagworks('worker', { ...env, WEBHOOK_PROPAGATE_TRACE: 'true' });
+      const listening = await web.waitForMessage('api listening', { timeoutMs: 90_000 });
+      await worker.waitForMessage('workers started', { timeoutMs: 90_000 });
+      const posted = await fetch(`${String(listening.url).replace('localhost', '127.0.0.1')}/api/documents`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${tenant.key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ title: 'Shared trace', content: '# Shared\n\nThis delivery carries its trace.' }),
+      });
+      expect(posted.status).toBe(202);
+      const [delivered] = await target.waitForRequests(1, { timeoutMs: 60_000 });
+      expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+      expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+      // W3C: version-traceid-spanid-flags.
+      const [, traceId] = /^00-([0-9a-f]{32})-[0-9a-f]{16}-0[01]$/.exec(delivered.headers.traceparent ?? '') ?? [];
+      expect(traceId).toBeDefined();
+      const spans = exports.flatMap((batch) => batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans)));
+      const post = spans.find((span) => span.traceId === traceId && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
+      expect(post).toBeDefined();
+    } finally {
+      await target.close();
+    }
+  });
 });
 
 describe('/metrics with METRICS_TOKEN (postgres)', () => {
