@@ -138,6 +138,9 @@ export const configSchema = z
     REDIS_URL: redisUrl.default('redis://127.0.0.1:6379').describe('Redis; credentials, TLS (`rediss://`) and a database index (`/2`) are honoured.'),
     REDIS_SENTINELS: sentinelList.optional().describe('Redis Sentinel addresses; with them the Redis master is found through Sentinel. Needs `REDIS_SENTINEL_NAME`.'),
     REDIS_SENTINEL_NAME: z.string().min(1).optional().describe('The master name the Sentinels watch; required with `REDIS_SENTINELS`.'),
+    REDIS_SENTINEL_USERNAME: z.string().min(1).optional().describe('The user the Sentinels ask for (Sentinel ACLs); the Redis servers\' own come from `REDIS_URL`.'),
+    REDIS_SENTINEL_PASSWORD: z.string().min(1).optional().describe('The password the Sentinels ask for (their `requirepass`); the Redis servers\' own comes from `REDIS_URL`.'),
+    REDIS_SENTINEL_TLS: booleanFlag.default(false).describe('Talk to the Sentinels over TLS; the Redis servers get TLS when `REDIS_URL` is `rediss://`.'),
     QUEUE_PREFIX: z
       .string()
       .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only')

@@ -21,7 +21,16 @@ export function redisOptions(config: Config, role: RedisRole): RedisOptions {
     ...(role === 'producer' ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 } : { maxRetriesPerRequest: null }),
   };
   if (config.REDIS_SENTINELS && config.REDIS_SENTINEL_NAME) {
-    return { ...common, sentinels: config.REDIS_SENTINELS, name: config.REDIS_SENTINEL_NAME };
+    return {
+      ...common,
+      sentinels: config.REDIS_SENTINELS,
+      name: config.REDIS_SENTINEL_NAME,
+      sentinelUsername: config.REDIS_SENTINEL_USERNAME,
+      sentinelPassword: config.REDIS_SENTINEL_PASSWORD,
+      sentinelTLS: config.REDIS_SENTINEL_TLS ? {} : undefined,
+      // The master and replicas the Sentinels name are reached as REDIS_URL says: with TLS for rediss://.
+      enableTLSForSentinelMode: common.tls !== undefined,
+    };
   }
   return { ...common, host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port ? Number(url.port) : 6379 };
 }

@@ -96,6 +96,12 @@ describe('Redis connection options', () => {
     const options = redisOptions(loadConfig({ REDIS_SENTINELS: 's1:26379,[::1]:26380', REDIS_SENTINEL_NAME: 'mymaster', REDIS_URL: 'redis://:pw@ignored:6379/2' }), 'worker');
     expect(options).toMatchObject({ sentinels: [{ host: 's1', port: 26379 }, { host: '::1', port: 26380 }], name: 'mymaster', db: 2, password: 'pw' });
     expect(options.host).toBeUndefined();
+    expect(options).toMatchObject({ sentinelPassword: undefined, sentinelTLS: undefined, enableTLSForSentinelMode: false });
+    const secured = redisOptions(
+      loadConfig({ REDIS_SENTINELS: 's1:26379', REDIS_SENTINEL_NAME: 'mymaster', REDIS_SENTINEL_USERNAME: 'watcher', REDIS_SENTINEL_PASSWORD: 'spw', REDIS_SENTINEL_TLS: 'true', REDIS_URL: 'rediss://:pw@ignored:6380' }),
+      'worker',
+    );
+    expect(secured).toMatchObject({ sentinelUsername: 'watcher', sentinelPassword: 'spw', sentinelTLS: {}, enableTLSForSentinelMode: true, tls: {}, password: 'pw' });
   });
 });
 
