@@ -127,58 +127,11 @@ describe('OpenTelemetry', () => {
     expect(requestLine!.trace_id).toBe(serverSpan!.traceId);
   });
 
-  it('follows one document in one trace across processes: its POST, indexing in a worker, the fan-out and the delivery; receivers get no traceparent', async () => {
-    const target = await startWebhookReceiver();
-    try {
-      const tenant = await stack.createTenant();
-      const created = await stack.as(tenant.key, 'post', '/api/admin/webhooks').send({ url: target.url('/hook'), event_types: ['document.indexed'] }).expect(201);
-      target.secrets = [created.body.secret];
-      const endpoint = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
-      const env = { ...stack.env, LOG_LEVEL: 'info', OTEL_EXPORTER_OTLP_ENDPOINT: endpoint };
-      const web = startRagworks('web', { ...env, PORT: '0' });
-      const worker = startRagworks('worker', { ...env, LOG_LEVEL: 'debug' });
-      const listening = await web.waitForMessage('api listening', { timeoutMs: 90_000 });
-      await worker.waitForMessage('workers started', { timeoutMs: 90_000 });
-      const url = String(listening.url).replace('localhost', '127.0.0.1');
-      const posted = await fetch(`${url}/api/documents`, {
-        method: 'POST',
-        headers: { Authorization: `Bearer ${tenant.key}`, 'Content-Type': 'application/json', 'X-Request-Id': 'traced-document-1' },
-        body: JSON.stringify({ title: 'Traced', content: '# Traced\n\nOne document, followed from its POST to its webhook.' }),
-      });
-      expect(posted.status).toBe(202);
-      const [delivered] = await target.waitForRequests(1, { timeoutMs: 60_000 });
-      expect(delivered.json).toMatchObject({ type: 'document.indexed' });
-      // Our trace context stays with us unless WEBHOOK_PROPAGATE_TRACE=true.
-      expect(Object.keys(delivered.headers).filter((name) => ['traceparent', 'tracestate', 'baggage'].includes(name))).toEqual([]);
-      // Shutdown flushes what each process's batch processor still holds.
-      expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
-      expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
-
-      const pidOf = (resource: { attributes: OtlpAttribute[] }) => resource.attributes.find((attribute) => attribute.key === 'process.pid')?.value.intValue;
-      const spans = exports.flatMap((batch) =>
-        batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans.map((span) => ({ ...span, pid: String(pidOf(resource.resource)) })))),
-      );
-      const post = spans.find((span) => span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
-      expect(post).toBeDefined();
-      const trace = spans.filter((span) => span.traceId === post!.traceId);
-      const byProcess = new Set(trace.map((span) => span.pid));
-      expect(byProcess).toEqual(new Set([String(web.pid), String(worker.pid)]));
-      const names = trace.map((span) => span.name);
-      // BullMQ's consumer spans of the three queues the document went through, and the POST to the receiver.
-      for (const queue of ['indexing', 'webhook-fanout', 'webhooks']) expect(names.some((name) => name.includes(queue))).toBe(true);
-      const delivery = trace.find((span) => span.name.startsWith('POST') && span.pid === String(worker.pid));
-      expect(delivery).toBeDefined();
-      expect(trace.some((span) => span.pid === String(worker.pid) && /insert|update|pg\./i.test(span.name))).toBe(true);
-      // A job's log lines carry the trace they run in: here each queue's `job completed` (at debug).
-      const jobLines = worker.logs.filter((line) => line.msg === 'job completed');
-      expect(new Set(jobLines.map((line) => line.queue))).toEqual(new Set(['indexing', 'webhook-fanout', 'webhooks']));
-      expect(jobLines.map((line) => line.trace_id)).toEqual(jobLines.map(() => post!.traceId));
-    } finally {
-      await target.close();
-    }
-  });
-
-  it('sends our traceparent with a delivery when WEBHOOK_PROPAGATE_TRACE=true: the receiver joins the document\'s trace', async () => {
+  /**
+   * A web and a worker process exporting traces to the test's collector, a tenant whose endpoint (for
+   * `document.indexed`) is a fresh receiver, and one document posted; resolves with the first delivery.
+   */
+  async function traceOneDocument(workerEnv: Record<string, string>, headers: Record<string, string> = {}) {
     const target = await startWebhookReceiver();
     try {
       const tenant = await stack.createTenant();
@@ -186,27 +139,60 @@ describe('OpenTelemetry', () => {
       target.secrets = [created.body.secret];
       const env = { ...stack.env, LOG_LEVEL: 'info', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}` };
       const web = startRagworks('web', { ...env, PORT: '0' });
-      const worker = startRagworks('worker', { ...env, WEBHOOK_PROPAGATE_TRACE: 'true' });
+      const worker = startRagworks('worker', { ...env, ...workerEnv });
       const listening = await web.waitForMessage('api listening', { timeoutMs: 90_000 });
       await worker.waitForMessage('workers started', { timeoutMs: 90_000 });
       const posted = await fetch(`${String(listening.url).replace('localhost', '127.0.0.1')}/api/documents`, {
         method: 'POST',
-        headers: { Authorization: `Bearer ${tenant.key}`, 'Content-Type': 'application/json' },
-        body: JSON.stringify({ title: 'Shared trace', content: '# Shared\n\nThis delivery carries its trace.' }),
+        headers: { Authorization: `Bearer ${tenant.key}`, 'Content-Type': 'application/json', ...headers },
+        body: JSON.stringify({ title: 'Traced', content: '# Traced\n\nOne document, followed from its POST to its webhook.' }),
       });
       expect(posted.status).toBe(202);
       const [delivered] = await target.waitForRequests(1, { timeoutMs: 60_000 });
+      expect(delivered.json).toMatchObject({ type: 'document.indexed' });
+      // Shutdown flushes what each process's batch processor still holds.
       expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
       expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
-      // W3C: version-traceid-spanid-flags.
-      const [, traceId] = /^00-([0-9a-f]{32})-[0-9a-f]{16}-0[01]$/.exec(delivered.headers.traceparent ?? '') ?? [];
-      expect(traceId).toBeDefined();
-      const spans = exports.flatMap((batch) => batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans)));
-      const post = spans.find((span) => span.traceId === traceId && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
-      expect(post).toBeDefined();
+      return { web, worker, delivered };
     } finally {
       await target.close();
     }
+  }
+
+  it('follows one document in one trace across processes: its POST, indexing in a worker, the fan-out and the delivery; receivers get no traceparent', async () => {
+    const { web, worker, delivered } = await traceOneDocument({ LOG_LEVEL: 'debug' }, { 'X-Request-Id': 'traced-document-1' });
+    // Our trace context stays with us unless WEBHOOK_PROPAGATE_TRACE=true.
+    expect(Object.keys(delivered.headers).filter((name) => ['traceparent', 'tracestate', 'baggage'].includes(name))).toEqual([]);
+
+    const pidOf = (resource: { attributes: OtlpAttribute[] }) => resource.attributes.find((attribute) => attribute.key === 'process.pid')?.value.intValue;
+    const spans = exports.flatMap((batch) =>
+      batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans.map((span) => ({ ...span, pid: String(pidOf(resource.resource)) })))),
+    );
+    const post = spans.find((span) => span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
+    expect(post).toBeDefined();
+    const trace = spans.filter((span) => span.traceId === post!.traceId);
+    const byProcess = new Set(trace.map((span) => span.pid));
+    expect(byProcess).toEqual(new Set([String(web.pid), String(worker.pid)]));
+    const names = trace.map((span) => span.name);
+    // BullMQ's consumer spans of the three queues the document went through, and the POST to the receiver.
+    for (const queue of ['indexing', 'webhook-fanout', 'webhooks']) expect(names.some((name) => name.includes(queue))).toBe(true);
+    const delivery = trace.find((span) => span.name.startsWith('POST') && span.pid === String(worker.pid));
+    expect(delivery).toBeDefined();
+    expect(trace.some((span) => span.pid === String(worker.pid) && /insert|update|pg\./i.test(span.name))).toBe(true);
+    // A job's log lines carry the trace they run in: here each queue's `job completed` (at debug).
+    const jobLines = worker.logs.filter((line) => line.msg === 'job completed');
+    expect(new Set(jobLines.map((line) => line.queue))).toEqual(new Set(['indexing', 'webhook-fanout', 'webhooks']));
+    expect(jobLines.map((line) => line.trace_id)).toEqual(jobLines.map(() => post!.traceId));
+  });
+
+  it('sends our traceparent with a delivery when WEBHOOK_PROPAGATE_TRACE=true: the receiver joins the document\'s trace', async () => {
+    const { delivered } = await traceOneDocument({ WEBHOOK_PROPAGATE_TRACE: 'true' });
+    // W3C: version-traceid-spanid-flags.
+    const [, traceId] = /^00-([0-9a-f]{32})-[0-9a-f]{16}-0[01]$/.exec(delivered.headers.traceparent ?? '') ?? [];
+    expect(traceId).toBeDefined();
+    const spans = exports.flatMap((batch) => batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans)));
+    const post = spans.find((span) => span.traceId === traceId && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
+    expect(post).toBeDefined();
   });
 });
 
