@@ -9,8 +9,8 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`;
 }
 
-export function databaseUrl(name: string): string {
-  const url = new URL(POSTGRES_ADMIN_URL);
+export function databaseUrl(name: string, adminUrl = POSTGRES_ADMIN_URL): string {
+  const url = new URL(adminUrl);
   url.pathname = `/${name}`;
   return url.toString();
 }
@@ -36,14 +36,17 @@ async function ensureRole(admin: pg.Client, role: string): Promise<void> {
 }
 
 /**
- * A new empty database on the local server; drop it with the returned
- * function. `url` connects as the owner (for migrations and for tests that
- * arrange rows past row-level security); `applicationUrl` as the
- * application role.
+ * A new empty database on the local server (or the one `adminUrl` names);
+ * drop it with the returned function. `url` connects as the owner (for
+ * migrations and for tests that arrange rows past row-level security);
+ * `applicationUrl` as the application role.
  */
-export async function createTestDatabase(options: { ownedByOwnerRole?: boolean } = {}): Promise<{ url: string; applicationUrl: string; name: string; drop(): Promise<void> }> {
+export async function createTestDatabase(
+  options: { ownedByOwnerRole?: boolean; adminUrl?: string } = {},
+): Promise<{ url: string; applicationUrl: string; name: string; drop(): Promise<void> }> {
   const name = uniqueName('rw_test');
-  const admin = new pg.Client({ connectionString: POSTGRES_ADMIN_URL });
+  const adminUrl = options.adminUrl ?? POSTGRES_ADMIN_URL;
+  const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
     await ensureRole(admin, APPLICATION_ROLE);
@@ -53,17 +56,17 @@ export async function createTestDatabase(options: { ownedByOwnerRole?: boolean }
     await admin.end();
   }
   const asRole = (role: string) => {
-    const url = new URL(databaseUrl(name));
+    const url = new URL(databaseUrl(name, adminUrl));
     url.username = role;
     url.password = '';
     return url.toString();
   };
   return {
     name,
-    url: options.ownedByOwnerRole ? asRole(OWNER_ROLE) : databaseUrl(name),
+    url: options.ownedByOwnerRole ? asRole(OWNER_ROLE) : databaseUrl(name, adminUrl),
     applicationUrl: asRole(APPLICATION_ROLE),
     drop: async () => {
-      const client = new pg.Client({ connectionString: POSTGRES_ADMIN_URL });
+      const client = new pg.Client({ connectionString: adminUrl });
       await client.connect();
       try {
         await client.query(`drop database if exists ${name} with (force)`);

@@ -1,8 +1,8 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
-import { Agent, request } from 'undici';
+import { execFileSync } from 'node:child_process';
+import { request } from 'undici';
 import { parse, parseAllDocuments } from 'yaml';
 import { configVariables } from '../../scripts/config-docs';
 import { build } from '../../scripts/build';
@@ -10,6 +10,7 @@ import { loadConfig } from '../../src/config';
 import { exitDeadlineMs, ROLES } from '../../src/run';
 import { createTestDatabase, REDIS_URL, uniqueName } from '../helpers/databases';
 import { ADMIN_TOKEN } from '../helpers/harness';
+import { startHaproxy } from '../helpers/haproxy';
 import { killLeftoverProcesses, startBuiltRagworks, unusedPort, type RagworksProcess } from '../helpers/processes';
 import { deleteRedisPrefix } from '../helpers/redis';
 import { waitFor } from '../helpers/wait';
@@ -188,44 +189,6 @@ describe('deployment files against the code', () => {
   });
 });
 
-/**
- * Runs HAProxy on ops/haproxy/haproxy.cfg with its listening addresses on free
- * loopback ports, its backend servers replaced by the web process on `webPort`
- * and a self-signed certificate made for the occasion; everything else as shipped.
- */
-async function startHaproxy(webPort: number): Promise<{ httpPort: number; httpsPort: number; stop(): Promise<void> }> {
-  const folder = mkdtempSync(path.join(os.tmpdir(), 'ragworks-haproxy-'));
-  const [httpPort, httpsPort] = [await unusedPort(), await unusedPort()];
-  const key = path.join(folder, 'key.pem');
-  const certificate = path.join(folder, 'certificate.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', certificate, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
-  const pem = path.join(folder, 'ragworks.pem');
-  writeFileSync(pem, readFileSync(certificate, 'utf8') + readFileSync(key, 'utf8'));
-  const shipped = read('ops/haproxy/haproxy.cfg');
-  const servers = shipped.split('\n').filter((line) => line.trim().startsWith('server '));
-  expect(servers.length).toBeGreaterThan(1);
-  const configuration = shipped
-    .replace(/^  bind :80$/m, `  bind 127.0.0.1:${httpPort}`)
-    .replace(/^  bind :443 ssl crt \S+/m, `  bind 127.0.0.1:${httpsPort} ssl crt ${pem}`)
-    .replace(servers.join('\n'), servers[0].replace(/\S+:8080/, `127.0.0.1:${webPort}`));
-  expect(configuration).not.toBe(shipped);
-  const file = path.join(folder, 'haproxy.cfg');
-  writeFileSync(file, configuration);
-  const haproxy = existsSync('/usr/sbin/haproxy') ? '/usr/sbin/haproxy' : 'haproxy';
-  execFileSync(haproxy, ['-c', '-q', '-f', file]);
-  const child = spawn(haproxy, ['-db', '-f', file], { stdio: 'ignore' });
-  return {
-    httpPort,
-    httpsPort,
-    async stop() {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-      rmSync(folder, { recursive: true, force: true });
-    },
-  };
-}
-
 describe('the build the image runs', () => {
   const buildDir = mkdtempSync(path.join(os.tmpdir(), 'ragworks-build-'));
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'ragworks-build-data-'));
@@ -280,12 +243,11 @@ describe('the build the image runs', () => {
       expect((await fetch(`http://127.0.0.1:${port}/admin/login`)).status).toBe(200);
 
       // ops/haproxy/haproxy.cfg itself in front of it, with only its addresses and certificate replaced.
-      const proxy = await startHaproxy(port);
+      const proxy = await startHaproxy([port]);
       try {
-        const insecure = new Agent({ connect: { rejectUnauthorized: false } });
         const ready = await waitFor(
           async () => {
-            const response = await request(`https://127.0.0.1:${proxy.httpsPort}/readyz`, { dispatcher: insecure }).catch(() => null);
+            const response = await request(`${proxy.httpsUrl}/readyz`, { dispatcher: proxy.dispatcher }).catch(() => null);
             if (!response) return null;
             const body = await response.body.json();
             return response.statusCode === 200 ? body : null;
@@ -297,7 +259,6 @@ describe('the build the image runs', () => {
         await plain.body.dump();
         expect(plain.statusCode).toBe(301);
         expect(plain.headers.location).toBe(`https://127.0.0.1:${proxy.httpPort}/readyz`);
-        await insecure.close();
       } finally {
         await proxy.stop();
       }
