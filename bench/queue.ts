@@ -3,6 +3,7 @@ import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
 import { defineQueue, RETENTION_DEFAULTS, type QueueDefinition } from '../queues/definition';
+import { queuePrefix } from '../queues/keys';
 import { loadConfig } from '../src/config';
 import { createLogger } from '../src/logger';
 import { createPlatform, type Platform } from '../src/platform';
@@ -117,7 +118,7 @@ export async function runQueueBenchmark(cleanup: Cleanup): Promise<QueueFigures>
 async function measure(kind: Kind, name: string, platform: Platform, producer: Redis): Promise<{ jobsPerSecond: number; cpuUsPerJob: number }> {
   const { config } = platform;
   const definition = noopQueue(name);
-  const queue = new Queue(name, { connection: producer, prefix: config.QUEUE_PREFIX, defaultJobOptions: definition.jobOptions });
+  const queue = new Queue(name, { connection: producer, prefix: queuePrefix(config.QUEUE_PREFIX, name), defaultJobOptions: definition.jobOptions });
   try {
     for (let start = 0; start < QUEUE_SETTINGS.jobs; start += ADD_SLICE) {
       const slice = Array.from({ length: Math.min(ADD_SLICE, QUEUE_SETTINGS.jobs - start) }, (_, index) => ({ n: start + index }));
@@ -149,7 +150,7 @@ function startRaw(definition: QueueDefinition, platform: Platform): () => Promis
   const { config } = platform;
   const worker = new Worker(definition.name, async () => undefined, {
     connection: redisOptions(config, 'worker') as ConnectionOptions,
-    prefix: config.QUEUE_PREFIX,
+    prefix: queuePrefix(config.QUEUE_PREFIX, definition.name),
     concurrency: QUEUE_SETTINGS.concurrency,
     lockDuration: config.WORKER_LOCK_DURATION_MS,
     stalledInterval: config.WORKER_STALLED_INTERVAL_MS,

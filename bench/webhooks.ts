@@ -8,6 +8,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { Webhook } from 'standardwebhooks';
 import { RETENTION_DEFAULTS } from '../queues/definition';
+import { queuePrefix } from '../queues/keys';
 import { deleteRedisPrefix } from '../test/helpers/redis';
 import { ADMIN_TOKEN, log, REDIS_URL, REPO_ROOT, startDeployment, uniqueName, type Cleanup, type Deployment } from './indexing';
 import { fixed, ratio, summarize, table, type Summary } from './stats';
@@ -216,7 +217,7 @@ function deliveriesFor(batchSizes: readonly number[], endpoints: number): number
 
 /** The deployment's two webhook queues, opened from here to pause and release them. */
 function webhookQueues(deployment: Deployment, connection: Redis): Queue[] {
-  return ['webhook-fanout', 'webhooks'].map((name) => new Queue(name, { connection, prefix: deployment.env.QUEUE_PREFIX }));
+  return ['webhook-fanout', 'webhooks'].map((name) => new Queue(name, { connection, prefix: queuePrefix(deployment.env.QUEUE_PREFIX, name) }));
 }
 
 async function runPhase(deployment: Deployment, workers: number, receiver: Receiver, plan: Plan, firstDocument: number): Promise<PhaseResult> {

@@ -17,6 +17,13 @@ export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
   readonly fairness?: 'tenant';
   /** Jobs at once per worker process unless the settings say otherwise (see concurrencyOf). */
   readonly concurrency?: number;
+  /**
+   * Whether this run of a job starts a trace of its own, with a span link to
+   * the span that added the job, rather than joining that span's trace: for
+   * work that runs long after, or apart from, what asked for it
+   * (docs/operations.md, "Tracing"). Unset: every run joins it.
+   */
+  readonly ownTrace?: (job: { data: unknown; attemptsStarted: number }) => boolean;
 }
 
 /** Jobs at once per worker process of a queue that names no concurrency of its own. */

@@ -1,4 +1,5 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../src/redis';
+import { queuePrefix } from './keys';
 
 /**
  * Fair shares of a queue between tenants. BullMQ OSS has no groups, so this
@@ -140,11 +141,15 @@ interface FairnessCommands {
 
 /** Where a queue's jobs go, per tenant (see above). */
 export class TenantFairness {
+  /** The queue's BullMQ prefix: these keys share its hash tag, so the script may touch them with the queue's own. */
+  private readonly prefix: string;
+
   constructor(
-    private readonly redis: Redis,
-    private readonly prefix: string,
+    private readonly redis: RedisClient,
+    prefix: string,
     private readonly queueName: string,
   ) {
+    this.prefix = queuePrefix(prefix, queueName);
     if (!('ragworksTakeTurns' in redis)) redis.defineCommand('ragworksTakeTurns', { numberOfKeys: 6, lua: RESERVE });
   }
 

@@ -1,8 +1,10 @@
 import { Queue, type JobsOptions, type Telemetry } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../src/redis';
+import { carriedContext } from '../src/telemetry';
 import type { z } from 'zod';
 import type { QueueDefinition } from './definition';
 import { TenantFairness } from './fairness';
+import { queuePrefix } from './keys';
 import { analyticsQueue } from './analytics';
 import { indexingQueue } from './indexing';
 import { reconcileQueue } from './reconcile';
@@ -15,6 +17,7 @@ export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, usageQue
 export { WEBHOOK_BACKOFF, enqueueDeliveries, promoteDeliveries } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
 export { concurrencyOf, DATABASE_RETRIES } from './definition';
+export { queuePrefix } from './keys';
 
 /** Every queue ragworks runs. */
 export const QUEUE_DEFINITIONS: readonly QueueDefinition[] = [
@@ -41,7 +44,7 @@ export class QueueRegistry {
   private readonly fairness = new Map<string, TenantFairness>();
 
   constructor(
-    private readonly connection: Redis,
+    private readonly connection: RedisClient,
     readonly prefix: string,
     /** BullMQ's OpenTelemetry: a job carries the trace of what enqueued it to the worker that runs it. */
     readonly telemetry?: Telemetry,
@@ -52,7 +55,7 @@ export class QueueRegistry {
     if (!definition) throw new Error(`Unknown queue "${name}"`);
     let queue = this.queues.get(name);
     if (!queue) {
-      queue = new Queue(name, { connection: this.connection, prefix: this.prefix, defaultJobOptions: definition.jobOptions, telemetry: this.telemetry });
+      queue = new Queue(name, { connection: this.connection, prefix: queuePrefix(this.prefix, name), defaultJobOptions: definition.jobOptions, telemetry: this.telemetry });
       queue.on('error', () => undefined); // surfaced through the calls that fail
       this.queues.set(name, queue);
     }
@@ -66,19 +69,26 @@ export class QueueRegistry {
   async enqueue<S extends z.ZodType>(definition: QueueDefinition<S>, payload: z.input<S>, options: JobsOptions = {}): Promise<string> {
     if (definition.fairness) return (await this.enqueueMany(definition, [payload], () => options))[0];
     const data = definition.payload.parse(payload);
-    const job = await this.queue(definition.name).add(definition.name, data, { ...options, jobId: definition.jobId(data) });
+    const job = await this.queue(definition.name).add(definition.name, data, { ...options, ...this.tracing(definition), jobId: definition.jobId(data) });
     return job.id!;
   }
 
   async enqueueMany<S extends z.ZodType>(definition: QueueDefinition<S>, payloads: z.input<S>[], options: (index: number) => JobsOptions = () => ({})): Promise<string[]> {
     if (payloads.length === 0) return [];
+    const tracing = this.tracing(definition);
     const jobs = payloads.map((payload, index) => {
       const data = definition.payload.parse(payload);
-      return { name: definition.name, data, opts: { ...options(index), jobId: definition.jobId(data) } };
+      return { name: definition.name, data, opts: { ...options(index), ...tracing, jobId: definition.jobId(data) } };
     });
     if (definition.fairness) await this.takeTurns(definition.name, jobs);
     const added = await this.queue(definition.name).addBulk(jobs);
     return added.map((job) => job.id!);
+  }
+
+  /** The trace context the jobs carry: BullMQ's default, or for a queue whose runs may start traces of their own, see carriedContext. */
+  private tracing(definition: QueueDefinition): JobsOptions {
+    const telemetry = definition.ownTrace && carriedContext(this.telemetry);
+    return telemetry ? { telemetry } : {};
   }
 
   /** Gives each tenant's jobs their place: the wait list or a priority (queues/fairness.ts); one round trip for all the tenants of a call. */

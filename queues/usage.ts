@@ -17,6 +17,8 @@ export const usageQueue = defineQueue({
     z.object({ kind: z.literal('reconcile'), tick }),
   ]),
   jobOptions: { attempts: 5, backoff: { type: 'exponential', delay: 10_000 }, ...RETENTION_DEFAULTS },
+  // Each tenant's rollup is a trace of its own linked to its tick's fan-out: one trace per tick would hold every tenant.
+  ownTrace: (job) => (job.data as { kind?: unknown }).kind === 'tenant',
   jobId: (payload) =>
     payload.kind === 'tenant' ? `usage-${payload.tenantId}-${payload.tick.replace(/:/g, '')}` : `usage-${payload.kind}-${payload.tick.replace(/:/g, '')}`,
 });

@@ -28,6 +28,9 @@ export const webhooksQueue = defineQueue({
     backoff: { type: WEBHOOK_BACKOFF },
     ...RETENTION_DEFAULTS,
   },
+  // The first run belongs to the story of what caused the event; any later one (a retry after its backoff, a run
+  // after waiting for an endpoint slot or a suspension) may come days later, and is a trace linked to it.
+  ownTrace: (job) => job.attemptsStarted > 1,
   // A fan-out that runs twice enqueues nothing twice; an asked-for redelivery is new work.
   holdsWhileSuspended: true,
   jobId: (payload) => (payload.origin === 'event' ? `${payload.eventId}-${payload.endpointId}` : `delivery-${payload.deliveryId}`),

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import { bySlot, type RedisClient } from './redis';
 import type { AppError } from './errors';
 
 /**
@@ -109,7 +109,7 @@ type ScriptCommand = (numberOfKeys: number, ...keysThenArgs: Array<string | numb
 type BudgetCommands = Record<typeof TAKE_COMMAND | typeof GIVE_BACK_COMMAND, ScriptCommand>;
 
 /** The scripts as commands of this connection: ioredis sends EVALSHA and the script itself only when Redis does not know it yet. */
-function commands(redis: Redis): BudgetCommands {
+function commands(redis: RedisClient): BudgetCommands {
   if (!(TAKE_COMMAND in redis)) {
     redis.defineCommand(TAKE_COMMAND, { lua: TAKE });
     redis.defineCommand(GIVE_BACK_COMMAND, { lua: GIVE_BACK });
@@ -118,7 +118,7 @@ function commands(redis: Redis): BudgetCommands {
 }
 
 /** Takes one unit from every budget, or from none when one of them is spent, and reads `reads`. Redis errors propagate. */
-export async function takeBudgets<B extends Budget>(redis: Redis, budgets: B[], reads: Read[] = []): Promise<Taking<B>> {
+export async function takeBudgets<B extends Budget>(redis: RedisClient, budgets: B[], reads: Read[] = []): Promise<Taking<B>> {
   const [taking] = await takeInTurn(redis, [{ budgets, reads }]);
   return taking as Taking<B>;
 }
@@ -128,8 +128,19 @@ interface Asked {
   reads: Read[];
 }
 
-/** Several takings in one script, each in turn as if alone. */
-async function takeInTurn(redis: Redis, takings: Asked[]): Promise<Taking[]> {
+/**
+ * Several takings, each in turn as if alone: in one script on a single
+ * server; on a cluster, in one script per slot (a taking's keys share its
+ * tenant's hash tag), sent together.
+ */
+async function takeInTurn(redis: RedisClient, takings: Asked[]): Promise<Taking[]> {
+  const groups = bySlot(redis, takings, (asked) => asked.budgets[0]?.key ?? asked.reads[0]?.key ?? '');
+  const answered = await Promise.all(groups.map((group) => takeInOneScript(redis, group)));
+  const byAsked = new Map(groups.flatMap((group, i) => group.map((asked, j) => [asked, answered[i][j]] as const)));
+  return takings.map((asked) => byAsked.get(asked)!);
+}
+
+async function takeInOneScript(redis: RedisClient, takings: Asked[]): Promise<Taking[]> {
   const keys: string[] = [];
   const args: Array<string | number> = [takings.length];
   for (const { budgets, reads } of takings) {
@@ -163,7 +174,7 @@ export class BudgetTaker {
   private pending: Array<Asked & { resolve(taking: Taking): void; reject(error: unknown): void }> = [];
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly deadlineMs: number,
   ) {}
 
@@ -186,7 +197,7 @@ export class BudgetTaker {
 }
 
 /** Gives back the unit a taking took from each budget, for a request that was then refused by something else. */
-export async function giveBackBudgets(redis: Redis, budgets: Budget[]): Promise<void> {
+export async function giveBackBudgets(redis: RedisClient, budgets: Budget[]): Promise<void> {
   if (budgets.length === 0) return;
   await commands(redis)[GIVE_BACK_COMMAND](budgets.length, ...budgets.map((budget) => budget.key));
 }

@@ -26,7 +26,8 @@ const redisUrl = z
   .refine((value) => !URL.canParse(value) || /^\/?(\d{1,2})?$/.test(new URL(value).pathname), { message: 'may name only a numeric database index (/0 to /15)' })
   .meta({ accepts: '`redis://` or `rediss://` URL, database `/0` to `/15`' });
 
-const sentinelList = z
+/** `host:port` entries, comma-separated: Sentinels or cluster nodes. */
+const hostPortList = z
   .string()
   .transform((value, ctx) => {
     const hosts = value.split(',').map((entry) => entry.trim()).filter(Boolean);
@@ -131,16 +132,20 @@ export const configSchema = z
       .describe('The proxies whose `X-Forwarded-For`, `-Proto` and `-Host` are believed for the client address, HTTPS and host; none by default, so behind a proxy name its address or network, e.g. `loopback` or `10.0.0.0/8`.'),
     DATABASE_URL: postgresUrl.optional().describe('The PostgreSQL server, as the application role: neither owner, superuser nor BYPASSRLS, so row-level security holds (see [production database roles](operations.md#production-database-roles)). Unset: the embedded PGlite database under `DATA_DIR`, for role `all` only.'),
     MIGRATION_DATABASE_URL: postgresUrl.optional().describe('The table owner, used only to migrate; it then grants the `DATABASE_URL` role row access. Unset: `DATABASE_URL` does both. Needs `DATABASE_URL`.'),
+    DATABASE_REPLICA_URL: postgresUrl.optional().describe('A streaming replica (hot standby) of the `DATABASE_URL` server, as the same application role: searches go to it whenever it has replayed the tenant\'s last write, else to the primary, and analytics reports whenever it is less than a minute behind (see [read replica](operations.md#read-replica)). Unset: every read goes to `DATABASE_URL`. Needs `DATABASE_URL`.'),
     DATABASE_POOL_MAX: positiveInt.default(10).describe('Database connections per process.'),
     DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000).describe('PostgreSQL server only: any statement of the application running longer is cancelled (`statement_timeout`); `0`: no bound of ours. Migrations are not bound by it.'),
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000).describe('PostgreSQL server only: a session left idle inside a transaction this long is ended by the server, freeing its locks (`idle_in_transaction_session_timeout`); `0`: no bound of ours.'),
     DATA_DIR: z.string().default('./data').describe('Where the embedded database and a generated operator token (`admin-token`) are kept.'),
     REDIS_URL: redisUrl.default('redis://127.0.0.1:6379').describe('Redis; credentials, TLS (`rediss://`) and a database index (`/2`) are honoured.'),
-    REDIS_SENTINELS: sentinelList.optional().describe('Redis Sentinel addresses; with them the Redis master is found through Sentinel. Needs `REDIS_SENTINEL_NAME`.'),
+    REDIS_SENTINELS: hostPortList.optional().describe('Redis Sentinel addresses; with them the Redis master is found through Sentinel. Needs `REDIS_SENTINEL_NAME`.'),
     REDIS_SENTINEL_NAME: z.string().min(1).optional().describe('The master name the Sentinels watch; required with `REDIS_SENTINELS`.'),
     REDIS_SENTINEL_USERNAME: z.string().min(1).optional().describe('The user the Sentinels ask for (Sentinel ACLs); the Redis servers\' own come from `REDIS_URL`.'),
     REDIS_SENTINEL_PASSWORD: z.string().min(1).optional().describe('The password the Sentinels ask for (their `requirepass`); the Redis servers\' own comes from `REDIS_URL`.'),
     REDIS_SENTINEL_TLS: booleanFlag.default(false).describe('Talk to the Sentinels over TLS; the Redis servers get TLS when `REDIS_URL` is `rediss://`.'),
+    REDIS_CLUSTER_NODES: hostPortList
+      .optional()
+      .describe('Some nodes of a Redis Cluster (any of them; the rest are discovered); with them ragworks runs on the cluster. Credentials and TLS come from `REDIS_URL`, whose host is then unused. Not with `REDIS_SENTINELS`.'),
     QUEUE_PREFIX: z
       .string()
       .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only')
@@ -150,6 +155,8 @@ export const configSchema = z
     ADMIN_SESSION_HOURS: z.coerce.number().positive().max(24 * 30).default(12).describe('How long a dashboard session lasts.'),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('The pino log level.'),
     SHUTDOWN_TIMEOUT_MS: positiveInt.default(25_000).describe('Drain deadline on SIGTERM or SIGINT: active jobs may finish until then; the rest are handed back to their queue.'),
+    SHUTDOWN_DELAY_MS: z.coerce.number().int().min(0).max(120_000).default(0).describe('On SIGTERM or SIGINT a web process first answers `/readyz` with 503 for this long while it goes on serving, so a load balancer takes it out of rotation before it stops listening. Behind `ops/haproxy/haproxy.cfg` (out after 2 failed checks 2 s apart) use 5000; in Kubernetes the preStop pause does this.'),
+    HTTP_KEEP_ALIVE_TIMEOUT_MS: positiveInt.max(240_000).default(65_000).describe('How long the API keeps an idle keep-alive connection open. Longer than a load balancer keeps its idle connections to the API (HAProxy: 5 s, most cloud balancers: 60 s), so the balancer closes them first: otherwise a request it sends just as the API closes one is lost.'),
     MAX_BODY_BYTES: positiveInt.default(10 * 1024 * 1024).describe('Request body limit; a larger body is refused with 413.'),
 
     OTEL_EXPORTER_OTLP_ENDPOINT: z.url().optional().describe('The OTLP/HTTP collector traces are sent to; unset: none are exported.'),
@@ -240,8 +247,17 @@ export const configSchema = z
     if (config.MIGRATION_DATABASE_URL && !config.DATABASE_URL) {
       ctx.addIssue({ code: 'custom', path: ['MIGRATION_DATABASE_URL'], message: 'needs DATABASE_URL (the embedded database has no separate migrator)' });
     }
+    if (config.DATABASE_REPLICA_URL && !config.DATABASE_URL) {
+      ctx.addIssue({ code: 'custom', path: ['DATABASE_REPLICA_URL'], message: 'needs DATABASE_URL (the embedded database has no replicas)' });
+    }
     if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
       ctx.addIssue({ code: 'custom', path: ['REDIS_SENTINEL_NAME'], message: 'is required with REDIS_SENTINELS' });
+    }
+    if (config.REDIS_CLUSTER_NODES && config.REDIS_SENTINELS) {
+      ctx.addIssue({ code: 'custom', path: ['REDIS_CLUSTER_NODES'], message: 'cannot be set with REDIS_SENTINELS: a cluster fails over by itself; choose one' });
+    }
+    if (config.REDIS_CLUSTER_NODES && URL.canParse(config.REDIS_URL) && /^\/?[1-9]/.test(new URL(config.REDIS_URL).pathname)) {
+      ctx.addIssue({ code: 'custom', path: ['REDIS_URL'], message: 'may not name a database index with REDIS_CLUSTER_NODES: a cluster has only database 0' });
     }
     if (config.EMBEDDINGS_PROVIDER === 'openai') {
       for (const key of ['EMBEDDINGS_URL', 'EMBEDDINGS_MODEL'] as const) {

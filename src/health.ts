@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './redis';
 import { withTimeout } from './async';
 import type { Database } from './db/database';
 
@@ -13,12 +13,14 @@ export type DependencyState = Record<DependencyName, boolean>;
  */
 export class DependencyHealth extends EventEmitter<{ change: [DependencyName, boolean] }> {
   private state: DependencyState = { database: true, redis: true };
+  /** Set when the process is shutting down: readiness fails from then on, whatever the stores say. */
+  stopping = false;
   private timer: NodeJS.Timeout | undefined;
   private checking: Promise<DependencyState> | undefined;
 
   constructor(
     private readonly db: Database,
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly intervalMs = 1_000,
   ) {
     super();
@@ -83,10 +85,11 @@ async function pingDatabase(db: Database): Promise<boolean> {
   }
 }
 
-/** What /readyz answers, on the API port and a worker's or scheduler's METRICS_PORT alike: both stores, checked now. */
+/** What /readyz answers, on the API port and a worker's or scheduler's METRICS_PORT alike: both stores, checked now, and not shutting down. */
 export async function readiness(health: DependencyHealth): Promise<{ status: 200 | 503; body: { status: string; checks: Record<DependencyName, 'up' | 'down'> } }> {
   const state = await health.check();
-  const ready = state.database && state.redis;
+  const ready = state.database && state.redis && !health.stopping;
   const upDown = (up: boolean): 'up' | 'down' => (up ? 'up' : 'down');
-  return { status: ready ? 200 : 503, body: { status: ready ? 'ready' : 'unavailable', checks: { database: upDown(state.database), redis: upDown(state.redis) } } };
+  const status = health.stopping ? 'stopping' : ready ? 'ready' : 'unavailable';
+  return { status: ready ? 200 : 503, body: { status, checks: { database: upDown(state.database), redis: upDown(state.redis) } } };
 }

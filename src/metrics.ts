@@ -51,6 +51,19 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly databaseReads = new Counter({
+    name: 'ragworks_database_reads_total',
+    help: 'Reads that may go to the read replica, by kind (search: searches not answered from the cache; analytics: reports) and by the server that answered (replica, primary)',
+    labelNames: ['read', 'target'] as const,
+    registers: [this.registry],
+  });
+
+  readonly replicaErrors = new Counter({
+    name: 'ragworks_replica_errors_total',
+    help: 'Times the read replica failed (did not say its replay position, or failed a read) and reads went to the primary instead',
+    registers: [this.registry],
+  });
+
   readonly analyticsDropped = new Counter({
     name: 'ragworks_analytics_events_dropped_total',
     help: 'Search events not recorded because Redis refused them (the searches themselves answered)',

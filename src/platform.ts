@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import type { Knex } from 'knex';
 import { Gauge } from 'prom-client';
 import { QueueAdmin } from '../queues/admin';
 import { enqueueDeliveries } from '../queues/webhooks';
@@ -20,6 +20,8 @@ import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
 import { EndpointSlots, slotTimings } from './domain/webhooks/fairness';
 import { SearchCache } from './domain/cache/search-cache';
+import { TenantWrites } from './domain/cache/write-marks';
+import { ReplicaReads } from './db/replica-reads';
 import { SearchRecorder } from './domain/search/record';
 import { DailySearchQuota } from './domain/tenants/search-quota';
 import { SuspensionHold } from './domain/tenants/suspension';
@@ -28,7 +30,7 @@ import type { Logger } from './logger';
 import { Metrics } from './metrics';
 import { registerUsageMetrics } from './domain/usage/metrics';
 import { MetricsWindow } from './metrics-window';
-import { connectRedis, redisOptions } from './redis';
+import { connectRedis, createRedisClient, type RedisClient } from './redis';
 
 /**
  * The long-lived resources a process holds, built once at start and handed
@@ -41,7 +43,7 @@ export interface Platform {
   vector: VectorSupport;
   rowLevelSecurity: RowLevelSecurity;
   /** Producer connection: fails fast while Redis is away. */
-  redis: Redis;
+  redis: RedisClient;
   queues: QueueRegistry;
   queueAdmin: QueueAdmin;
   embedder: Embedder;
@@ -74,6 +76,12 @@ export interface Platform {
   startedAt: Date;
   version: string;
   searchDeps(): SearchDeps;
+  /**
+   * Runs a read whose contract tolerates lag — analytics reports, made from
+   * rollups a minute behind anyway — on the replica when it is at most a
+   * minute behind, else on the primary.
+   */
+  reportRead<T>(read: (db: Knex) => Promise<T>): Promise<T>;
   indexerDeps(): IndexerDeps;
   documentDeps(): DocumentDeps;
   deliveryDeps(): DeliveryDeps;
@@ -117,6 +125,7 @@ export async function createPlatform(config: Config, logger: Logger): Promise<Pl
 export function databaseOptions(config: Config, logger: Logger, poolMax: number): DatabaseOptions {
   return {
     databaseUrl: config.DATABASE_URL,
+    replicaUrl: config.DATABASE_REPLICA_URL,
     dataDir: config.DATA_DIR,
     poolMax,
     logger,
@@ -129,7 +138,7 @@ export function migrationOptions(config: Config): MigrationOptions {
   return { databaseUrl: config.DATABASE_URL, migrationDatabaseUrl: config.MIGRATION_DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS };
 }
 
-function assemble(config: Config, logger: Logger, redis: Redis, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
+function assemble(config: Config, logger: Logger, redis: RedisClient, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX, queueTelemetry(config));
   const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
@@ -150,6 +159,15 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     { enabled: config.CACHE_ENABLED, l1MaxItems: config.CACHE_L1_MAX_ITEMS, ttlSeconds: config.CACHE_TTL_SECONDS, redisTimeoutMs: config.CACHE_REDIS_TIMEOUT_MS },
     { onEvent: (tier, event) => metrics.cacheEvents.inc({ tier, event }) },
   );
+  const replicaReads = db.replica
+    ? new ReplicaReads(db.knex, db.replica, {
+        logger,
+        onRead: (read, target) => metrics.databaseReads.inc({ read, target }),
+        onError: () => metrics.replicaErrors.inc(),
+      })
+    : null;
+  // Writes that change search results record the primary's WAL position only when a replica may serve searches.
+  const searchVisibleWrites = new TenantWrites(cache, replicaReads ? () => replicaReads.primaryLsn() : null, logger);
   new Gauge({
     name: 'ragworks_cache_hit_ratio',
     help: "Hits / lookups of this process's search cache, per tier and overall",
@@ -167,7 +185,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
   );
   const keyChanges = new KeyChanges({
     publisher: redis,
-    subscriber: () => new Redis({ ...redisOptions(config, 'producer'), autoResubscribe: false }),
+    subscriber: () => createRedisClient(config, 'producer', { autoResubscribe: false }),
     channel: `${config.QUEUE_PREFIX}:api-key-changes`,
     onError: (error, what) => logger.debug({ err: error }, `${what} failed`),
     onListening: (listening) =>
@@ -219,8 +237,10 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     enqueueDeliveries: (work, spacingMs = 0) => enqueueDeliveries(queues, endpointSlots, work, { attempts: config.WEBHOOK_RETRY_SCHEDULE.length, spacingMs }),
     startedAt: new Date(),
     version: VERSION,
+    reportRead: (read) => (replicaReads ? replicaReads.readLagging('analytics', read) : read(db.knex)),
     searchDeps: () => ({
       db: db.knex,
+      replica: replicaReads,
       embedder: queryEmbedder,
       vector,
       settings: {
@@ -233,7 +253,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
         statementTimeoutMs: db.kind === 'postgres' ? config.SEARCH_STATEMENT_TIMEOUT_MS : 0,
       },
     }),
-    documentDeps: () => ({ db: db.knex, dispatch: dispatchIndexing, events, logger }),
+    documentDeps: () => ({ db: db.knex, dispatch: dispatchIndexing, events, logger, writes: searchVisibleWrites }),
     deliveryDeps: () => ({
       db: db.knex,
       events,
@@ -248,6 +268,7 @@ function assemble(config: Config, logger: Logger, redis: Redis, db: Database, ve
     endpointSettings: () => ({ allowPrivate: config.WEBHOOK_ALLOW_PRIVATE }),
     indexerDeps: () => ({
       db: db.knex,
+      writes: searchVisibleWrites,
       events,
       embedder,
       cpu: indexingCpu,

@@ -71,6 +71,12 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
     const timer = setTimeout(() => die(`shutdown took longer than ${deadline} ms; exiting`), deadline);
     timer.unref();
     try {
+      platform.health.stopping = true;
+      if (config.SHUTDOWN_DELAY_MS > 0 && (role === 'web' || role === 'all')) {
+        // Still serving: the load balancer sees /readyz fail and stops sending before the listener closes.
+        logger.info({ delay_ms: config.SHUTDOWN_DELAY_MS }, 'not ready any more; serving until the load balancer has noticed');
+        await new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_DELAY_MS));
+      }
       await Promise.all(stops.map((stop) => stop()));
       // Work handed back at the drain deadline may still hold a database connection;
       // its transaction dies with the process, and another worker redoes the job.
@@ -92,13 +98,14 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
 type Stop = () => Promise<void>;
 
 /**
- * How long a process may take after SIGTERM before it exits anyway: intake
- * stops and work drains side by side, each within SHUTDOWN_TIMEOUT_MS;
- * closing the pools gets as long again. An orchestrator's grace period must
- * be longer (ops/k8s, docker-compose.yml), or it kills what is handing back.
+ * How long a process may take after SIGTERM before it exits anyway: the
+ * web's readiness delay (SHUTDOWN_DELAY_MS), then intake stops and work
+ * drains side by side, each within SHUTDOWN_TIMEOUT_MS; closing the pools
+ * gets as long again. An orchestrator's grace period must be longer
+ * (ops/k8s, docker-compose.yml), or it kills what is handing back.
  */
-export function exitDeadlineMs(config: Pick<Config, 'SHUTDOWN_TIMEOUT_MS'>): number {
-  return config.SHUTDOWN_TIMEOUT_MS * 2 + 5_000;
+export function exitDeadlineMs(config: Pick<Config, 'SHUTDOWN_TIMEOUT_MS' | 'SHUTDOWN_DELAY_MS'>): number {
+  return config.SHUTDOWN_DELAY_MS + config.SHUTDOWN_TIMEOUT_MS * 2 + 5_000;
 }
 
 /** Brings the schema up to date without Redis, queues or workers, and exits. */
@@ -132,6 +139,9 @@ async function startRole(role: Role, platform: Platform, logger: Logger): Promis
   }
   if (runs('web')) {
     const server = await listen(createApp(platform), config.PORT, config.HOST);
+    server.keepAliveTimeout = config.HTTP_KEEP_ALIVE_TIMEOUT_MS;
+    // Node's advice: a connection's headers may take longer than its idle time, or the two timers race.
+    server.headersTimeout = config.HTTP_KEEP_ALIVE_TIMEOUT_MS + 1_000;
     logger.info({ url: `http://localhost:${(server.address() as { port: number }).port}` }, 'api listening');
     stops.push(() => closeServer(server, config.SHUTDOWN_TIMEOUT_MS));
   } else if (config.METRICS_PORT !== undefined) {

@@ -1,5 +1,7 @@
+import { context, createContextKey, isSpanContextValid, ROOT_CONTEXT, trace, type Context, type SpanContext } from '@opentelemetry/api';
 import type { NodeSDK } from '@opentelemetry/sdk-node';
-import type { Telemetry } from 'bullmq';
+import type { JobsOptions, Telemetry } from 'bullmq';
+import type { BullMQOtel } from 'bullmq-otel';
 import type { Config } from './config';
 
 /**
@@ -14,13 +16,77 @@ const UNTRACED_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/api/health'
 /**
  * BullMQ's OpenTelemetry for every Queue and Worker, when traces are
  * exported: `POST /api/documents`, its indexing job, the worker's work, the
- * fan-out and each delivery attempt share one trace.
+ * fan-out and the first delivery attempt share one trace. A run of a job
+ * that its queue sends to a trace of its own (QueueDefinition.ownTrace)
+ * starts one, linked to the span that added the job (inOwnTrace).
  */
 export function queueTelemetry(config: Pick<Config, 'OTEL_EXPORTER_OTLP_ENDPOINT' | 'OTEL_SERVICE_NAME'>): Telemetry | undefined {
   if (!config.OTEL_EXPORTER_OTLP_ENDPOINT) return undefined;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { BullMQOtel } = require('bullmq-otel') as typeof import('bullmq-otel');
-  return new BullMQOtel({ tracerName: config.OTEL_SERVICE_NAME });
+  const { BullMQOtel: Otel } = require('bullmq-otel') as typeof import('bullmq-otel');
+  return linkingTelemetry(new Otel({ tracerName: config.OTEL_SERVICE_NAME }));
+}
+
+/** Set on the context a worker processes a job in when that run starts a trace of its own. */
+const OWN_TRACE = createContextKey('ragworks.own-trace');
+/** The span context the job was added in: the one such a run links to. */
+const ADDED_IN = createContextKey('ragworks.added-in');
+
+/**
+ * Runs `processJob` (a worker's processing of one job) so that BullMQ's span
+ * for the job is the root of a new trace with a span link to the context the
+ * job carries, instead of that context's child: OpenTelemetry's messaging
+ * conventions link a consumer to the message's creation context when the
+ * two belong in different traces. Work that comes days later, or one trace
+ * per tenant of a tick, does not grow the trace that asked for it.
+ */
+export function inOwnTrace<T>(processJob: () => T): T {
+  return context.with(ROOT_CONTEXT.setValue(OWN_TRACE, true), processJob);
+}
+
+/**
+ * Telemetry options for a job added now to a queue whose runs may start
+ * traces of their own: the job carries the active span's context, and
+ * `omitContext` keeps BullMQ from re-pointing it at each retry's `delay`
+ * span, so every such run links to the work that added the job rather than
+ * to the attempt before it. Outside any span (a scheduler's tick) the job
+ * keeps BullMQ's default, its producer span.
+ */
+export function carriedContext(telemetry: Telemetry | undefined): JobsOptions['telemetry'] | undefined {
+  const active = context.active();
+  if (!telemetry || !trace.getSpan(active)) return undefined;
+  return { omitContext: true, metadata: telemetry.contextManager.getMetadata(active) };
+}
+
+/**
+ * bullmq-otel's telemetry, except in a context marked by inOwnTrace: there
+ * the context a job carries becomes a link of the job's span, not its parent.
+ */
+function linkingTelemetry(otel: BullMQOtel): Telemetry<Context> {
+  const { tracer, contextManager } = otel;
+  return {
+    tracer: {
+      startSpan(name, options, parent) {
+        const addedIn = parent?.getValue(ADDED_IN) as SpanContext | undefined;
+        // Only the job's own span starts in a context without a span: the spans within it are its children.
+        const links = addedIn && !trace.getSpan(parent!) ? [{ context: addedIn }] : undefined;
+        return tracer.startSpan(name, links ? { ...options, links } : options, parent);
+      },
+    },
+    contextManager: {
+      with: (ctx, fn) => contextManager.with(ctx, fn),
+      active: () => contextManager.active(),
+      getMetadata: (ctx) => contextManager.getMetadata(ctx),
+      fromMetadata(active, metadata) {
+        const carried = contextManager.fromMetadata(active, metadata);
+        if (active.getValue(OWN_TRACE) !== true) return carried;
+        // BullMQ starts the job's span in the context returned here: without the carried span, it is a root.
+        const addedIn = trace.getSpanContext(carried);
+        const root = trace.deleteSpan(carried);
+        return addedIn && isSpanContextValid(addedIn) ? root.setValue(ADDED_IN, addedIn) : root;
+      },
+    },
+  };
 }
 
 export function startTelemetry(env: NodeJS.ProcessEnv = process.env): { shutdown(): Promise<void> } {

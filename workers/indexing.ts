@@ -1,10 +1,7 @@
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, indexingQueue, indexingRetryDelayMs } from '../queues/indexing';
-import { onePer } from '../src/one-per';
-import type { SearchCache } from '../src/domain/cache/search-cache';
 import { EmbeddingError } from '../src/domain/embeddings/embedder';
 import { DocumentTooComplexError } from '../src/domain/indexing/cpu-pool';
 import { failIndexing, indexDocument, warmIndexingCpu } from '../src/domain/indexing/indexer';
-import { Coalescer } from '../src/coalescer';
 import { defineProcessor } from './processor';
 
 export const indexingProcessor = defineProcessor({
@@ -14,9 +11,8 @@ export const indexingProcessor = defineProcessor({
     const result = await indexDocument(platform.indexerDeps(), payload, signal, (stage, done, total) => job.updateProgress({ stage, done, total }));
     if (result.outcome === 'indexed') platform.metrics.documentsIndexed.inc();
     else context.logger.info({ reason: result.reason }, 'indexing skipped');
-    // Also after a skip: if a run committed but died before this line, its re-run must still invalidate.
-    // A failure here fails the job, which is retried and invalidates then.
-    await invalidations(platform.cache).after(payload.tenantId);
+    // The store announced its write to the cache and the replica routing itself, in the order write-marks.ts
+    // explains; a run that died between its commit and that announcement left a mark whose lease ends it.
     return result;
   },
   attemptsFor(error) {
@@ -37,6 +33,3 @@ export const indexingProcessor = defineProcessor({
     return () => warming;
   },
 });
-
-/** Cache invalidations of this process, per tenant: the documents indexed meanwhile share one bump. */
-const invalidations = onePer((cache: SearchCache) => new Coalescer<string>((tenantId) => cache.invalidate(tenantId)));

@@ -1,11 +1,12 @@
-import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { concurrencyOf, DATABASE_RETRIES } from '../queues';
+import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job, type WorkerOptions } from 'bullmq';
+import { concurrencyOf, DATABASE_RETRIES, queuePrefix } from '../queues';
 import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { unavailableDependency } from '../src/errors';
 import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
-import { redisOptions } from '../src/redis';
+import { createRedisClient, redisOptions, type RedisClient } from '../src/redis';
+import { inOwnTrace } from '../src/telemetry';
 import { PROCESSORS } from './index';
 import { holdWhileSuspended } from './suspension-hold';
 import type { Processor } from './processor';
@@ -29,6 +30,8 @@ const DEPENDENCY_RETRY_MS = 5_000;
  */
 export class WorkerRuntime {
   private readonly workers: Worker[] = [];
+  /** On a Redis Cluster, the connection every worker shares (BullMQ builds a cluster connection only from one given to it); closed after them. */
+  private cluster: RedisClient | undefined;
   private readonly backgroundStops: Array<() => Promise<void>> = [];
   private active = 0;
   private finishedWhileDraining = 0;
@@ -61,9 +64,9 @@ export class WorkerRuntime {
     for (const name of this.queueNames) {
       const processor = this.processors.find((candidate) => candidate.definition.name === name);
       if (!processor) throw new Error(`No processor for queue "${name}"`);
-      const worker = new Worker(name, (job, token) => this.run(processor, job, token), {
-        connection: redisOptions(config, 'worker') as ConnectionOptions,
-        prefix: config.QUEUE_PREFIX,
+      const worker = new QueueWorker(name, (job, token) => this.run(processor, job, token), processor.definition.ownTrace, {
+        connection: config.REDIS_CLUSTER_NODES ? (this.cluster ??= createRedisClient(config, 'worker')) : (redisOptions(config, 'worker') as ConnectionOptions),
+        prefix: queuePrefix(config.QUEUE_PREFIX, name),
         concurrency: concurrencyOf(processor.definition, config),
         lockDuration: config.WORKER_LOCK_DURATION_MS,
         stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
@@ -263,8 +266,30 @@ export class WorkerRuntime {
       for (const handBack of this.handBacks) handBack(new Error(SHUTDOWN));
       await closing;
     }
+    await this.cluster?.quit().catch(() => this.cluster?.disconnect());
     // Handed-back jobs also pass through run()'s finally, so they are in the count.
     return { finished: this.finishedWhileDraining - handedBack, handedBack };
+  }
+}
+
+/**
+ * A BullMQ worker that processes the runs its queue sends to a trace of their
+ * own (QueueDefinition.ownTrace) in one: BullMQ starts a job's span as it
+ * begins processing it, so the choice is made here, before that.
+ */
+class QueueWorker extends Worker {
+  constructor(
+    name: string,
+    processor: (job: Job, token: string | undefined) => Promise<unknown>,
+    private readonly ownTrace: ((job: Job) => boolean) | undefined,
+    options: WorkerOptions,
+  ) {
+    super(name, processor, options);
+  }
+
+  override processJob(job: Job, token: string, fetchNextCallback?: () => boolean): ReturnType<Worker['processJob']> {
+    if (!this.ownTrace?.(job)) return super.processJob(job, token, fetchNextCallback);
+    return inOwnTrace(() => super.processJob(job, token, fetchNextCallback));
   }
 }
 

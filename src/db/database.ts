@@ -15,6 +15,14 @@ export interface Database {
   /** Where the data lives, for log lines: a URL without its password, or the PGlite directory. */
   location: string;
   /**
+   * A streaming replica of the server (DATABASE_REPLICA_URL), read-only,
+   * with the same role, pool and statement bounds as `knex`: the tenant-scope
+   * helpers work on it unchanged (set_config is allowed in the read-only
+   * transactions of a hot standby, and row-level security holds there too).
+   * Which reads may use it is for src/db/replica-reads.ts to decide.
+   */
+  replica: Knex | null;
+  /**
    * Resolves when the database answers. On a server it uses a connection of
    * its own, so a saturated pool is not mistaken for an outage; the embedded
    * database lives in this process and cannot be unreachable.
@@ -25,6 +33,8 @@ export interface Database {
 
 export interface DatabaseOptions {
   databaseUrl?: string;
+  /** Only with `databaseUrl`. */
+  replicaUrl?: string;
   dataDir: string;
   poolMax: number;
   /** Where knex's own warnings go, instead of plain console lines. */
@@ -99,17 +109,19 @@ export function connectToServer(url: string, options: ServerConnectionOptions): 
 
 function openPostgres(url: string, options: DatabaseOptions): Database {
   const knex = connectToServer(url, options);
+  const replica = options.replicaUrl ? connectToServer(options.replicaUrl, options) : null;
   const healthPool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 2_000, query_timeout: 2_000, idleTimeoutMillis: 0 });
   healthPool.on('error', () => undefined); // a dropped idle connection is what ping() is there to notice
   return {
     knex,
     kind: 'postgres',
     location: redactUrl(url),
+    replica,
     ping: async () => {
       await healthPool.query('select 1');
     },
     close: async () => {
-      await Promise.all([knex.destroy(), healthPool.end()]);
+      await Promise.all([knex.destroy(), replica?.destroy(), healthPool.end()]);
     },
   };
 }
@@ -130,7 +142,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     connection: { pglite: instance },
   } as unknown as Knex.Config);
   hideRowValuesOfErrors(knex);
-  return { knex, kind: 'pglite', location: dataDir, ping: async () => undefined, close: () => knex.destroy() };
+  return { knex, kind: 'pglite', location: dataDir, replica: null, ping: async () => undefined, close: () => knex.destroy() };
 }
 
 type ResponseProcessor = { processResponse(obj: { method?: string }, runner: unknown): unknown };

@@ -4,6 +4,7 @@ import { BudgetTaker, giveBackBudgets, type Budget, type BudgetState, type Read,
 import type { Tenant } from '../domain/tenants/tenants';
 import { AppError } from '../errors';
 import type { Platform } from '../platform';
+import { hashTag } from '../redis';
 import type { RequestContext } from './context';
 
 /** The budgets a key's request draws on: its own, and its tenant's (shared by all the tenant's keys). */
@@ -130,10 +131,10 @@ export class RequestRateLimits {
   private policiesFor(tenant: Tenant, keyId: string): Policy[] {
     const { QUEUE_PREFIX, RATE_LIMIT_TENANT, RATE_LIMIT_KEY, RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
     const windowMs = RATE_LIMIT_WINDOW_SECONDS * 1000;
-    // The key names the policy and subject, not the limit, so every tier counts on the same counter.
+    const keys = rateLimitKeys(QUEUE_PREFIX, tenant.id, keyId);
     const policies: Policy[] = [
-      { name: 'tenant', limit: RATE_LIMIT_TENANT[tenant.tier], windowMs, key: `${QUEUE_PREFIX}:rate-limit:tenant:${tenant.id}` },
-      { name: 'key', limit: RATE_LIMIT_KEY[tenant.tier], windowMs, key: `${QUEUE_PREFIX}:rate-limit:key:${keyId}` },
+      { name: 'tenant', limit: RATE_LIMIT_TENANT[tenant.tier], windowMs, key: keys.tenant },
+      { name: 'key', limit: RATE_LIMIT_KEY[tenant.tier], windowMs, key: keys.key },
     ];
     return policies.filter((policy) => policy.limit > 0);
   }
@@ -166,6 +167,16 @@ export class RequestRateLimits {
       { ...headers, 'Retry-After': String(retryAfter) },
     );
   }
+}
+
+/**
+ * The counters of a key's request. They name the policy and subject, not
+ * the limit, so every tier counts on the same counter; both carry the
+ * tenant's hash tag, so on a cluster they share a slot, and one script, with
+ * the tenant's quota and cache generation.
+ */
+export function rateLimitKeys(prefix: string, tenantId: string, keyId: string): Record<PolicyName, string> {
+  return { tenant: `${prefix}:rate-limit:tenant:${hashTag(tenantId)}`, key: `${prefix}:rate-limit:key:${hashTag(tenantId)}:${keyId}` };
 }
 
 const isSpent = (state: BudgetState): boolean => state.budget.limit !== null && state.used >= state.budget.limit;

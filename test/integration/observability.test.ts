@@ -7,7 +7,7 @@ import request from 'supertest';
 import { ADMIN_TOKEN, startStack, type TestStack } from '../helpers/harness';
 import { killLeftoverProcesses, startRagworks, unusedPort } from '../helpers/processes';
 import { waitFor } from '../helpers/wait';
-import { startWebhookReceiver } from '../helpers/webhook-receiver';
+import { startWebhookReceiver, type ScriptedResponse } from '../helpers/webhook-receiver';
 
 jest.setTimeout(120_000);
 
@@ -15,10 +15,21 @@ interface OtlpAttribute {
   key: string;
   value: { stringValue?: string; intValue?: string | number };
 }
+interface OtlpSpan {
+  name: string;
+  traceId: string;
+  spanId: string;
+  /** Absent on a trace's root span. */
+  parentSpanId?: string;
+  kind: number;
+  startTimeUnixNano: string;
+  attributes: OtlpAttribute[];
+  links?: Array<{ traceId: string; spanId: string }>;
+}
 interface OtlpExport {
   resourceSpans: Array<{
     resource: { attributes: OtlpAttribute[] };
-    scopeSpans: Array<{ spans: Array<{ name: string; traceId: string; spanId: string; kind: number; attributes: OtlpAttribute[] }> }>;
+    scopeSpans: Array<{ spans: OtlpSpan[] }>;
   }>;
 }
 
@@ -127,12 +138,23 @@ describe('OpenTelemetry', () => {
     expect(requestLine!.trace_id).toBe(serverSpan!.traceId);
   });
 
+  /** Every span the collector has received, with the pid of the process that exported it. */
+  function collectedSpans() {
+    const pidOf = (resource: { attributes: OtlpAttribute[] }) => resource.attributes.find((attribute) => attribute.key === 'process.pid')?.value.intValue;
+    return exports.flatMap((batch) =>
+      batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans.map((span) => ({ ...span, pid: String(pidOf(resource.resource)) })))),
+    );
+  }
+  const attribute = (span: OtlpSpan, key: string) => span.attributes.find((each) => each.key === key)?.value.stringValue;
+
   /**
    * A web and a worker process exporting traces to the test's collector, a tenant whose endpoint (for
-   * `document.indexed`) is a fresh receiver, and one document posted; resolves with the first delivery.
+   * `document.indexed`) is a fresh receiver, and one document posted; resolves once the receiver has
+   * answered `failures` (in order) and then one 200, with its requests and the one it accepted.
    */
-  async function traceOneDocument(workerEnv: Record<string, string>, headers: Record<string, string> = {}) {
+  async function traceOneDocument(workerEnv: Record<string, string>, headers: Record<string, string> = {}, failures: ScriptedResponse[] = []) {
     const target = await startWebhookReceiver();
+    target.respond(...failures);
     try {
       const tenant = await stack.createTenant();
       const created = await stack.as(tenant.key, 'post', '/api/admin/webhooks').send({ url: target.url('/hook'), event_types: ['document.indexed'] }).expect(201);
@@ -148,12 +170,13 @@ describe('OpenTelemetry', () => {
         body: JSON.stringify({ title: 'Traced', content: '# Traced\n\nOne document, followed from its POST to its webhook.' }),
       });
       expect(posted.status).toBe(202);
-      const [delivered] = await target.waitForRequests(1, { timeoutMs: 60_000 });
+      const requests = await target.waitForRequests(failures.length + 1, { timeoutMs: 60_000 });
+      const delivered = requests[failures.length];
       expect(delivered.json).toMatchObject({ type: 'document.indexed' });
       // Shutdown flushes what each process's batch processor still holds.
       expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
       expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
-      return { web, worker, delivered };
+      return { web, worker, delivered, requests };
     } finally {
       await target.close();
     }
@@ -164,10 +187,7 @@ describe('OpenTelemetry', () => {
     // Our trace context stays with us unless WEBHOOK_PROPAGATE_TRACE=true.
     expect(Object.keys(delivered.headers).filter((name) => ['traceparent', 'tracestate', 'baggage'].includes(name))).toEqual([]);
 
-    const pidOf = (resource: { attributes: OtlpAttribute[] }) => resource.attributes.find((attribute) => attribute.key === 'process.pid')?.value.intValue;
-    const spans = exports.flatMap((batch) =>
-      batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans.map((span) => ({ ...span, pid: String(pidOf(resource.resource)) })))),
-    );
+    const spans = collectedSpans();
     const post = spans.find((span) => span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
     expect(post).toBeDefined();
     const trace = spans.filter((span) => span.traceId === post!.traceId);
@@ -193,6 +213,81 @@ describe('OpenTelemetry', () => {
     const spans = exports.flatMap((batch) => batch.resourceSpans.flatMap((resource) => resource.scopeSpans.flatMap((scope) => scope.spans)));
     const post = spans.find((span) => span.traceId === traceId && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
     expect(post).toBeDefined();
+  });
+
+  it("runs a delivery's retry in a trace of its own, linked to the document's trace, and its log lines carry the new trace id", async () => {
+    // The receiver fails the first attempt; the retry comes a second later (± jitter).
+    const { web, worker, requests } = await traceOneDocument({ LOG_LEVEL: 'debug', WEBHOOK_RETRY_SCHEDULE: '0,1' }, {}, [{ status: 500 }]);
+    expect(requests.map((request) => request.response.status)).toEqual([500, 200]);
+
+    const spans = collectedSpans();
+    const post = spans.find((span) => span.pid === String(web.pid) && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/api/documents'));
+    expect(post).toBeDefined();
+    const documentTrace = spans.filter((span) => span.traceId === post!.traceId);
+    const attempts = spans
+      .filter((span) => span.pid === String(worker.pid) && span.name === 'process webhooks')
+      .sort((a, b) => Number(BigInt(a.startTimeUnixNano) - BigInt(b.startTimeUnixNano)));
+    expect(attempts).toHaveLength(2);
+    const [first, retry] = attempts;
+    // The first attempt is part of the document's story.
+    expect(first.traceId).toBe(post!.traceId);
+    // The retry is the root of a trace of its own, linked to the span that added the delivery: the document's fan-out.
+    expect(retry.traceId).not.toBe(post!.traceId);
+    expect(retry.parentSpanId ?? '').toBe('');
+    expect(retry.links).toHaveLength(1);
+    expect(retry.links![0].traceId).toBe(post!.traceId);
+    const linked = documentTrace.find((span) => span.spanId === retry.links![0].spanId);
+    expect(linked?.name).toBe('process webhook-fanout');
+    // The retry's POST to the receiver is in the retry's trace, not the document's.
+    const posts = spans.filter((span) => span.pid === String(worker.pid) && span.name.startsWith('POST') && JSON.stringify(span.attributes).includes('/hook'));
+    expect(posts.filter((span) => span.traceId === post!.traceId)).toHaveLength(1);
+    expect(posts.filter((span) => span.traceId === retry.traceId)).toHaveLength(1);
+
+    // Each attempt's log lines carry the trace it ran in.
+    const failed = worker.logs.filter((line) => line.msg === 'job attempt failed' && line.queue === 'webhooks');
+    expect(failed.map((line) => line.trace_id)).toEqual([post!.traceId]);
+    const completed = worker.logs.filter((line) => line.msg === 'job completed' && line.queue === 'webhooks');
+    expect(completed.map((line) => line.trace_id)).toEqual([retry.traceId]);
+  });
+
+  it("runs each tenant's usage rollup of a scheduler tick in a trace of its own, linked to the tick's fan-out", async () => {
+    const tenants = [await stack.createTenant(), await stack.createTenant()];
+    const env = { ...stack.env, LOG_LEVEL: 'debug', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}` };
+    const worker = startRagworks('worker', { ...env, WORKER_QUEUES: 'usage' });
+    await worker.waitForMessage('workers started', { timeoutMs: 90_000 });
+    const scheduler = startRagworks('scheduler', { ...env, SCHEDULE_USAGE: '*/2 * * * * *' });
+    const rollups = await Promise.all(
+      tenants.map((tenant) =>
+        worker.waitForLog((line) => line.msg === 'job completed' && String(line.job_id).startsWith(`usage-${tenant.id}-`), {
+          what: `the usage rollup of tenant ${tenant.id}`,
+          timeoutMs: 90_000,
+        }),
+      ),
+    );
+    // Shutdown flushes what each process's batch processor still holds.
+    expect(await scheduler.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await worker.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+
+    const spans = collectedSpans().filter((span) => span.pid === String(worker.pid));
+    const jobSpan = (jobId: string) => spans.find((span) => span.name === 'process usage' && attribute(span, 'bullmq.job.id') === jobId);
+    const traces = new Set<string>();
+    for (const [index, line] of rollups.entries()) {
+      const jobId = String(line.job_id);
+      const tenantSpan = jobSpan(jobId);
+      // The tick's fan-out job: the tick is the tail of both ids.
+      const fanOut = jobSpan(`usage-rollup-${jobId.slice(`usage-${tenants[index].id}-`.length)}`);
+      expect(tenantSpan).toBeDefined();
+      expect(fanOut).toBeDefined();
+      expect(tenantSpan!.traceId).not.toBe(fanOut!.traceId);
+      expect(tenantSpan!.parentSpanId ?? '').toBe('');
+      expect(tenantSpan!.links).toEqual([expect.objectContaining({ traceId: fanOut!.traceId, spanId: fanOut!.spanId })]);
+      // The rollup's statements are in its own trace, and so are its log lines.
+      expect(spans.some((span) => span.traceId === tenantSpan!.traceId && span.spanId !== tenantSpan!.spanId && /select|insert|pg\./i.test(span.name))).toBe(true);
+      expect(line.trace_id).toBe(tenantSpan!.traceId);
+      traces.add(tenantSpan!.traceId);
+    }
+    // One trace per tenant.
+    expect(traces.size).toBe(tenants.length);
   });
 });
 

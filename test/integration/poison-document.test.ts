@@ -1,5 +1,5 @@
 import { QueueEvents, type ConnectionOptions } from 'bullmq';
-import { indexingQueue } from '../../queues';
+import { indexingQueue, queuePrefix } from '../../queues';
 import { DOCUMENT_LIMITS } from '../../src/domain/documents/documents';
 import { redisOptions } from '../../src/redis';
 import { startStack, type TestStack } from '../helpers/harness';
@@ -43,7 +43,7 @@ describe('a poison document among ordinary ones, in a worker process', () => {
     receiver = await startWebhookReceiver();
     // No workers here: the child process does all the work.
     stack = await startStack({ database: 'postgres', workers: false, env: { WEBHOOK_ALLOW_PRIVATE: 'true' } });
-    queueEvents = new QueueEvents(indexingQueue.name, { connection: redisOptions(stack.config, 'worker') as ConnectionOptions, prefix: stack.config.QUEUE_PREFIX });
+    queueEvents = new QueueEvents(indexingQueue.name, { connection: redisOptions(stack.config, 'worker') as ConnectionOptions, prefix: queuePrefix(stack.config.QUEUE_PREFIX, indexingQueue.name) });
     queueEvents.on('stalled', ({ jobId }) => stalled.push(jobId));
     await queueEvents.waitUntilReady();
   });

@@ -465,6 +465,26 @@ describe('worker processes sharing one database', () => {
       await client.end();
     }
   });
+  it('with SHUTDOWN_DELAY_MS a web process on SIGTERM fails /readyz while it goes on serving, then stops; idle connections are kept 65 s', async () => {
+    const web = startRagworks('web', { ...stack.env, LOG_LEVEL: 'info', PORT: '0', HOST: '127.0.0.1', SHUTDOWN_DELAY_MS: '3000' });
+    const listening = await web.waitForMessage('api listening');
+    const base = String(listening.url);
+    const ready = await fetch(`${base}/readyz`);
+    expect({ status: ready.status, body: await ready.json() }).toMatchObject({ status: 200, body: { status: 'ready' } });
+    // Longer than a load balancer keeps its idle connections, so it closes them, never the API under it.
+    expect(ready.headers.get('keep-alive')).toBe('timeout=65');
+
+    web.signal('SIGTERM');
+    await web.waitForMessage('not ready any more; serving until the load balancer has noticed');
+    const stopping = await fetch(`${base}/readyz`);
+    expect({ status: stopping.status, body: await stopping.json() }).toMatchObject({ status: 503, body: { status: 'stopping', checks: { database: 'up', redis: 'up' } } });
+    // Requests that still arrive are served as usual.
+    const served = await fetch(`${base}/api/admin/tenants`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(served.status).toBe(200);
+    expect(await web.waitForExit()).toEqual({ code: 0, signal: null });
+    const port = Number(new URL(base).port);
+    expect(await connectionRefused(port)).toBe(true);
+  });
 });
 
 describe('scheduler replicas', () => {

@@ -112,7 +112,7 @@ it('kill -9 of the master under load: every accepted document indexed exactly on
       },
       { what: 'every accepted document to be indexed', timeoutMs: 90_000, intervalMs: 500 },
     ).catch((error: Error) => {
-      throw new Error(`${error.message}: ${JSON.stringify(last, (name, value: unknown) => (Array.isArray(value) && value.length > 5 ? [...value.slice(0, 5), `… ${value.length} in all`] : value))}\n${workers.map((worker) => worker.describe()).join('\n')}\n${scheduler.describe()}`);
+      throw new Error(`${error.message}: ${JSON.stringify(last, (_name, value: unknown) => (Array.isArray(value) && value.length > 5 ? [...value.slice(0, 5), `… ${value.length} in all`] : value))}\n${workers.map((worker) => worker.describe()).join('\n')}\n${scheduler.describe()}`);
     });
     expect(settled).toMatchObject({ missing: [], notExactlyOnce: [], indexedEventsTwice: [] });
 

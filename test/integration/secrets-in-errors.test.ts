@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Queue } from 'bullmq';
+import { queuePrefix } from '../../queues';
 import pg from 'pg';
 import request from 'supertest';
 import { openDatabase } from '../../src/db/database';
@@ -106,7 +107,7 @@ describe('secrets in failed statements (postgres, a real process)', () => {
       .expect(202);
     const jobId = `doc-${created.body.id}-v${created.body.version}-${created.body.job_id}`;
     const redis = new URL(REDIS_URL);
-    const queue = new Queue('indexing', { connection: { host: redis.hostname, port: Number(redis.port || 6379) }, prefix });
+    const queue = new Queue('indexing', { connection: { host: redis.hostname, port: Number(redis.port || 6379) }, prefix: queuePrefix(prefix, 'indexing') });
     try {
       // Each retry is promoted as soon as it is scheduled, so the five attempts take seconds, not the backoff's half minute.
       const job = await waitFor(

@@ -155,7 +155,7 @@ describe('suspension (postgres)', () => {
     const tenant = await stack.createTenant();
     await stack.operator('post', `/api/admin/tenants/${tenant.id}/suspend`).expect(200);
     const held = await stack.operator('post', '/api/documents', tenant.id).send({ title: 'Held', content: 'Waits for the resumption.' }).expect(202);
-    const note = `${stack.config.QUEUE_PREFIX}:suspended-jobs:${tenant.id}`;
+    const note = `${stack.config.QUEUE_PREFIX}:suspended-jobs:{${tenant.id}}`;
     await waitFor(async () => (await stack.platform.redis.smembers(note)).some((member) => member.includes(held.body.id)), { what: 'the job to be held' });
     await stack.operator('delete', `/api/admin/tenants/${tenant.id}`).expect(204);
     expect(await stack.platform.redis.exists(note)).toBe(0);

@@ -252,7 +252,7 @@ describe('SearchCache against Redis', () => {
     await cache.invalidate(tenant); // the index changed
     expect(await cache.getOrCompute(tenant, 'search', request, compute)).toMatchObject({ cached: false, value: { run: 2 } });
     // Redis comes back empty: the generation key is gone.
-    await redis.del(`${prefix}:cache:generation:${tenant}`);
+    await redis.del(`${prefix}:cache:generation:{${tenant}}`);
     const after = await cache.getOrCompute(tenant, 'search', request, compute);
     // Run 1 predates the invalidation: it must never be served again.
     expect(after.value).not.toEqual({ label: 'v', run: 1 });
@@ -326,7 +326,7 @@ describe('SearchCache against Redis', () => {
     const compute = computer('v');
     await cache.getOrCompute(tenant, 'search', request, compute);
     await l2Sets(cache, 1);
-    const pattern = `${prefix}:cache:search:${tenant}:*`;
+    const pattern = `${prefix}:cache:search:{${tenant}}:*`;
     const [, stored] = await redis.scan('0', 'MATCH', pattern, 'COUNT', 10_000);
     expect(stored).toHaveLength(1);
     expect(await redis.ttl(stored[0])).toBeGreaterThan(0);
@@ -342,7 +342,7 @@ describe('SearchCache against Redis', () => {
     expect(await cache.getOrCompute(tenant, 'search', request, compute)).toEqual({ value: { label: 'v', run: 1 }, cached: false });
     expect(await cache.getOrCompute(tenant, 'search', request, compute)).toEqual({ value: { label: 'v', run: 2 }, cached: false });
     expect(await cache.getOrComputeStable(tenant, 'embedding:m', ['x'], compute)).toMatchObject({ cached: false });
-    const [, keys] = await redis.scan('0', 'MATCH', `${prefix}:cache:*:${tenant}:*`, 'COUNT', 10_000);
+    const [, keys] = await redis.scan('0', 'MATCH', `${prefix}:cache:*:{${tenant}}:*`, 'COUNT', 10_000);
     expect(keys).toEqual([]);
     expect(cache.stats()).toMatchObject({ enabled: false, l1: { hits: 0, misses: 0, sets: 0 } });
   });

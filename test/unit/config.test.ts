@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig, selectedQueues } from '../../src/config';
-import { redisOptions } from '../../src/redis';
+import { clusterOptions, redisOptions } from '../../src/redis';
 
 const messageOf = (env: Record<string, string>): string => {
   try {
@@ -54,6 +54,7 @@ describe('configuration', () => {
     ['ADMIN_TOKEN', 'short'],
     ['WORKER_CONCURRENCY_PER_QUEUE', 'indexing=zero'],
     ['REDIS_SENTINELS', 'nohostport'],
+    ['REDIS_CLUSTER_NODES', '10.0.0.1:7000,nohostport'],
   ])('refuses %s=%s in one line that names the variable', (name, value) => {
     const message = messageOf({ [name]: value });
     expect(message).toContain(name);
@@ -102,6 +103,20 @@ describe('Redis connection options', () => {
       'worker',
     );
     expect(secured).toMatchObject({ sentinelUsername: 'watcher', sentinelPassword: 'spw', sentinelTLS: {}, enableTLSForSentinelMode: true, tls: {}, password: 'pw' });
+  });
+
+  it("reaches a cluster's nodes with REDIS_URL's credentials and TLS; never with Sentinel or a database index", () => {
+    const config = loadConfig({ REDIS_CLUSTER_NODES: 'r1:7000, [::1]:7001', REDIS_URL: 'rediss://app:pw@ignored:6380' });
+    expect(config.REDIS_CLUSTER_NODES).toEqual([{ host: 'r1', port: 7000 }, { host: '::1', port: 7001 }]);
+    const options = clusterOptions(config, 'producer');
+    expect(options.redisOptions).toMatchObject({ username: 'app', password: 'pw', tls: {} });
+    expect(options.redisOptions).not.toHaveProperty('host');
+    expect(options.redisOptions).not.toHaveProperty('db');
+    // Producers fail fast while the cluster is away, as on a single server; workers wait.
+    expect(options.enableOfflineQueue).toBe(false);
+    expect(clusterOptions(config, 'worker')).toMatchObject({ enableOfflineQueue: true, redisOptions: { maxRetriesPerRequest: null } });
+    expect(messageOf({ REDIS_CLUSTER_NODES: 'r1:7000', REDIS_SENTINELS: 's1:26379', REDIS_SENTINEL_NAME: 'mymaster' })).toMatch(/REDIS_CLUSTER_NODES.*REDIS_SENTINELS/);
+    expect(messageOf({ REDIS_CLUSTER_NODES: 'r1:7000', REDIS_URL: 'redis://127.0.0.1:6379/2' })).toMatch(/REDIS_URL.*database index/);
   });
 });
 

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../redis';
 import type { Knex } from 'knex';
 import { acrossTenants } from '../../db/tenant-scope';
 import { CONSUMER_GROUP, ensureConsumerGroup, normaliseQuery, streamKey, type SearchEvent } from './stream';
@@ -25,7 +25,7 @@ type StreamEntry = [id: string, fields: string[]];
  * key is its stream id, and only newly inserted events are rolled up, so a
  * batch read twice (a crash before the acknowledgement) counts nothing twice.
  */
-export async function aggregateSearchEvents(db: Knex, redis: Redis, prefix: string, consumer: string): Promise<AggregationReport> {
+export async function aggregateSearchEvents(db: Knex, redis: RedisClient, prefix: string, consumer: string): Promise<AggregationReport> {
   await ensureConsumerGroup(redis, prefix);
   const report: AggregationReport = { read: 0, inserted: 0, acknowledged: 0, batches: 0 };
   const stream = streamKey(prefix);
@@ -43,7 +43,7 @@ export async function aggregateSearchEvents(db: Knex, redis: Redis, prefix: stri
   return report;
 }
 
-async function processBatch(db: Knex, redis: Redis, stream: string, entries: StreamEntry[], report: AggregationReport): Promise<void> {
+async function processBatch(db: Knex, redis: RedisClient, stream: string, entries: StreamEntry[], report: AggregationReport): Promise<void> {
   report.batches += 1;
   report.read += entries.length;
   const rows = entries.flatMap(([id, fields]) => {

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../redis';
 
 /** One search as the analytics stream carries it. */
 export interface SearchEvent {
@@ -26,7 +26,7 @@ export function normaliseQuery(query: string): string {
 }
 
 /** Creates the consumer group (from the start of the stream) if it does not exist yet. */
-export async function ensureConsumerGroup(redis: Redis, prefix: string): Promise<void> {
+export async function ensureConsumerGroup(redis: RedisClient, prefix: string): Promise<void> {
   try {
     await redis.xgroup('CREATE', streamKey(prefix), CONSUMER_GROUP, '0', 'MKSTREAM');
   } catch (error) {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../redis';
 import { withTimeout } from '../../async';
 import { dependencyUnavailable } from '../../errors';
 import type { ChangeListener, CredentialChanges, CredentialChannel, CredentialSubject } from './key-cache';
@@ -23,9 +23,9 @@ type Phase = 'begin' | 'end';
 
 export interface KeyChangesOptions {
   /** Publishes: the process's producer connection. */
-  publisher: Redis;
+  publisher: RedisClient;
   /** Opens the connection that subscribes (a subscribed connection can do nothing else). */
-  subscriber: () => Redis;
+  subscriber: () => RedisClient;
   channel: string;
   onError: (error: unknown, what: string) => void;
   /** Told when the channel starts or stops being heard. */
@@ -45,7 +45,7 @@ export interface KeyChangesOptions {
  */
 export class KeyChanges implements CredentialChannel, CredentialChanges {
   private readonly listeners: ChangeListener[] = [];
-  private subscriber: Redis | undefined;
+  private subscriber: RedisClient | undefined;
   private subscribed = false;
   private lastHeard = 0;
   /** What onListening was last told. */
@@ -147,7 +147,7 @@ export class KeyChanges implements CredentialChannel, CredentialChanges {
     this.timer.unref();
   }
 
-  private heartbeat(subscriber: Redis): void {
+  private heartbeat(subscriber: RedisClient): void {
     this.report();
     if (!this.subscribed) return;
     const now = performance.now();

@@ -1,9 +1,10 @@
 import { hash } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import { hashTag, scanKeys, type RedisClient } from '../../redis';
 import { LRUCache } from 'lru-cache';
 import { withTimeout } from '../../async';
 import type { Read } from '../../budgets';
 import { CircuitBreaker } from './breaker';
+import { ANNOUNCE, newWriteToken, SETTLE, UNKNOWN_WRITES, WRITE_LEASE_MS } from './write-marks';
 
 export interface CacheSettings {
   enabled: boolean;
@@ -43,6 +44,10 @@ export interface CacheObserver {
  */
 const INVALIDATION_TIMEOUT_MS = 1_000;
 
+const ANNOUNCE_COMMAND = 'ragworksAnnounceWrite';
+const SETTLE_COMMAND = 'ragworksSettleWrites';
+type WriteScripts = Record<typeof ANNOUNCE_COMMAND | typeof SETTLE_COMMAND, (numberOfKeys: number, ...keysThenArgs: Array<string | number>) => Promise<number>>;
+
 const ratio = (stats: TierStats) => (stats.hits + stats.misses > 0 ? stats.hits / (stats.hits + stats.misses) : null);
 
 /**
@@ -61,6 +66,8 @@ export class SearchCache {
   private readonly inFlight = new Map<string, Promise<unknown>>();
   /** Tenants whose index changed while their generation could not be bumped. */
   private readonly missedInvalidations = new Set<string>();
+  /** Tenants whose write marks this process is settling. */
+  private readonly settling = new Set<string>();
   private readonly tierStats: Record<Tier, TierStats> = {
     l1: { hits: 0, misses: 0, sets: 0, evictions: 0 },
     l2: { hits: 0, misses: 0, sets: 0, evictions: 0 },
@@ -68,7 +75,7 @@ export class SearchCache {
   private singleFlightJoins = 0;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
     private readonly settings: CacheSettings,
     private readonly observer?: CacheObserver,
@@ -89,7 +96,12 @@ export class SearchCache {
   }
 
   private generationKey(tenantId: string): string {
-    return `${this.prefix}:cache:generation:${tenantId}`;
+    return `${this.prefix}:cache:generation:${hashTag(tenantId)}`;
+  }
+
+  /** The tenant's write marks (write-marks.ts), in the generation's slot: the scripts that announce a write touch both. */
+  private writesKey(tenantId: string): string {
+    return `${this.prefix}:cache:writes:${hashTag(tenantId)}`;
   }
 
   private static hash(request: unknown): string {
@@ -110,6 +122,11 @@ export class SearchCache {
   /** The read of a tenant's generation, for a script that reads it beside other work: the key, seeded when missing. */
   generationRead(tenantId: string): Read {
     return { key: this.generationKey(tenantId), seed: SearchCache.seedGeneration() };
+  }
+
+  /** The read of a tenant's write marks, read beside its generation (see write-marks.ts): unknown when missing. */
+  writesRead(tenantId: string): Read {
+    return { key: this.writesKey(tenantId), seed: UNKNOWN_WRITES };
   }
 
   /** The tenant's current generation, or the last one seen while Redis is away; null when neither is known. */
@@ -161,14 +178,14 @@ export class SearchCache {
     }
     const generation = generationRead === undefined ? await this.generation(tenantId) : this.generationFrom(tenantId, generationRead);
     if (generation === null) return { value: await compute(), cached: false };
-    const key = `${this.prefix}:cache:${namespace}:${tenantId}:g${generation}:${SearchCache.hash(request)}`;
+    const key = `${this.prefix}:cache:${namespace}:${hashTag(tenantId)}:g${generation}:${SearchCache.hash(request)}`;
     return this.lookup(key, compute);
   }
 
   /** Like getOrCompute for values that do not depend on the index (query embeddings): no generation in the key. */
   async getOrComputeStable<T>(tenantId: string, namespace: string, request: unknown, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
     if (!this.settings.enabled) return { value: await compute(), cached: false };
-    return this.lookup(`${this.prefix}:cache:${namespace}:${tenantId}:${SearchCache.hash(request)}`, compute);
+    return this.lookup(`${this.prefix}:cache:${namespace}:${hashTag(tenantId)}:${SearchCache.hash(request)}`, compute);
   }
 
   private async lookup<T>(key: string, compute: () => Promise<T>): Promise<{ value: T; cached: boolean }> {
@@ -209,47 +226,95 @@ export class SearchCache {
     }
   }
 
-  /** Makes every cached result of the tenant unreachable, in every process. */
-  async invalidate(tenantId: string): Promise<number> {
+  /**
+   * Makes every cached result of the tenant unreachable, in every process.
+   * For a write bracketed by beginWrite (write-marks.ts), in the same script:
+   * withdraws its token and records the primary's WAL position after it
+   * (`lsn`); a write that `changed` nothing only withdraws its token.
+   */
+  async invalidate(tenantId: string, write: { token: string; lsn: number | null; changed: boolean } = { token: '', lsn: null, changed: true }): Promise<number> {
     try {
-      const generation = await this.bump(tenantId);
-      this.missedInvalidations.delete(tenantId);
+      const generation = await this.announce(tenantId, write);
+      if (write.changed) this.missedInvalidations.delete(tenantId);
       return generation;
     } catch (error) {
       // Remembered: this tenant skips the cache here until a later bump gets through.
-      this.missedInvalidations.add(tenantId);
+      if (write.changed) this.missedInvalidations.add(tenantId);
       throw error;
     }
   }
 
-  private async bump(tenantId: string): Promise<number> {
-    const key = this.generationKey(tenantId);
-    // A missing key is seeded first: INCR alone would restart it at 1.
-    const timeoutMs = Math.max(this.settings.redisTimeoutMs, INVALIDATION_TIMEOUT_MS);
-    const replies = await withTimeout(
-      this.redis.multi().set(key, SearchCache.seedGeneration(), 'NX').incr(key).exec(),
-      timeoutMs,
-      `Redis did not confirm the cache invalidation within ${timeoutMs} ms`,
+  private async announce(tenantId: string, write: { token: string; lsn: number | null; changed: boolean }): Promise<number> {
+    // A missing generation is seeded first: INCR alone would restart it at 1.
+    const generation = await this.withinInvalidationTimeout(
+      this.scripts()[ANNOUNCE_COMMAND](2, this.generationKey(tenantId), this.writesKey(tenantId), SearchCache.seedGeneration(), write.token, write.lsn ?? '', Date.now(), write.changed ? '1' : ''),
+      'the cache invalidation',
     );
-    const [error, bumped] = replies?.[1] ?? [new Error('the generation bump was discarded'), null];
-    if (error) throw error;
-    const generation = Number(bumped);
-    this.knownGenerations.set(tenantId, generation);
-    return generation;
+    this.knownGenerations.set(tenantId, Number(generation));
+    return Number(generation);
   }
 
-  /** Every tenant at once: SCAN for generation keys (never KEYS), bump each, and drop this process's tier. */
+  /**
+   * Marks a write of the tenant as begun (write-marks.ts): until it is
+   * announced (invalidate with the token answered here) or its lease ends,
+   * the tenant's searches use neither the cache nor the replica. Throws when
+   * Redis does not take it.
+   */
+  async beginWrite(tenantId: string): Promise<string> {
+    const token = newWriteToken();
+    const key = this.writesKey(tenantId);
+    const replies = await this.withinInvalidationTimeout(
+      this.redis.multi().set(key, UNKNOWN_WRITES, 'NX').append(key, ` ${token}:${Date.now() + WRITE_LEASE_MS}`).exec(),
+      'the start of a write',
+    );
+    const error = replies?.find(([failed]) => failed)?.[0] ?? (replies ? null : new Error('the start of a write was discarded'));
+    if (error) throw error;
+    return token;
+  }
+
+  /**
+   * Settles marks a search found unknown or holding a lapsed write, if they
+   * are still as it read them (SETTLE in write-marks.ts); `lsn` is the
+   * primary's WAL position read after those marks were. One at a time per
+   * tenant in this process; failures are left to the next search.
+   */
+  settleWrites(tenantId: string, marks: string, lsn: () => Promise<number | null>): void {
+    if (this.settling.has(tenantId)) return;
+    this.settling.add(tenantId);
+    void lsn()
+      .then((position) =>
+        this.withinInvalidationTimeout(
+          this.scripts()[SETTLE_COMMAND](2, this.generationKey(tenantId), this.writesKey(tenantId), SearchCache.seedGeneration(), marks, position ?? '', Date.now()),
+          'settling write marks',
+        ),
+      )
+      .catch(() => undefined)
+      .finally(() => this.settling.delete(tenantId));
+  }
+
+  /** A bounded wait: more than a read gets, but a hung Redis must not hold a write that is committed already. */
+  private withinInvalidationTimeout<T>(work: Promise<T>, what: string): Promise<T> {
+    const timeoutMs = Math.max(this.settings.redisTimeoutMs, INVALIDATION_TIMEOUT_MS);
+    return withTimeout(work, timeoutMs, `Redis did not confirm ${what} within ${timeoutMs} ms`);
+  }
+
+  private scripts(): WriteScripts {
+    if (!(ANNOUNCE_COMMAND in this.redis)) {
+      this.redis.defineCommand(ANNOUNCE_COMMAND, { lua: ANNOUNCE });
+      this.redis.defineCommand(SETTLE_COMMAND, { lua: SETTLE });
+    }
+    return this.redis as unknown as WriteScripts;
+  }
+
+  /** Every tenant at once: SCAN for generation keys (never KEYS; on every master of a cluster), bump each, and drop this process's tier. */
   async invalidateAll(): Promise<number> {
-    let cursor = '0';
     let tenants = 0;
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}:cache:generation:*`, 'COUNT', 1000);
-      cursor = next;
+    await scanKeys(this.redis, `${this.prefix}:cache:generation:*`, async (keys) => {
       for (const key of keys) {
         await this.redis.incr(key);
         tenants += 1;
       }
-    } while (cursor !== '0');
+    });
     this.l1.clear();
     this.knownGenerations.clear();
     return tenants;

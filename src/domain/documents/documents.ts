@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import type { SearchVisibleWrites } from '../cache/write-marks';
 import type { Logger } from '../../logger';
 import { AppError, conflict, isUniqueViolation, notFound } from '../../errors';
 import type { ContentType } from '../chunking/chunker';
@@ -123,6 +124,8 @@ export interface DocumentDeps {
   dispatch: DispatchIndexing;
   events: EventSink;
   logger: Logger;
+  /** Brackets the transactions that change search results: the cache and the replica must not serve from before them. */
+  writes: SearchVisibleWrites;
 }
 
 /**
@@ -204,7 +207,8 @@ export async function updateDocument(
   changes: DocumentChanges,
   quotas: Quotas,
 ): Promise<{ document: DocumentSummary; reindexed: boolean }> {
-  const result = await withTenant(deps.db, tenantId, async (trx) => {
+  // Title, tags and metadata are in results and filters at once, a new version's chunks later (indexing announces those).
+  const result = await deps.writes.around(tenantId, () => withTenant(deps.db, tenantId, async (trx) => {
     const current = await trx<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId }).forUpdate();
     if (!current) throw notFound('Document');
     const reindex =
@@ -227,7 +231,7 @@ export async function updateDocument(
     }
     const [row] = await trx<DocumentRow>('documents').where({ id: documentId }).update(update).returning([...SUMMARY_COLUMNS]);
     return { row, indexJobId };
-  });
+  }));
   if (result.indexJobId) {
     await dispatchAfterCommit(deps, [{ tenantId, indexJobId: result.indexJobId, documentId, version: result.row.version }]);
   }
@@ -235,8 +239,8 @@ export async function updateDocument(
 }
 
 /** Deletes a document and its chunks; pending indexing of it is canceled. */
-export async function deleteDocument({ db, events }: Pick<DocumentDeps, 'db' | 'events'>, tenantId: string, documentId: string): Promise<void> {
-  await withTenant(db, tenantId, async (trx) => {
+export async function deleteDocument({ db, events, writes }: Pick<DocumentDeps, 'db' | 'events' | 'writes'>, tenantId: string, documentId: string): Promise<void> {
+  await writes.around(tenantId, () => withTenant(db, tenantId, async (trx) => {
     // Unfinished items before the document: the order the indexer locks in, so a delete during
     // indexing waits for it instead of deadlocking with it.
     const pending: Array<{ index_job_id: string }> = await trx('index_job_items')
@@ -255,7 +259,7 @@ export async function deleteDocument({ db, events }: Pick<DocumentDeps, 'db' | '
       .update({ status: 'canceled', error: 'The document was deleted.', updated_at: trx.fn.now() });
     // A job left with nothing unfinished is done; without this it would stay `queued` for good.
     for (const item of pending) await refreshIndexJob(trx, events, item.index_job_id);
-  });
+  }));
 }
 
 async function dispatchAfterCommit(deps: DocumentDeps, work: IndexingWork[]): Promise<void> {

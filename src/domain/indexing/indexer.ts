@@ -14,6 +14,7 @@ import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-
 import { Batcher, type Settled } from '../../batcher';
 import { onePer } from '../../one-per';
 import type { EventSink } from '../webhooks/events';
+import type { SearchVisibleWrites } from '../cache/write-marks';
 
 /** The worker threads that run ./cpu-thread's tasks: chunking, and embedding with the built-in embedder. */
 export type IndexingCpu = CpuPool<typeof import('./cpu-thread')>;
@@ -30,6 +31,8 @@ export function warmIndexingCpu(cpu: IndexingCpu): Promise<void> {
 
 export interface IndexerDeps {
   db: Knex;
+  /** Brackets each store transaction: the cache and the replica must not serve from before it once it is visible. */
+  writes: SearchVisibleWrites;
   events: EventSink;
   embedder: Embedder;
   cpu: IndexingCpu;
@@ -187,10 +190,12 @@ function markAndStore(insert: { sql: string; bindings: Knex.RawBinding[] }): str
  * for many (one more per INSERT_SLICE chunks beyond the first). Every
  * document of a batch ends at its index job's row; a job whose row another
  * transaction holds is not waited for, but recounted after the commit
- * (settleIndexJob).
+ * (settleIndexJob). The transaction is bracketed by the tenant's write
+ * marks (write-marks.ts), so once it is visible no search is served from
+ * the cache or a replica that predates it.
  */
 async function storeTogether(deps: IndexerDeps, tenantId: string, requests: StoreRequest[]): Promise<Stored[]> {
-  return withTenant(deps.db, tenantId, async (trx) => {
+  return deps.writes.around(tenantId, () => withTenant(deps.db, tenantId, async (trx) => {
     // Items first, then documents, then jobs, each in key order: the order claimItem, failIndexing and
     // cancelIndexJob lock in, so two runs of the same work (or a run and a cancel) wait for each other
     // instead of deadlocking.
@@ -233,7 +238,7 @@ async function storeTogether(deps: IndexerDeps, tenantId: string, requests: Stor
     return requests.map(
       (request) => outcomes.get(request) ?? { outcome: { outcome: 'indexed', chunks: request.chunks.length }, counted: countedJobs.get(request.work.indexJobId)! },
     );
-  });
+  }));
 }
 
 /**

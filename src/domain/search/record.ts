@@ -1,11 +1,11 @@
-import type { Redis } from 'ioredis';
+import { bySlot, type RedisClient } from '../../redis';
 import { STREAM_MAX_LENGTH, streamKey, type SearchEvent } from '../analytics/stream';
 import { searchCounterKey } from './counter';
 
 /**
- * KEYS: the tenants' search counters, then the analytics stream. ARGV: the
- * number of counters, what to add to each, the stream's approximate cap,
- * then the events. Each write is a pcall, so no failure stops the others.
+ * KEYS: the tenants' search counters, then the analytics stream when there
+ * are events. ARGV: the number of counters, what to add to each, the
+ * stream's approximate cap, then the events. Each write is a pcall, so no failure stops the others.
  * Answers how many events Redis refused.
  */
 const RECORD = `
@@ -35,7 +35,7 @@ export class SearchRecorder {
   private scheduled = false;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
     private readonly onDropped: (events: number) => void,
   ) {}
@@ -56,16 +56,24 @@ export class SearchRecorder {
     this.events = [];
     this.scheduled = false;
     if (!(RECORD_COMMAND in this.redis)) this.redis.defineCommand(RECORD_COMMAND, { lua: RECORD });
-    const keys = [...counts.keys()].map((tenantId) => searchCounterKey(this.prefix, tenantId));
-    (this.redis as unknown as RecordCommand)
-      [RECORD_COMMAND](keys.length + 1, ...keys, streamKey(this.prefix), counts.size, ...counts.values(), STREAM_MAX_LENGTH, ...events)
-      .then(
-        (refused) => {
-          if (refused > 0) this.onDropped(refused);
-        },
-        () => {
-          if (events.length > 0) this.onDropped(events.length);
-        },
-      );
+    const stream = streamKey(this.prefix);
+    const writes = [...counts].map(([tenantId, count]) => ({ key: searchCounterKey(this.prefix, tenantId), count }));
+    // One script on a single server. On a cluster a script touches one slot: one per tenant's slot, the events in the stream's.
+    for (const group of bySlot(this.redis, [...writes, { key: stream, count: 0 }], (write) => write.key)) {
+      const counters = group.filter((write) => write.key !== stream);
+      const sent = counters.length < group.length ? events : [];
+      if (counters.length === 0 && sent.length === 0) continue;
+      const keys = [...counters.map((write) => write.key), ...(sent.length > 0 ? [stream] : [])];
+      (this.redis as unknown as RecordCommand)
+        [RECORD_COMMAND](keys.length, ...keys, counters.length, ...counters.map((write) => write.count), STREAM_MAX_LENGTH, ...sent)
+        .then(
+          (refused) => {
+            if (refused > 0) this.onDropped(refused);
+          },
+          () => {
+            if (sent.length > 0) this.onDropped(sent.length);
+          },
+        );
+    }
   }
 }

@@ -4,6 +4,7 @@ import { AppError } from '../../errors';
 import type { VectorSupport } from '../../db/migrate';
 import { withLiterals } from '../../db/literal';
 import { queryAsTenant, withTenant } from '../../db/tenant-scope';
+import type { ReplicaReads } from '../../db/replica-reads';
 import type { ContentType } from '../chunking/chunker';
 import type { Embedder } from '../embeddings/embedder';
 
@@ -59,7 +60,10 @@ export interface SearchSettings {
 }
 
 export interface SearchDeps {
+  /** The primary. */
   db: Knex;
+  /** Where a search may read instead when it is current (DATABASE_REPLICA_URL); null: always `db`. */
+  replica: ReplicaReads | null;
   embedder: Embedder;
   vector: VectorSupport;
   settings: SearchSettings;

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import { hashTag, type RedisClient } from '../../redis';
 import { giveBackBudgets, type RefusingBudget } from '../../budgets';
 import { QuotaExceededError, utcDay } from './quotas';
 
@@ -14,12 +14,12 @@ const KEEP_MS = 2 * 24 * 3600 * 1000;
  */
 export class DailySearchQuota {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
   ) {}
 
   private key(tenantId: string, day: string): string {
-    return `${this.prefix}:quota:searches:${tenantId}:${day}`;
+    return `${this.prefix}:quota:searches:${hashTag(tenantId)}:${day}`;
   }
 
   /**

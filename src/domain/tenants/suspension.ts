@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import { hashTag, type RedisClient } from '../../redis';
 import type { Knex } from 'knex';
 
 /** How long a suspended tenant's job first waits before it looks again, in case the promotion at resume was missed. */
@@ -24,12 +24,12 @@ export function recheckDelayMs(looks: number): number {
  */
 export class SuspensionHold {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
   ) {}
 
   private key(tenantId: string): string {
-    return `${this.prefix}:suspended-jobs:${tenantId}`;
+    return `${this.prefix}:suspended-jobs:${hashTag(tenantId)}`;
   }
 
   async isSuspended(db: Knex, tenantId: string): Promise<boolean> {

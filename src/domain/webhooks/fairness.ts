@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import { bySlot, hashTag, type RedisClient } from '../../redis';
 
 /**
  * Per-endpoint concurrency without polling, shared by every worker through
@@ -10,10 +10,16 @@ import type { Redis } from 'ioredis';
  * a free slot on a timer: a slot changes hands when an attempt ends, as in
  * BullMQ Pro's groups.
  *
- * Keys, per endpoint: `webhook-slots:<endpoint>` (sorted set: holder job id →
- * lease expiry, ms) and `webhook-parked:<endpoint>` (sorted set: job id →
- * when it was parked); and `webhook-parked-endpoints` (set of endpoints with
- * parked jobs), which the sweeper walks.
+ * Keys, per endpoint: `webhook-slots:{<endpoint>}` (sorted set: holder job
+ * id → lease expiry, ms) and `webhook-parked:{<endpoint>}` (sorted set: job
+ * id → when it was parked), one hash tag per endpoint so that the scripts,
+ * which touch one endpoint's keys, run on a Redis Cluster too; and
+ * `webhook-parked-endpoints` (set of endpoints that may have parked jobs),
+ * which the sweeper walks. The scripts leave that set alone — on a cluster
+ * it lives in another slot — so the invariant "an endpoint with parked jobs
+ * is in the set" is kept around them: whoever parks adds the endpoint after
+ * its script, and only the sweeper takes one out, then looks again and puts
+ * it back if a job was parked meanwhile.
  *
  * Leases bound every slot: a holder that dies (a killed worker, a lost
  * promotion) frees its slot when the lease runs out, and the next grant —
@@ -28,7 +34,7 @@ import type { Redis } from 'ioredis';
 
 /** Drops expired holders, then gives free slots to the longest-parked jobs; returns the parked entries woken. */
 const GRANT = `
-local function grant(holders, parked, registry, endpoint, now, limit, lease, holdTtl)
+local function grant(holders, parked, now, limit, lease, holdTtl)
   local woken = {}
   local free = limit - redis.call('ZCARD', holders)
   if free > 0 then
@@ -39,7 +45,6 @@ local function grant(holders, parked, registry, endpoint, now, limit, lease, hol
     end
     if #woken > 0 then redis.call('PEXPIRE', holders, holdTtl) end
   end
-  if redis.call('EXISTS', parked) == 0 then redis.call('SREM', registry, endpoint) end
   return woken
 end
 `;
@@ -47,20 +52,20 @@ end
 /**
  * Admission of new deliveries, before their jobs are added: a slot for each
  * while the endpoint has free ones and nobody is parked, otherwise parked in
- * arrival order. KEYS: registry, then holders and parked of each endpoint.
- * ARGV: now, limit, wait lease, holders' ttl, parked ttl, then per endpoint
- * its id, the number of deliveries and, for each, its job id and delivery
- * id. Returns 1 (runs now) or 0 (parked) per delivery, in order.
+ * arrival order. KEYS: holders and parked of each endpoint. ARGV: now,
+ * limit, wait lease, holders' ttl, parked ttl, then per endpoint the number
+ * of deliveries and, for each, its job id and delivery id. Returns 1 (runs
+ * now) or 0 (parked) per delivery, in order.
  */
 const ADMIT = `
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local holdTtl, parkTtl = ARGV[4], ARGV[5]
 local answer = {}
 local a = 6
-for k = 2, #KEYS, 2 do
+for k = 1, #KEYS, 2 do
   local holders, parked = KEYS[k], KEYS[k + 1]
-  local endpoint, n = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
+  local n = tonumber(ARGV[a])
+  a = a + 1
   redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
   for i = 1, n do
     local id, entry = ARGV[a], ARGV[a] .. ':' .. ARGV[a + 1]
@@ -77,7 +82,6 @@ for k = 2, #KEYS, 2 do
       -- A thousandth of a millisecond apart: the order of this call is kept among entries parked in the same millisecond.
       redis.call('ZADD', parked, now + i / 1000, entry)
       redis.call('PEXPIRE', parked, parkTtl)
-      redis.call('SADD', KEYS[1], endpoint)
       answer[#answer + 1] = 0
     end
   end
@@ -87,14 +91,14 @@ return answer`;
 /**
  * A delivery about to send: it keeps (or takes) a slot, or it is parked —
  * keeping its place if it was parked before. Free slots left over are
- * handed to parked jobs. KEYS: holders, parked, registry. ARGV: now, limit,
- * run lease, wait lease, holders' ttl, parked ttl, job id, delivery id,
- * endpoint id. Returns {1 held | 0 parked, parked entries woken...}.
+ * handed to parked jobs. KEYS: holders, parked. ARGV: now, limit, run
+ * lease, wait lease, holders' ttl, parked ttl, job id, delivery id.
+ * Returns {1 held | 0 parked, parked entries woken...}.
  */
 const ACQUIRE = `${GRANT}
-local holders, parked, registry = KEYS[1], KEYS[2], KEYS[3]
+local holders, parked = KEYS[1], KEYS[2]
 local now, limit, runLease, waitLease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local holdTtl, parkTtl, id, endpoint = ARGV[5], ARGV[6], ARGV[7], ARGV[9]
+local holdTtl, parkTtl, id = ARGV[5], ARGV[6], ARGV[7]
 local entry = id .. ':' .. ARGV[8]
 redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
 local held = 0
@@ -105,9 +109,8 @@ if redis.call('ZSCORE', holders, id) or redis.call('ZCARD', holders) < limit the
   held = 1
 else
   if redis.call('ZADD', parked, 'NX', now, entry) == 1 then redis.call('PEXPIRE', parked, parkTtl) end
-  redis.call('SADD', registry, endpoint)
 end
-local answer = grant(holders, parked, registry, endpoint, now, limit, waitLease, holdTtl)
+local answer = grant(holders, parked, now, limit, waitLease, holdTtl)
 table.insert(answer, 1, held)
 return answer`;
 
@@ -115,9 +118,9 @@ return answer`;
  * A delivery's attempt is over (or it never needed its slot): its slot, and
  * its place among the parked if it has one, are given up, and the slot goes
  * to the longest-parked job. With an empty job id it only hands on slots
- * whose leases ran out (the sweeper). KEYS: holders, parked, registry. ARGV:
- * now, limit, wait lease, holders' ttl, job id, delivery id, endpoint id.
- * Returns the parked entries woken.
+ * whose leases ran out (the sweeper). KEYS: holders, parked. ARGV: now,
+ * limit, wait lease, holders' ttl, job id, delivery id. Returns {1 when jobs
+ * are still parked | 0, parked entries woken...}.
  */
 const RELEASE = `${GRANT}
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -126,14 +129,16 @@ if ARGV[5] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[5] .. ':' .. ARGV[6])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return grant(KEYS[1], KEYS[2], KEYS[3], ARGV[7], now, limit, lease, ARGV[4])`;
+local answer = grant(KEYS[1], KEYS[2], now, limit, lease, ARGV[4])
+table.insert(answer, 1, redis.call('EXISTS', KEYS[2]))
+return answer`;
 
 const COMMANDS = { admit: 'ragworksSlotsAdmit', acquire: 'ragworksSlotsAcquire', release: 'ragworksSlotsRelease' } as const;
 type ScriptCommand = (numberOfKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
 type SlotCommands = Record<(typeof COMMANDS)[keyof typeof COMMANDS], ScriptCommand>;
 
 /** The scripts as commands of this connection: ioredis sends EVALSHA, and the script only when Redis does not know it yet. */
-function commands(redis: Redis): SlotCommands {
+function commands(redis: RedisClient): SlotCommands {
   if (!(COMMANDS.admit in redis)) {
     redis.defineCommand(COMMANDS.admit, { lua: ADMIT });
     redis.defineCommand(COMMANDS.acquire, { lua: ACQUIRE });
@@ -174,7 +179,7 @@ export class EndpointSlots {
   private readonly scripts: SlotCommands;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
     private readonly limit: number,
     readonly timings: SlotTimings,
@@ -183,11 +188,11 @@ export class EndpointSlots {
   }
 
   private holdersKey(endpointId: string): string {
-    return `${this.prefix}:webhook-slots:${endpointId}`;
+    return `${this.prefix}:webhook-slots:${hashTag(endpointId)}`;
   }
 
   private parkedKey(endpointId: string): string {
-    return `${this.prefix}:webhook-parked:${endpointId}`;
+    return `${this.prefix}:webhook-parked:${hashTag(endpointId)}`;
   }
 
   private get registryKey(): string {
@@ -215,17 +220,25 @@ export class EndpointSlots {
       if (group) group.push(claim);
       else byEndpoint.set(claim.endpointId, [claim]);
     }
-    const keys = [this.registryKey];
-    const args: Array<string | number> = [Date.now(), this.limit, this.timings.waitLeaseMs, this.holdTtl, this.parkTtl];
-    for (const [endpointId, group] of byEndpoint) {
-      keys.push(this.holdersKey(endpointId), this.parkedKey(endpointId));
-      args.push(endpointId, group.length, ...group.flatMap((claim) => [claim.jobId, claim.deliveryId]));
-    }
-    const answer = (await this.scripts[COMMANDS.admit](keys.length, ...keys, ...args)) as number[];
-    const admitted: SlotClaim[] = [];
-    const parked: SlotClaim[] = [];
-    [...byEndpoint.values()].flat().forEach((claim, index) => (answer[index] === 1 ? admitted : parked).push(claim));
+    const now = Date.now();
+    // One script on a single server; on a cluster, one per slot of endpoints.
+    const answers = await Promise.all(
+      bySlot(this.redis, [...byEndpoint], ([endpointId]) => this.holdersKey(endpointId)).map(async (endpoints) => {
+        const keys = endpoints.flatMap(([endpointId]) => [this.holdersKey(endpointId), this.parkedKey(endpointId)]);
+        const args = endpoints.flatMap(([, group]) => [group.length, ...group.flatMap((claim) => [claim.jobId, claim.deliveryId])]);
+        const answer = (await this.scripts[COMMANDS.admit](keys.length, ...keys, now, this.limit, this.timings.waitLeaseMs, this.holdTtl, this.parkTtl, ...args)) as number[];
+        return endpoints.flatMap(([, group]) => group).map((claim, index) => ({ claim, runs: answer[index] === 1 }));
+      }),
+    );
+    const admitted = answers.flat().filter((each) => each.runs).map((each) => each.claim);
+    const parked = answers.flat().filter((each) => !each.runs).map((each) => each.claim);
+    await this.noteParked(new Set(parked.map((claim) => claim.endpointId)));
     return { admitted, parked };
+  }
+
+  /** After a script parked jobs: their endpoints join the set the sweeper walks (see above). */
+  private async noteParked(endpointIds: ReadonlySet<string>): Promise<void> {
+    if (endpointIds.size > 0) await this.redis.sadd(this.registryKey, ...endpointIds);
   }
 
   /**
@@ -235,7 +248,7 @@ export class EndpointSlots {
    */
   async acquire(claim: SlotClaim): Promise<{ held: boolean; woken: Woken[] }> {
     const { runLeaseMs, waitLeaseMs } = this.timings;
-    const keys = [this.holdersKey(claim.endpointId), this.parkedKey(claim.endpointId), this.registryKey];
+    const keys = [this.holdersKey(claim.endpointId), this.parkedKey(claim.endpointId)];
     const [held, ...entries] = (await this.scripts[COMMANDS.acquire](
       keys.length,
       ...keys,
@@ -247,19 +260,29 @@ export class EndpointSlots {
       this.parkTtl,
       claim.jobId,
       claim.deliveryId,
-      claim.endpointId,
     )) as [number, ...string[]];
+    if (held !== 1) await this.noteParked(new Set([claim.endpointId]));
     return { held: held === 1, woken: woken(entries) };
   }
 
   /** Frees the delivery's slot and its place among the parked, if it has them; returns the parked deliveries given a slot, for the caller to promote. */
   async release(claim: SlotClaim): Promise<Woken[]> {
-    return woken(await this.releaseAt(claim.endpointId, claim.jobId, claim.deliveryId));
+    return woken((await this.releaseAt(claim.endpointId, claim.jobId, claim.deliveryId)).entries);
   }
 
-  private async releaseAt(endpointId: string, jobId: string, deliveryId: string): Promise<string[]> {
-    const keys = [this.holdersKey(endpointId), this.parkedKey(endpointId), this.registryKey];
-    return (await this.scripts[COMMANDS.release](keys.length, ...keys, Date.now(), this.limit, this.timings.waitLeaseMs, this.holdTtl, jobId, deliveryId, endpointId)) as string[];
+  private async releaseAt(endpointId: string, jobId: string, deliveryId: string): Promise<{ parkedLeft: boolean; entries: string[] }> {
+    const keys = [this.holdersKey(endpointId), this.parkedKey(endpointId)];
+    const [parkedLeft, ...entries] = (await this.scripts[COMMANDS.release](
+      keys.length,
+      ...keys,
+      Date.now(),
+      this.limit,
+      this.timings.waitLeaseMs,
+      this.holdTtl,
+      jobId,
+      deliveryId,
+    )) as [number, ...string[]];
+    return { parkedLeft: parkedLeft === 1, entries };
   }
 
   /** Which of these parked jobs have been given a slot meanwhile (to promote them when their wake-up may have missed them). */
@@ -282,8 +305,24 @@ export class EndpointSlots {
    */
   async sweep(): Promise<Array<{ endpointId: string; woken: Woken[] }>> {
     const endpoints = await this.redis.smembers(this.registryKey);
-    const swept = await Promise.all(endpoints.map(async (endpointId) => ({ endpointId, woken: woken(await this.releaseAt(endpointId, '', '')) })));
+    const swept = await Promise.all(
+      endpoints.map(async (endpointId) => {
+        const { parkedLeft, entries } = await this.releaseAt(endpointId, '', '');
+        if (!parkedLeft) await this.forgetUnlessParked(endpointId);
+        return { endpointId, woken: woken(entries) };
+      }),
+    );
     return swept.filter((entry) => entry.woken.length > 0);
+  }
+
+  /**
+   * Takes an endpoint without parked jobs out of the sweeper's set, then
+   * looks again: a job parked meanwhile, whose endpoint was added before
+   * the removal, puts it back. (One parked after the look adds it itself.)
+   */
+  private async forgetUnlessParked(endpointId: string): Promise<void> {
+    await this.redis.srem(this.registryKey, endpointId);
+    if ((await this.redis.exists(this.parkedKey(endpointId))) === 1) await this.redis.sadd(this.registryKey, endpointId);
   }
 
   /** The jobs holding a slot at the endpoint now and those parked, in order: for tests and operators. */

@@ -2,7 +2,6 @@ import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocu
 import { tenantStats } from '../../domain/documents/stats';
 import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
-import type { Platform } from '../../platform';
 import { replied, repliedId } from '../audit-trail';
 import type { Api } from '../route';
 import {
@@ -34,11 +33,6 @@ function assertContentSize(documents: unknown[]): void {
   });
 }
 
-
-/** The change is committed either way; a cache that cannot be told waits out its TTL, and the log says so. */
-async function invalidateCache(platform: Platform, tenantId: string): Promise<void> {
-  await platform.cache.invalidate(tenantId).catch((error) => platform.logger.warn({ err: error, tenant_id: tenantId }, 'could not invalidate the search cache'));
-}
 
 export function documentRoutes(api: Api): void {
   api.add({
@@ -96,8 +90,6 @@ export function documentRoutes(api: Api): void {
     handler: async ({ params, body, ctx, platform, req }) => {
       assertContentSize([req.body]);
       const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body, ctx.tenant!.quotas);
-      // Tags and metadata are in results and filters: cached searches must not outlive them.
-      if (!reindexed) await invalidateCache(platform, ctx.tenant!.id);
       return { status: reindexed ? 202 : 200, body: document };
     },
   });
@@ -108,7 +100,6 @@ export function documentRoutes(api: Api): void {
     audit: { action: 'document.delete' },
     handler: async ({ params, ctx, platform }) => {
       await deleteDocument(platform.documentDeps(), ctx.tenant!.id, params.id);
-      await invalidateCache(platform, ctx.tenant!.id);
       return { status: 204 };
     },
   });

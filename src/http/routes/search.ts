@@ -2,7 +2,7 @@ import type { Request } from 'express';
 import { z } from 'zod';
 import { recordClick } from '../../domain/analytics/reports';
 import { newId } from '../../domain/ids';
-import { cachedSearch } from '../../domain/search/cached-search';
+import { cachedSearch, type SeenInRedis } from '../../domain/search/cached-search';
 import type { SearchRequest, SearchResult } from '../../domain/search/search';
 import type { Platform } from '../../platform';
 import type { RequestContext } from '../context';
@@ -22,17 +22,27 @@ function userOf(req: Request, fromBody: string | undefined): string | null {
 
 /**
  * Taken and read in the script that takes the request's rate limits: one of
- * the tenant's searches today, and the tenant's cache generation. With Redis
- * away the search goes on uncounted (searching needs only PostgreSQL, and an
- * outage must not turn into refusals) and the cache answers with the last
- * generation it saw.
+ * the tenant's searches today, the tenant's cache generation and its write
+ * marks (what the cache and the replica must have seen). With Redis away the
+ * search goes on uncounted (searching needs only PostgreSQL, and an outage
+ * must not turn into refusals), the cache answers with the last generation
+ * it saw, and the primary answers what the cache does not.
  */
 function searchAdmission(ctx: RequestContext, platform: Platform): AdmissionNeeds {
   const tenant = ctx.tenant!;
+  const { cache, config } = platform;
+  const marksMatter = config.CACHE_ENABLED || platform.db.replica !== null;
   return {
     budgets: [platform.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)],
-    reads: platform.config.CACHE_ENABLED ? [platform.cache.generationRead(tenant.id)] : [],
+    reads: [...(config.CACHE_ENABLED ? [cache.generationRead(tenant.id)] : []), ...(marksMatter ? [cache.writesRead(tenant.id)] : [])],
   };
+}
+
+/** The values searchAdmission asked for, as read: undefined when not asked, null when Redis did not answer. */
+function seenInRedis(platform: Platform, admission: Admission): SeenInRedis {
+  const values = admission.values;
+  if (values === null) return { generation: platform.config.CACHE_ENABLED ? null : undefined, writes: null };
+  return platform.config.CACHE_ENABLED ? { generation: values[0], writes: values[1] } : { writes: values[0] };
 }
 
 /**
@@ -52,9 +62,7 @@ function resultsAsJson(results: SearchResult[]): Buffer {
 
 async function runSearch(platform: Platform, ctx: RequestContext, admission: Admission, request: SearchRequest, userId: string | null): Promise<Reply> {
   const tenantId = ctx.tenant!.id;
-  // Undefined when the cache is off (nothing was read); null when Redis did not answer.
-  const generation = admission.values === null ? null : admission.values[0];
-  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request, generation).catch(async (error: unknown) => {
+  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request, seenInRedis(platform, admission)).catch(async (error: unknown) => {
     // A search that failed did not happen: its allowance goes back.
     for (const budget of admission.routeTaken) await platform.searchQuota.giveBack(budget).catch(() => undefined);
     throw error;
