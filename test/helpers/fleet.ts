@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { fetch, type Dispatcher } from 'undici';
 import { ADMIN_TOKEN } from './harness';
 import { uniqueName } from './databases';
 
@@ -15,7 +16,7 @@ export interface ApiAnswer {
 export class HttpApi {
   constructor(
     readonly baseUrl: string,
-    private readonly timeoutMs = 15_000,
+    private readonly options: { timeoutMs?: number; dispatcher?: Dispatcher } = {},
   ) {}
 
   async call(method: string, route: string, token: string, body?: unknown, tenantId?: string): Promise<ApiAnswer> {
@@ -24,7 +25,8 @@ export class HttpApi {
         method,
         headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json', ...(tenantId ? { 'X-Tenant-Id': tenantId } : {}) },
         body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000),
+        dispatcher: this.options.dispatcher,
       });
       const text = await response.text();
       let parsed: Record<string, unknown> = {};
@@ -35,7 +37,8 @@ export class HttpApi {
       }
       return { status: response.status, body: parsed };
     } catch (error) {
-      return { status: 0, body: { error: (error as Error).message } };
+      const cause = (error as Error & { cause?: Error }).cause;
+      return { status: 0, body: { error: cause ? `${(error as Error).message}: ${cause.message}` : (error as Error).message } };
     }
   }
 
@@ -58,7 +61,7 @@ export interface Outcome {
   status: number;
   startedAt: number;
   endedAt: number;
-  /** The answer's `error.code`, when there is one. */
+  /** The answer's `error.code`; for an answer that is not ours (a proxy's page) `not-json`; for no answer, why. */
   code?: string;
 }
 
@@ -70,6 +73,8 @@ export interface LoadReport {
   /** Answers other than 2xx and the documented 503s (0 = no answer at all). */
   unexpected: Outcome[];
   unavailable: number;
+  /** The unavailable answers by `code`. */
+  unavailableBy: Record<string, number>;
   /** Longest stretch, for one kind of request, from the first to the last of an unbroken run of 503s (or no answers), in ms. */
   longestUnavailableMs: number;
 }
@@ -105,19 +110,28 @@ export class SteadyLoad {
     this.loops = [];
   }
 
-  report(): LoadReport {
+  /** The figures of every request, or of those started within `window` (epoch ms). */
+  report(window: { from: number; to: number } = { from: 0, to: Infinity }): LoadReport {
+    const outcomes = this.outcomes.filter((outcome) => outcome.startedAt >= window.from && outcome.startedAt <= window.to);
     const byStatus: Record<string, number> = {};
-    for (const outcome of this.outcomes) byStatus[outcome.status] = (byStatus[outcome.status] ?? 0) + 1;
+    for (const outcome of outcomes) byStatus[outcome.status] = (byStatus[outcome.status] ?? 0) + 1;
     const documented = (outcome: Outcome) => (outcome.status >= 200 && outcome.status < 300) || outcome.status === 503;
+    const unavailable = outcomes.filter((outcome) => outcome.status === 503 || outcome.status === 0);
+    const unavailableBy: Record<string, number> = {};
+    for (const outcome of unavailable) {
+      const code = outcome.status === 0 ? 'no answer' : (outcome.code ?? 'none');
+      unavailableBy[code] = (unavailableBy[code] ?? 0) + 1;
+    }
     return {
-      requests: this.outcomes.length,
+      requests: outcomes.length,
       byStatus,
-      accepted: this.accepted.size,
-      unexpected: this.outcomes.filter((outcome) => !documented(outcome)),
-      unavailable: this.outcomes.filter((outcome) => outcome.status === 503 || outcome.status === 0).length,
+      accepted: outcomes.filter((outcome) => outcome.kind === 'write' && outcome.status === 202).length,
+      unexpected: outcomes.filter((outcome) => !documented(outcome)),
+      unavailable: unavailable.length,
+      unavailableBy,
       longestUnavailableMs: Math.max(
-        longestUnavailable(this.outcomes.filter((outcome) => outcome.kind === 'write')),
-        longestUnavailable(this.outcomes.filter((outcome) => outcome.kind === 'search')),
+        longestUnavailable(outcomes.filter((outcome) => outcome.kind === 'write')),
+        longestUnavailable(outcomes.filter((outcome) => outcome.kind === 'search')),
       ),
     };
   }
@@ -126,7 +140,7 @@ export class SteadyLoad {
     while (this.running) {
       const startedAt = Date.now();
       const answer = kind === 'write' ? await this.write() : await this.search();
-      const code = (answer.body.error as { code?: string } | undefined)?.code;
+      const code = answer.status === 0 ? String(answer.body.error) : 'text' in answer.body ? 'not-json' : (answer.body.error as { code?: string } | undefined)?.code;
       this.outcomes.push({ kind, status: answer.status, startedAt, endedAt: Date.now(), code });
       // An unanswered request returns at once (refused): pause as after any answer, or the loop spins.
       await new Promise((resolve) => setTimeout(resolve, this.options.pauseMs));

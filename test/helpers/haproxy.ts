@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
+import net from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,14 +15,16 @@ export interface RunningHaproxy {
   httpsUrl: string;
   /** An undici dispatcher that trusts the proxy's certificate (made for 127.0.0.1) and nothing else new. */
   dispatcher: Agent;
+  /** Each web server's state as HAProxy sees it (`UP`, `DOWN`, `UP 1/2`…), by name (`web1`…), from its stats socket. */
+  serverStates(): Promise<Record<string, string>>;
   stop(): Promise<void>;
 }
 
 /**
  * Runs HAProxy on ops/haproxy/haproxy.cfg with its listening addresses on
  * free loopback ports, its backend servers replaced by the web processes
- * on `webPorts` and a self-signed certificate made for the occasion;
- * everything else — health checks on /readyz, forwarding headers, the
+ * on `webPorts`, a self-signed certificate made for the occasion and a
+ * stats socket for the test to read server states from; everything else — health checks on /readyz, forwarding headers, the
  * redirect to TLS, the balancing — as shipped.
  */
 export async function startHaproxy(webPorts: number[]): Promise<RunningHaproxy> {
@@ -39,11 +42,13 @@ export async function startHaproxy(webPorts: number[]): Promise<RunningHaproxy> 
   const shipped = readFileSync(SHIPPED_CONFIGURATION, 'utf8');
   const servers = shipped.split('\n').filter((line) => line.trim().startsWith('server '));
   if (servers.length < 2) throw new Error('ops/haproxy/haproxy.cfg no longer lists its web servers');
+  const statsSocket = path.join(folder, 'stats.sock');
   const configuration = shipped
+    .replace(/^global$/m, `global\n  stats socket ${statsSocket} mode 600`)
     .replace(/^  bind :80$/m, `  bind 127.0.0.1:${httpPort}`)
     .replace(/^  bind :443 ssl crt \S+/m, `  bind 127.0.0.1:${httpsPort} ssl crt ${pem}`)
     .replace(servers.join('\n'), webPorts.map((port, index) => servers[0].replace(/server \S+ \S+:8080/, `server web${index + 1} 127.0.0.1:${port}`)).join('\n'));
-  if (configuration.includes(':8080') || !configuration.includes(`127.0.0.1:${httpsPort} ssl`)) {
+  if (configuration.includes(':8080') || !configuration.includes(`127.0.0.1:${httpsPort} ssl`) || !configuration.includes(statsSocket)) {
     throw new Error('ops/haproxy/haproxy.cfg no longer has the lines this helper adjusts');
   }
   const file = path.join(folder, 'haproxy.cfg');
@@ -58,6 +63,16 @@ export async function startHaproxy(webPorts: number[]): Promise<RunningHaproxy> 
     httpsPort,
     httpsUrl: `https://127.0.0.1:${httpsPort}`,
     dispatcher,
+    async serverStates() {
+      const csv = await askStatsSocket(statsSocket, 'show stat');
+      const [header, ...rows] = csv.trim().replace(/^# /, '').split('\n').map((line) => line.split(','));
+      const [proxyName, serverName, status] = ['pxname', 'svname', 'status'].map((column) => header.indexOf(column));
+      const states: Record<string, string> = {};
+      for (const row of rows) {
+        if (row[proxyName] === 'ragworks_web' && row[serverName] !== 'BACKEND') states[row[serverName]] = row[status];
+      }
+      return states;
+    },
     async stop() {
       child.kill('SIGTERM');
       await exited;
@@ -65,4 +80,16 @@ export async function startHaproxy(webPorts: number[]): Promise<RunningHaproxy> 
       rmSync(folder, { recursive: true, force: true });
     },
   };
+}
+
+/** Sends one command to HAProxy's stats socket and answers what it said (it closes after one command). */
+function askStatsSocket(socketPath: string, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    const socket = net.createConnection(socketPath, () => socket.end(`${command}\n`));
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (answer += chunk));
+    socket.once('end', () => resolve(answer));
+    socket.once('error', reject);
+  });
 }

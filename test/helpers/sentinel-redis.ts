@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -9,8 +9,14 @@ import { waitFor } from './wait';
 const SHIPPED_CONFIGURATION = path.join(__dirname, '..', '..', 'ops', 'redis', 'sentinel.conf');
 export const SENTINEL_MASTER_NAME = 'mymaster';
 
-/** How quickly the Sentinels act on a dead master: seconds in production, about one here. */
-const DOWN_AFTER_MS = 1_000;
+/**
+ * How quickly the Sentinels act on a dead master: seconds in production, two
+ * here. Not less: a Sentinel pings each server once a second, and right after
+ * a failover its link to the new master has no reply yet, so at 1 s it can
+ * find the new master "down" before its first ping is answered and fail
+ * over again, to the old master that was just restarted empty.
+ */
+const DOWN_AFTER_MS = 2_000;
 const FAILOVER_TIMEOUT_MS = 10_000;
 
 interface RedisServer {
@@ -164,7 +170,10 @@ export class SentinelRedis {
   }
 
   private async launchServer(port: number, replicaOf?: number): Promise<void> {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+    // Its own folder: a replica's full sync writes the master's snapshot to disk, which would land in the working directory.
+    const dir = path.join(this.folder, `server-${port}`);
+    mkdirSync(dir, { recursive: true });
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
     if (replicaOf) args.push('--replicaof', '127.0.0.1', String(replicaOf));
     this.servers.set(port, startServer(args, port));
     await waitFor(() => redisAnswers(port), { what: `redis-server on ${port}` });
