@@ -431,7 +431,7 @@ function sleepUntil(time: number): Promise<void> {
 export function chaosProblems(report: ChaosReport): string[] {
   const problems: string[] = [];
   const { load, indexing, webhooks } = report;
-  if (load.unexpected > 0) problems.push(`${load.unexpected} answers other than 2xx or 503, e.g. ${JSON.stringify(load.unexpectedSample)}`);
+  if (load.unexpected > 0) problems.push(`${load.unexpected} answers other than 2xx or the API's own 503s, e.g. ${JSON.stringify(load.unexpectedSample)}`);
   if (indexing.indexed !== indexing.documents) problems.push(`${indexing.documents - indexing.indexed} of ${indexing.documents} accepted documents not indexed ${JSON.stringify(indexing.byStatus)}`);
   if (indexing.missing.length > 0) problems.push(`${indexing.missing.length} accepted documents missing`);
   if (indexing.notExactlyOnce.length > 0) problems.push(`${indexing.notExactlyOnce.length} documents without exactly one chunk set`);

@@ -70,7 +70,7 @@ export interface LoadReport {
   requests: number;
   byStatus: Record<string, number>;
   accepted: number;
-  /** Answers other than 2xx and the documented 503s (0 = no answer at all). */
+  /** Answers other than 2xx and the API's own documented 503s: other statuses, a proxy's 503 page, no answer at all (0). */
   unexpected: Outcome[];
   unavailable: number;
   /** The unavailable answers by `code`. */
@@ -115,7 +115,8 @@ export class SteadyLoad {
     const outcomes = this.outcomes.filter((outcome) => outcome.startedAt >= window.from && outcome.startedAt <= window.to);
     const byStatus: Record<string, number> = {};
     for (const outcome of outcomes) byStatus[outcome.status] = (byStatus[outcome.status] ?? 0) + 1;
-    const documented = (outcome: Outcome) => (outcome.status >= 200 && outcome.status < 300) || outcome.status === 503;
+    // A 503 of the API's own (JSON, with its code and Retry-After), not a proxy's page that says nothing.
+    const documented = (outcome: Outcome) => (outcome.status >= 200 && outcome.status < 300) || (outcome.status === 503 && outcome.code !== 'not-json');
     const unavailable = outcomes.filter((outcome) => outcome.status === 503 || outcome.status === 0);
     const unavailableBy: Record<string, number> = {};
     for (const outcome of unavailable) {

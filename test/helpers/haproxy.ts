@@ -40,14 +40,17 @@ export async function startHaproxy(webPorts: number[]): Promise<RunningHaproxy> 
   const pem = path.join(folder, 'ragworks.pem');
   writeFileSync(pem, readFileSync(certificate, 'utf8') + readFileSync(key, 'utf8'));
   const shipped = readFileSync(SHIPPED_CONFIGURATION, 'utf8');
-  const servers = shipped.split('\n').filter((line) => line.trim().startsWith('server '));
-  if (servers.length < 2) throw new Error('ops/haproxy/haproxy.cfg no longer lists its web servers');
+  // Each backend's block of server lines, replaced by one line per web process.
+  const serverBlocks = shipped.match(/^  server .*(?:\n  server .*)*$/gm) ?? [];
+  if (serverBlocks.length === 0) throw new Error('ops/haproxy/haproxy.cfg no longer lists its web servers');
+  const ourServers = (block: string) =>
+    webPorts.map((port, index) => block.split('\n')[0].replace(/server \S+ \S+:8080/, `server web${index + 1} 127.0.0.1:${port}`)).join('\n');
   const statsSocket = path.join(folder, 'stats.sock');
   const configuration = shipped
     .replace(/^global$/m, `global\n  stats socket ${statsSocket} mode 600`)
     .replace(/^  bind :80$/m, `  bind 127.0.0.1:${httpPort}`)
     .replace(/^  bind :443 ssl crt \S+/m, `  bind 127.0.0.1:${httpsPort} ssl crt ${pem}`)
-    .replace(servers.join('\n'), webPorts.map((port, index) => servers[0].replace(/server \S+ \S+:8080/, `server web${index + 1} 127.0.0.1:${port}`)).join('\n'));
+    .replace(/^  server .*(?:\n  server .*)*$/gm, ourServers);
   if (configuration.includes(':8080') || !configuration.includes(`127.0.0.1:${httpsPort} ssl`) || !configuration.includes(statsSocket)) {
     throw new Error('ops/haproxy/haproxy.cfg no longer has the lines this helper adjusts');
   }

@@ -173,7 +173,10 @@ export class SentinelRedis {
     // Its own folder: a replica's full sync writes the master's snapshot to disk, which would land in the working directory.
     const dir = path.join(this.folder, `server-${port}`);
     mkdirSync(dir, { recursive: true });
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+    // Known by the name the Sentinels monitor, as ops/redis/redis.conf asks: a server a Sentinel knew by both a name
+    // and an address would be two replicas to it, and after a second failover it would make the new master a
+    // replica of itself, then of the old master restarted empty.
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--replica-announce-ip', 'localhost'];
     if (replicaOf) args.push('--replicaof', '127.0.0.1', String(replicaOf));
     this.servers.set(port, startServer(args, port));
     await waitFor(() => redisAnswers(port), { what: `redis-server on ${port}` });
