@@ -73,7 +73,7 @@ export interface LoadReport {
   /** Answers other than 2xx and the API's own documented 503s: other statuses, a proxy's 503 page, no answer at all (0). */
   unexpected: Outcome[];
   unavailable: number;
-  /** The unavailable answers by `code`. */
+  /** The unavailable answers by kind of request and `code` (`write dependency_unavailable`…). */
   unavailableBy: Record<string, number>;
   /** Longest stretch, for one kind of request, from the first to the last of an unbroken run of 503s (or no answers), in ms. */
   longestUnavailableMs: number;
@@ -120,7 +120,7 @@ export class SteadyLoad {
     const unavailable = outcomes.filter((outcome) => outcome.status === 503 || outcome.status === 0);
     const unavailableBy: Record<string, number> = {};
     for (const outcome of unavailable) {
-      const code = outcome.status === 0 ? 'no answer' : (outcome.code ?? 'none');
+      const code = `${outcome.kind} ${outcome.status === 0 ? 'no answer' : (outcome.code ?? 'none')}`;
       unavailableBy[code] = (unavailableBy[code] ?? 0) + 1;
     }
     return {
