@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { unusedPort } from './processes';
 import { waitFor } from './wait';
@@ -49,29 +50,48 @@ export class PrivateRedis {
    * nor are this method's own.
    */
   async commandsSentDuring(work: () => Promise<void>): Promise<Record<string, number>> {
-    const monitorClient = new Redis(this.url, { maxRetriesPerRequest: 1 });
     const markerClient = new Redis(this.url, { maxRetriesPerRequest: 1 });
     const marker = `end-of-work-${process.hrtime.bigint()}`;
+    // MONITOR on a plain socket: ioredis's monitor() can take a command it sees for the reply to its own
+    // setup ("Command queue state error") when a busy client's command lands in between.
+    const monitor = net.createConnection(this.port, '127.0.0.1');
     try {
       const markerAddress = await clientAddress(markerClient);
-      const monitor = await monitorClient.monitor();
       const sent: Record<string, number> = {};
       let resolveEnd!: () => void;
       const ended = new Promise<void>((resolve) => (resolveEnd = resolve));
-      monitor.on('monitor', (_time: string, args: string[], source: string) => {
-        const command = args[0]?.toLowerCase();
-        if (!command || source === 'lua') return;
-        if (command === 'echo' && args[1] === marker) return resolveEnd();
-        if (source === markerAddress) return;
-        sent[command] = (sent[command] ?? 0) + 1;
+      let monitoring!: () => void;
+      const started = new Promise<void>((resolve) => (monitoring = resolve));
+      let pending = '';
+      monitor.setEncoding('utf8');
+      monitor.on('data', (chunk: string) => {
+        pending += chunk;
+        const lines = pending.split('\r\n');
+        pending = lines.pop()!;
+        for (const line of lines) {
+          if (line === '+OK') {
+            monitoring();
+            continue;
+          }
+          // +<time> [<db> <source>] "<command>" "<arg>"…, the source `lua` for a script's own calls.
+          const entry = /^\+\S+ \[\d+ ([^\]]+)\] (.*)$/.exec(line);
+          if (!entry) continue;
+          const [, source, quoted] = entry;
+          const args = [...quoted.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((match) => match[1]);
+          const command = args[0]?.toLowerCase();
+          if (!command || source === 'lua') continue;
+          if (command === 'echo' && args[1] === marker) resolveEnd();
+          else if (source !== markerAddress) sent[command] = (sent[command] ?? 0) + 1;
+        }
       });
+      monitor.write('MONITOR\r\n');
+      await started;
       await work();
       await markerClient.echo(marker);
       await ended;
-      monitor.disconnect();
       return sent;
     } finally {
-      monitorClient.disconnect();
+      monitor.destroy();
       markerClient.disconnect();
     }
   }
