@@ -201,6 +201,11 @@ export const configSchema = z
     SEARCH_RRF_K: positiveInt.default(60).describe('The reciprocal rank fusion constant k.'),
     SEARCH_CANDIDATES: positiveInt.default(100).describe('Candidates taken from each ranking before fusion.'),
     SEARCH_EXACT_SCAN_MAX_CHUNKS: z.coerce.number().int().min(0).default(20_000).describe('Tenants with at most this many chunks are searched exactly, larger ones through the HNSW index.'),
+    RERANK_URL: z.url().optional().describe('A rerank endpoint (a cross-encoder), e.g. `http://localhost:8080/rerank` (TEI) or `https://api.cohere.com/v2/rerank`: searches with `rerank: true` reorder their best candidates by its scores. Unset: `rerank: true` answers 501 `rerank_unavailable`.'),
+    RERANK_MODEL: z.string().min(1).optional().describe('The model the rerank endpoint is asked for, e.g. `BAAI/bge-reranker-v2-m3`; required with `RERANK_URL`. It is part of the cache key of rerank scores.'),
+    RERANK_API_KEY: z.string().min(1).optional().describe('Bearer key for the rerank endpoint, when it needs one.'),
+    RERANK_API: z.enum(['cohere', 'tei']).default('cohere').describe('The request shape: `cohere` (`documents`, answered with `results[].relevance_score`: Cohere, Jina, Voyage, vLLM, Infinity) or `tei` (`texts`, answered with `[{index, score}]`: Text Embeddings Inference).'),
+    RERANK_TIMEOUT_MS: positiveInt.default(2_000).describe('How long a search waits for the reranker; past it the search answers in its original order with `reranked: false`.'),
     SEARCH_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(5_000).describe('PostgreSQL server only: a search statement running longer is cancelled and answered 503 `search_timeout`; a tighter bound than `DATABASE_STATEMENT_TIMEOUT_MS`. `0`: only that one applies.'),
 
     SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *').describe('When to re-enqueue documents, events and deliveries left without a live job.'),
@@ -263,6 +268,9 @@ export const configSchema = z
       for (const key of ['EMBEDDINGS_URL', 'EMBEDDINGS_MODEL'] as const) {
         if (!config[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required with EMBEDDINGS_PROVIDER=openai' });
       }
+    }
+    if (config.RERANK_URL && !config.RERANK_MODEL) {
+      ctx.addIssue({ code: 'custom', path: ['RERANK_MODEL'], message: 'is required with RERANK_URL' });
     }
     if (config.CHUNK_MIN_WORDS > config.CHUNK_TARGET_WORDS || config.CHUNK_TARGET_WORDS > config.CHUNK_MAX_WORDS) {
       ctx.addIssue({ code: 'custom', path: ['CHUNK_TARGET_WORDS'], message: 'needs CHUNK_MIN_WORDS ≤ CHUNK_TARGET_WORDS ≤ CHUNK_MAX_WORDS' });

@@ -64,6 +64,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly reranks = new Counter({
+    name: 'ragworks_rerank_requests_total',
+    help: 'Calls to the rerank endpoint by outcome (reranked; failed: the search answered in its original order)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
   readonly analyticsDropped = new Counter({
     name: 'ragworks_analytics_events_dropped_total',
     help: 'Search events not recorded because Redis refused them (the searches themselves answered)',

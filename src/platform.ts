@@ -15,6 +15,7 @@ import type { DispatchIndexing } from './domain/indexing/dispatch';
 import { createIndexingCpu, type IndexerDeps } from './domain/indexing/indexer';
 import type { DocumentDeps } from './domain/documents/documents';
 import type { SearchDeps } from './domain/search/search';
+import { createReranker } from './domain/search/reranker';
 import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
 import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
@@ -149,6 +150,15 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     onError: (error) => logger.error({ err: error }, 'an indexing thread failed'),
   });
   const queryEmbedder = createEmbedder(config, 'queries');
+  let rerankFailing = false;
+  const reranker = createReranker(config, (outcome, error) => {
+    metrics.reranks.inc({ outcome });
+    // One line when the reranker starts failing and one when it is back, not one per search.
+    if ((outcome === 'failed') === rerankFailing) return;
+    rerankFailing = outcome === 'failed';
+    if (rerankFailing) logger.warn({ err: error }, 'the reranker failed; searches asking for it answer in their original order');
+    else logger.info('the reranker answers again');
+  });
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
   const metricsWindow = new MetricsWindow(metrics);
@@ -242,6 +252,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
       db: db.knex,
       replica: replicaReads,
       embedder: queryEmbedder,
+      reranker,
       vector,
       settings: {
         textSearchConfig: config.SEARCH_TEXT_CONFIG,

@@ -234,6 +234,13 @@ export const indexJobPage = page(indexJobSchema);
 
 const searchQueryText = safeString({ min: 1, max: SEARCH_LIMITS.queryChars, trim: true });
 const searchLimit = z.coerce.number().int().min(1).max(SEARCH_LIMITS.maxResults).default(SEARCH_LIMITS.defaultResults);
+const rerankCandidates = z.coerce
+  .number()
+  .int()
+  .min(1)
+  .max(SEARCH_LIMITS.maxResults)
+  .default(SEARCH_LIMITS.defaultRerankCandidates)
+  .describe('With `rerank`: how many of the best results the reranker reorders before `limit` are taken (at least `limit`)');
 /** The tags a search is narrowed to, the same rules in a body and in a query string. */
 const searchTags = z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars })).max(DOCUMENT_LIMITS.tags);
 
@@ -252,6 +259,8 @@ export const searchBody = z
       .strict()
       .optional(),
     user_id: safeString({ min: 1, max: 200 }).optional(),
+    rerank: z.boolean().default(false).describe('Reorder the best `rerank_candidates` with the cross-encoder of RERANK_URL'),
+    rerank_candidates: rerankCandidates,
   })
   .strict();
 
@@ -268,6 +277,12 @@ export const searchQuery = z.object({
     .transform((value) => value.split(',').map((tag) => tag.trim()).filter(Boolean))
     .pipe(searchTags)
     .optional(),
+  rerank: z
+    .enum(['true', 'false'])
+    .default('false')
+    .transform((value) => value === 'true')
+    .describe('`true`: reorder the best `rerank_candidates` with the cross-encoder of RERANK_URL'),
+  rerank_candidates: rerankCandidates,
 });
 
 export const searchResponseSchema = z.object({
@@ -291,5 +306,6 @@ export const searchResponseSchema = z.object({
   query: z.string(),
   took_ms: z.number(),
   cached: z.boolean(),
+  reranked: z.boolean().describe('The results are in the reranker\'s order, each `score` the reranker\'s; false when `rerank` was not asked for, or the reranker failed (then in the retrieved order)'),
   query_id: z.uuid().describe('Send it with POST /api/search/click when the user opens a result'),
 });

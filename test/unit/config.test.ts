@@ -55,6 +55,7 @@ describe('configuration', () => {
     ['WORKER_CONCURRENCY_PER_QUEUE', 'indexing=zero'],
     ['REDIS_SENTINELS', 'nohostport'],
     ['REDIS_CLUSTER_NODES', '10.0.0.1:7000,nohostport'],
+    ['RERANK_API', 'openai'],
   ])('refuses %s=%s in one line that names the variable', (name, value) => {
     const message = messageOf({ [name]: value });
     expect(message).toContain(name);
@@ -65,6 +66,7 @@ describe('configuration', () => {
     expect(messageOf({ EMBEDDINGS_PROVIDER: 'openai' })).toMatch(/EMBEDDINGS_URL/);
     expect(messageOf({ REDIS_SENTINELS: 'a:26379' })).toMatch(/REDIS_SENTINEL_NAME/);
     expect(messageOf({ CHUNK_MIN_WORDS: '600' })).toMatch(/CHUNK_TARGET_WORDS/);
+    expect(messageOf({ RERANK_URL: 'http://127.0.0.1:8080/rerank' })).toMatch(/RERANK_MODEL is required with RERANK_URL/);
   });
 
   it('accepts node-cron expressions with seconds', () => {

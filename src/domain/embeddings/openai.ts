@@ -1,4 +1,5 @@
 import { fetch } from 'undici';
+import { bodyExcerpt, describeNetworkError, endpointLabel } from '../providers/http';
 import { EmbeddingError, type Embedder } from './embedder';
 
 export interface OpenAiEmbedderOptions {
@@ -20,7 +21,6 @@ export interface OpenAiEmbedderOptions {
 const DEFAULT_RETRY_BASE_MS = 500;
 const RETRY_CAP_MS = 10_000;
 const RETRY_AFTER_CAP_MS = 30_000;
-const EXCERPT_CHARS = 200;
 
 type Attempt = { ok: true; vectors: number[][] } | { ok: false; problem: string; retryAfterMs?: number; cause?: unknown };
 
@@ -33,19 +33,12 @@ export function createOpenAiEmbedder(o: OpenAiEmbedderOptions): Embedder {
   for (const [key, min] of [['dimensions', 1], ['batchSize', 1], ['maxRetries', 0], ['timeoutMs', 1]] as const) {
     if (!Number.isInteger(o[key]) || o[key] < min) throw new RangeError(`${key} must be an integer >= ${min}`);
   }
-  const endpoint = new URL(o.url);
-  // Error messages carry the endpoint without credentials or query string.
-  const where = `${endpoint.origin}${endpoint.pathname}`;
+  const where = endpointLabel(o.url);
   const retryBaseMs = o.retryBaseMs ?? DEFAULT_RETRY_BASE_MS;
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json' };
   if (o.apiKey) headers.authorization = `Bearer ${o.apiKey}`;
 
-  const excerpt = (body: string): string => {
-    let text = body.replace(/\s+/g, ' ').trim();
-    // A provider echoing the request headers back must not leak the key into logs.
-    if (o.apiKey) text = text.split(o.apiKey).join('[redacted]');
-    return text.length > EXCERPT_CHARS ? `${text.slice(0, EXCERPT_CHARS)}…` : text;
-  };
+  const excerpt = (body: string): string => bodyExcerpt(body, o.apiKey);
 
   const parse = (body: string, count: number): number[][] => {
     let payload: unknown;
@@ -170,13 +163,6 @@ function parseRetryAfter(value: string | null, now: number): number | undefined 
   return Math.min(RETRY_AFTER_CAP_MS, Math.max(0, date - now));
 }
 
-function describeNetworkError(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  // undici reports "fetch failed" and puts the useful part (ECONNREFUSED, ...) in the cause.
-  const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
-  const detail = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : '';
-  return detail ? `${error.message} (${detail})` : error.message;
-}
 
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {

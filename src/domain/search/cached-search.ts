@@ -2,10 +2,14 @@ import type { Knex } from 'knex';
 import type { SearchCache } from '../cache/search-cache';
 import { readWriteMarks, type WriteMarks } from '../cache/write-marks';
 import type { Embedder } from '../embeddings/embedder';
-import { search, type SearchDeps, type SearchRequest, type SearchResponse } from './search';
+import { AppError } from '../../errors';
+import { RerankError } from './reranker';
+import { search, SEARCH_LIMITS, type SearchDeps, type SearchRequest, type SearchResponse, type SearchResult } from './search';
 
 export interface CachedSearchResponse extends SearchResponse {
   cached: boolean;
+  /** Whether the results are in the reranker's order: false when not asked for, or when the reranker failed. */
+  reranked: boolean;
 }
 
 /** What makes two searches the same: whitespace runs and tag order do not. */
@@ -44,7 +48,8 @@ export interface SeenInRedis {
 /**
  * A search answered from the cache when an identical one ran since the
  * tenant's index last changed, else from the replica when it has replayed
- * the tenant's last write, else from the primary. `took_ms` is this
+ * the tenant's last write, else from the primary; with `rerank`, its best
+ * candidates reordered by the reranker (reranked). `took_ms` is this
  * request's own time.
  */
 export async function cachedSearch(
@@ -55,6 +60,12 @@ export async function cachedSearch(
   seen: SeenInRedis = {},
 ): Promise<CachedSearchResponse> {
   const started = process.hrtime.bigint();
+  const response = request.rerank ? await reranked(cache, deps, tenantId, request, seen) : { ...(await retrieved(cache, deps, tenantId, request, seen)), reranked: false };
+  return { ...response, query: request.query, took_ms: Number(process.hrtime.bigint() - started) / 1e6 };
+}
+
+/** The search as ranked by the database (and fusion), through the cache. */
+async function retrieved(cache: SearchCache, deps: SearchDeps, tenantId: string, request: SearchRequest, seen: SeenInRedis): Promise<SearchResponse & { cached: boolean }> {
   const marks = seen.writes == null ? null : readWriteMarks(seen.writes);
   if (marks?.lapsed) cache.settleWrites(tenantId, marks.value, () => deps.replica?.primaryLsn() ?? Promise.resolve(null));
   const compute = () => searchWhereCurrent(cache, deps, tenantId, request, marks);
@@ -63,7 +74,45 @@ export async function cachedSearch(
     marks?.inFlight || marks?.lapsed
       ? { value: await compute(), cached: false }
       : await cache.getOrCompute(tenantId, 'search', normaliseRequest(request), compute, seen.generation);
-  return { ...value, query: request.query, took_ms: Number(process.hrtime.bigint() - started) / 1e6, cached };
+  return { ...value, cached };
+}
+
+/**
+ * The best `rerank_candidates` as retrieved (cached by the tenant's index
+ * generation like any search, so never stale), reordered by the reranker's
+ * scores (cached by query, passages and model: they depend on nothing
+ * else), the first `limit` of them with the reranker's score. A reranker
+ * that fails costs the order, not the answer: the retrieved order, with
+ * `reranked: false`, and nothing cached for it.
+ */
+async function reranked(cache: SearchCache, deps: SearchDeps, tenantId: string, request: SearchRequest, seen: SeenInRedis): Promise<SearchResponse & { cached: boolean; reranked: boolean }> {
+  const { reranker } = deps;
+  if (!reranker) {
+    throw new AppError(501, 'rerank_unavailable', 'Reranking needs a rerank endpoint: set RERANK_URL and RERANK_MODEL, or search without "rerank".', {
+      settings: ['RERANK_URL', 'RERANK_MODEL'],
+    });
+  }
+  const candidates = Math.max(request.limit, request.rerank_candidates ?? SEARCH_LIMITS.defaultRerankCandidates);
+  const pool = await retrieved(cache, deps, tenantId, { ...request, rerank: false, rerank_candidates: undefined, limit: candidates }, seen);
+  const passages = pool.results.map(rerankPassage);
+  let scored: { value: number[]; cached: boolean };
+  try {
+    const query = normaliseRequest(request).query;
+    scored = await cache.getOrComputeStable(tenantId, `rerank:${reranker.model}`, { query, passages }, () => reranker.score(query, passages));
+  } catch (error) {
+    if (!(error instanceof RerankError)) throw error;
+    return { ...pool, results: pool.results.slice(0, request.limit), total_results: Math.min(pool.results.length, request.limit), reranked: false };
+  }
+  const scores = scored.value;
+  // Ties keep the retrieved order.
+  const order = pool.results.map((_, index) => index).sort((a, b) => scores[b] - scores[a] || a - b);
+  const results = order.slice(0, request.limit).map((index) => ({ ...pool.results[index], score: scores[index] }));
+  return { ...pool, results, total_results: results.length, cached: pool.cached && scored.cached, reranked: true };
+}
+
+/** What the reranker reads of a result: its document's title, its heading and its text. */
+function rerankPassage(result: SearchResult): string {
+  return [result.title, result.heading, result.content].filter(Boolean).join('\n\n');
 }
 
 /**

@@ -7,11 +7,12 @@ import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import type { ReplicaReads } from '../../db/replica-reads';
 import type { ContentType } from '../chunking/chunker';
 import type { Embedder } from '../embeddings/embedder';
+import type { Reranker } from './reranker';
 
 export const SEARCH_MODES = ['hybrid', 'semantic', 'keyword'] as const;
 export type SearchMode = (typeof SEARCH_MODES)[number];
 
-export const SEARCH_LIMITS = { queryChars: 1000, maxResults: 100, defaultResults: 10 } as const;
+export const SEARCH_LIMITS = { queryChars: 1000, maxResults: 100, defaultResults: 10, defaultRerankCandidates: 50 } as const;
 
 export interface SearchFilters {
   content_type?: ContentType;
@@ -25,6 +26,9 @@ export interface SearchRequest {
   mode: SearchMode;
   limit: number;
   filters?: SearchFilters;
+  /** Reorder the best `rerank_candidates` with the reranker (RERANK_URL) before taking `limit`. */
+  rerank?: boolean;
+  rerank_candidates?: number;
 }
 
 export interface SearchResult {
@@ -65,6 +69,8 @@ export interface SearchDeps {
   /** Where a search may read instead when it is current (DATABASE_REPLICA_URL); null: always `db`. */
   replica: ReplicaReads | null;
   embedder: Embedder;
+  /** RERANK_URL's cross-encoder; null: none configured. */
+  reranker: Reranker | null;
   vector: VectorSupport;
   settings: SearchSettings;
 }

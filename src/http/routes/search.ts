@@ -103,7 +103,7 @@ export function searchRoutes(api: Api): void {
     body: searchBody,
     responses: {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
-      501: { description: 'Semantic or hybrid search without pgvector' },
+      501: { description: 'Semantic or hybrid search without pgvector (`vector_search_unavailable`), or `rerank` without RERANK_URL (`rerank_unavailable`)' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
     admission: searchAdmission,
@@ -114,7 +114,7 @@ export function searchRoutes(api: Api): void {
     query: searchQuery,
     responses: {
       200: { description: 'Ranked chunks', schema: searchResponseSchema },
-      501: { description: 'Semantic or hybrid search without pgvector' },
+      501: { description: 'Semantic or hybrid search without pgvector (`vector_search_unavailable`), or `rerank` without RERANK_URL (`rerank_unavailable`)' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
     admission: searchAdmission,
@@ -124,6 +124,8 @@ export function searchRoutes(api: Api): void {
         mode: query.mode,
         limit: query.limit,
         filters: { content_type: query.content_type, tags: query.tags, created_from: query.created_from, created_to: query.created_to },
+        rerank: query.rerank,
+        rerank_candidates: query.rerank_candidates,
       }, userOf(req, undefined)),
   });
   api.add({
