@@ -134,6 +134,7 @@ interface Asked {
  * tenant's hash tag), sent together.
  */
 async function takeInTurn(redis: RedisClient, takings: Asked[]): Promise<Taking[]> {
+  if (!redis.isCluster) return takeInOneScript(redis, takings);
   const groups = bySlot(redis, takings, (asked) => asked.budgets[0]?.key ?? asked.reads[0]?.key ?? '');
   const answered = await Promise.all(groups.map((group) => takeInOneScript(redis, group)));
   const byAsked = new Map(groups.flatMap((group, i) => group.map((asked, j) => [asked, answered[i][j]] as const)));
