@@ -4,13 +4,7 @@ import type { JobsOptions, Telemetry } from 'bullmq';
 import type { BullMQOtel } from 'bullmq-otel';
 import type { Config } from './config';
 
-/**
- * Starts OpenTelemetry before anything it instruments is loaded. Nothing is
- * exported unless OTEL_EXPORTER_OTLP_ENDPOINT is set. Redis commands are
- * traced only with OTEL_TRACE_REDIS=true: tracing every command costs a
- * fifth of queue throughput. Read straight from the environment because it
- * must run before the configuration module and its imports load.
- */
+/** Probes and scrapes: asked every few seconds, they would fill the traces with nothing to look at. */
 const UNTRACED_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/api/health']);
 
 /**
@@ -89,6 +83,13 @@ function linkingTelemetry(otel: BullMQOtel): Telemetry<Context> {
   };
 }
 
+/**
+ * Starts OpenTelemetry before anything it instruments is loaded. Nothing is
+ * exported unless OTEL_EXPORTER_OTLP_ENDPOINT is set. Redis commands are
+ * traced only with OTEL_TRACE_REDIS=true: tracing every command costs a
+ * fifth of queue throughput. Read straight from the environment because it
+ * must run before the configuration module and its imports load.
+ */
 export function startTelemetry(env: NodeJS.ProcessEnv = process.env): { shutdown(): Promise<void> } {
   if (!env.OTEL_EXPORTER_OTLP_ENDPOINT) return { shutdown: async () => undefined };
   // Metrics go through prom-client and logs through pino.

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
@@ -136,6 +137,37 @@ describe('OpenTelemetry', () => {
     const requestLine = web.logs.find((line) => line.msg === 'request completed' && JSON.stringify(line).includes('traced-request-1'));
     expect(requestLine).toBeDefined();
     expect(requestLine!.trace_id).toBe(serverSpan!.traceId);
+  });
+
+  it('samples by the standard OTEL_TRACES_SAMPLER, following a caller that sampled its trace, and never traces probes or scrapes', async () => {
+    const tenant = await stack.createTenant();
+    const endpoint = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
+    // Parent-based with a ratio of 0: only a request whose caller sampled its trace is kept.
+    const web = startRagworks('web', {
+      ...stack.env,
+      PORT: '0',
+      LOG_LEVEL: 'info',
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: '0',
+    });
+    const listening = await web.waitForMessage('api listening', { timeoutMs: 90_000 });
+    const url = String(listening.url).replace('localhost', '127.0.0.1');
+    const auth = { Authorization: `Bearer ${tenant.key}` };
+    const sampled = (traceId: string) => `00-${traceId}-${randomBytes(8).toString('hex')}-01`;
+    const keptTrace = randomBytes(16).toString('hex');
+    const probeTrace = randomBytes(16).toString('hex');
+    expect((await fetch(`${url}/api/documents`, { headers: auth })).status).toBe(200);
+    expect((await fetch(`${url}/api/documents`, { headers: { ...auth, traceparent: sampled(keptTrace) } })).status).toBe(200);
+    for (const probe of ['/healthz', '/readyz', '/metrics', '/api/health']) {
+      expect((await fetch(`${url}${probe}`, { headers: { traceparent: sampled(probeTrace) } })).status).toBe(200);
+    }
+    expect(await web.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+
+    await waitFor(() => collectedSpans().some((span) => span.traceId === keptTrace && span.name.startsWith('GET')), { what: "the sampled request's spans" });
+    const ofThisProcess = collectedSpans().filter((span) => span.pid === String(web.pid));
+    // Nothing else: not the request without a parent, not the probes inside a sampled trace, not the start-up's statements.
+    expect([...new Set(ofThisProcess.map((span) => span.traceId))]).toEqual([keptTrace]);
   });
 
   /** Every span the collector has received, with the pid of the process that exported it. */
