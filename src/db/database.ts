@@ -128,12 +128,13 @@ function openPostgres(url: string, options: DatabaseOptions): Database {
 
 async function openPglite(dataDir: string): Promise<Database> {
   fs.mkdirSync(dataDir, { recursive: true });
-  const [{ PGlite }, { vector }, { default: ClientPgLite }] = await Promise.all([
+  const [{ PGlite }, { vector }, { pg_trgm }, { default: ClientPgLite }] = await Promise.all([
     import('@electric-sql/pglite'),
     import('@electric-sql/pglite-pgvector'),
+    import('@electric-sql/pglite/contrib/pg_trgm'),
     import('knex-pglite'),
   ]);
-  const instance = await PGlite.create({ dataDir, extensions: { vector } });
+  const instance = await PGlite.create({ dataDir, extensions: { vector, pg_trgm } });
   // knex-pglite owns the instance: destroying knex closes it.
   const knex = knexFactory({
     client: countingClient(ClientPgLite),

@@ -241,6 +241,8 @@ const rerankCandidates = z.coerce
   .max(SEARCH_LIMITS.maxResults)
   .default(SEARCH_LIMITS.defaultRerankCandidates)
   .describe('With `rerank`: how many of the best results the reranker reorders before `limit` are taken (at least `limit`)');
+const typoToleranceHelp =
+  'Keyword and hybrid searches whose words match no chunk are retried with misspelt words corrected from the tenant\'s own vocabulary (`did_you_mean`); `false` searches the words as written';
 /** The tags a search is narrowed to, the same rules in a body and in a query string. */
 const searchTags = z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars })).max(DOCUMENT_LIMITS.tags);
 
@@ -261,6 +263,7 @@ export const searchBody = z
     user_id: safeString({ min: 1, max: 200 }).optional(),
     rerank: z.boolean().default(false).describe('Reorder the best `rerank_candidates` with the cross-encoder of RERANK_URL'),
     rerank_candidates: rerankCandidates,
+    typo_tolerance: z.boolean().default(true).describe(typoToleranceHelp),
   })
   .strict();
 
@@ -283,6 +286,11 @@ export const searchQuery = z.object({
     .transform((value) => value === 'true')
     .describe('`true`: reorder the best `rerank_candidates` with the cross-encoder of RERANK_URL'),
   rerank_candidates: rerankCandidates,
+  typo_tolerance: z
+    .enum(['true', 'false'])
+    .default('true')
+    .transform((value) => value === 'true')
+    .describe(typoToleranceHelp),
 });
 
 export const searchResponseSchema = z.object({
@@ -304,6 +312,10 @@ export const searchResponseSchema = z.object({
   total_results: z.number().int().describe('Number of results returned'),
   mode: z.enum(SEARCH_MODES),
   query: z.string(),
+  did_you_mean: z
+    .string()
+    .nullable()
+    .describe('The query with misspelt words corrected, when the results were found with it instead of `query`; null otherwise'),
   took_ms: z.number(),
   cached: z.boolean(),
   reranked: z.boolean().describe('The results are in the reranker\'s order, each `score` the reranker\'s; false when `rerank` was not asked for, or the reranker failed (then in the retrieved order)'),

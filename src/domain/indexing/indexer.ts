@@ -11,6 +11,7 @@ import type { IndexingWork } from './dispatch';
 import { embeddingText, type PreparedDocument } from './prepare';
 import { refreshIndexJob, refreshIndexJobUnlessBusy, settleIndexJob, type ItemStatus } from './jobs';
 import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-events';
+import { rememberTerms } from '../search/vocabulary';
 import { Batcher, type Settled } from '../../batcher';
 import { onePer } from '../../one-per';
 import type { EventSink } from '../webhooks/events';
@@ -235,6 +236,7 @@ async function storeTogether(deps: IndexerDeps, tenantId: string, requests: Stor
     for (const indexJobId of [...new Set(storing.map(({ work }) => work.indexJobId))].sort()) {
       countedJobs.set(indexJobId, await refreshIndexJobUnlessBusy(trx, deps.events, indexJobId));
     }
+    await rememberTerms(trx, tenantId, storing.map(({ work }) => work.documentId));
     return requests.map(
       (request) => outcomes.get(request) ?? { outcome: { outcome: 'indexed', chunks: request.chunks.length }, counted: countedJobs.get(request.work.indexJobId)! },
     );

@@ -18,6 +18,7 @@ export function normaliseRequest(request: SearchRequest) {
     query: request.query.trim().replace(/\s+/g, ' '),
     mode: request.mode,
     limit: request.limit,
+    typo_tolerance: request.typo_tolerance !== false,
     filters: {
       content_type: request.filters?.content_type ?? null,
       tags: [...new Set(request.filters?.tags ?? [])].sort(),
@@ -97,7 +98,8 @@ async function reranked(cache: SearchCache, deps: SearchDeps, tenantId: string, 
   const passages = pool.results.map(rerankPassage);
   let scored: { value: number[]; cached: boolean };
   try {
-    const query = normaliseRequest(request).query;
+    // The words the candidates were found with: corrected, when the typo pass corrected them.
+    const query = pool.did_you_mean ?? normaliseRequest(request).query;
     scored = await cache.getOrComputeStable(tenantId, `rerank:${reranker.model}`, { query, passages }, () => reranker.score(query, passages));
   } catch (error) {
     if (!(error instanceof RerankError)) throw error;

@@ -8,6 +8,7 @@ import type { ReplicaReads } from '../../db/replica-reads';
 import type { ContentType } from '../chunking/chunker';
 import type { Embedder } from '../embeddings/embedder';
 import type { Reranker } from './reranker';
+import { correctedQuery } from './vocabulary';
 
 export const SEARCH_MODES = ['hybrid', 'semantic', 'keyword'] as const;
 export type SearchMode = (typeof SEARCH_MODES)[number];
@@ -29,6 +30,8 @@ export interface SearchRequest {
   /** Reorder the best `rerank_candidates` with the reranker (RERANK_URL) before taking `limit`. */
   rerank?: boolean;
   rerank_candidates?: number;
+  /** Keyword and hybrid searches that match nothing by full text retry with misspelt words corrected (default true). */
+  typo_tolerance?: boolean;
 }
 
 export interface SearchResult {
@@ -50,6 +53,8 @@ export interface SearchResponse {
   total_results: number;
   mode: SearchMode;
   query: string;
+  /** The corrected query the results were found with, when the typo pass found better ones; else null. */
+  did_you_mean: string | null;
   took_ms: number;
 }
 
@@ -93,15 +98,42 @@ export type StatementForm = 'results' | 'ranking';
 
 export async function search(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<SearchResponse> {
   const started = process.hrtime.bigint();
-  const statement = await prepareSearch(deps, tenantId, request);
-  const rows = await runStatement(deps.db, tenantId, statement);
+  let found = await searchOnce(deps, tenantId, request);
+  let didYouMean: string | null = null;
+  if (wantsTypoPass(request, found)) {
+    const corrected = await correctedQuery(deps.db, tenantId, request.query, deps.settings.textSearchConfig);
+    if (corrected !== null) {
+      const retried = await searchOnce(deps, tenantId, { ...request, query: corrected });
+      if (retried.keywordHits > found.keywordHits) {
+        found = retried;
+        didYouMean = corrected;
+      }
+    }
+  }
   return {
-    results: rows.map(toResult),
-    total_results: rows.length,
+    results: found.results,
+    total_results: found.results.length,
     mode: request.mode,
     query: request.query,
+    did_you_mean: didYouMean,
     took_ms: Number(process.hrtime.bigint() - started) / 1e6,
   };
+}
+
+/**
+ * "Finds little", as Typesense's default `typo_tokens_threshold` of 1 has
+ * it: no chunk matches by full text (every word must match, so one misspelt
+ * word is enough). A search that finds costs no more than before. Semantic
+ * search matches by meaning, where a typo costs little.
+ */
+function wantsTypoPass(request: SearchRequest, found: { keywordHits: number }): boolean {
+  return request.mode !== 'semantic' && request.typo_tolerance !== false && found.keywordHits === 0;
+}
+
+async function searchOnce(deps: SearchDeps, tenantId: string, request: SearchRequest): Promise<{ results: SearchResult[]; keywordHits: number }> {
+  const statement = await prepareSearch(deps, tenantId, request);
+  const rows = await runStatement(deps.db, tenantId, statement);
+  return { results: rows.map(toResult), keywordHits: rows[0]?.keyword_hits ?? 0 };
 }
 
 /**
@@ -158,9 +190,11 @@ interface SearchRow {
   content_type: ContentType;
   source_url: string | null;
   created_at: Date;
+  /** How many chunks the full-text query matched (up to the candidates taken); 0 in semantic mode. */
+  keyword_hits: number;
 }
 
-const toResult = (row: SearchRow): SearchResult => ({ ...row, score: Number(row.score), created_at: row.created_at.toISOString() });
+const toResult = ({ keyword_hits: _, ...row }: SearchRow): SearchResult => ({ ...row, score: Number(row.score), created_at: row.created_at.toISOString() });
 
 /** Per-tenant chunk counts, remembered briefly: the exact-scan decision need not be fresh to the row. */
 const chunkCountCache = new LRUCache<string, number>({ max: 10_000, ttl: 30_000 });
@@ -272,6 +306,7 @@ export function buildSearchStatement(
   // Snippets are made only here, for the `limit` rows ranked: ts_headline reads a chunk's whole text.
   const sql = `with ${ctes.join(',\n')}
     select c.document_id, c.id as chunk_id, d.title, c.content, c.heading, r.score, d.tags, d.content_type, d.source_url, d.created_at,
+           ${request.mode === 'semantic' ? '0' : '(select count(*) from kw)::int'} as keyword_hits,
            ts_headline(${config}, c.content, ${tsquery()},
                        'StartSel=<mark>, StopSel=</mark>, MaxWords=35, MinWords=15, MaxFragments=2, FragmentDelimiter=" … "') as snippet
       from ranked r join chunks c on c.id = r.id join documents d on d.id = c.document_id

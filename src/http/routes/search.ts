@@ -126,6 +126,7 @@ export function searchRoutes(api: Api): void {
         filters: { content_type: query.content_type, tags: query.tags, created_from: query.created_from, created_to: query.created_to },
         rerank: query.rerank,
         rerank_candidates: query.rerank_candidates,
+        typo_tolerance: query.typo_tolerance,
       }, userOf(req, undefined)),
   });
   api.add({
