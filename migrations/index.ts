@@ -11,6 +11,7 @@ import * as deadLetters from './20261126000008_dead_letters';
 import * as audit from './20261126000009_audit';
 import * as documentErrorCode from './20261126000011_document_error_code';
 import * as searchTerms from './20261204000012_search_terms';
+import * as answers from './20261204000013_answers';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -29,4 +30,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000010_admin_sessions', migration: adminSessions },
   { name: '20261126000011_document_error_code', migration: documentErrorCode },
   { name: '20261204000012_search_terms', migration: searchTerms },
+  { name: '20261204000013_answers', migration: answers },
 ];

@@ -206,6 +206,12 @@ export const configSchema = z
     RERANK_API_KEY: z.string().min(1).optional().describe('Bearer key for the rerank endpoint, when it needs one.'),
     RERANK_API: z.enum(['cohere', 'tei']).default('cohere').describe('The request shape: `cohere` (`documents`, answered with `results[].relevance_score`: Cohere, Jina, Voyage, vLLM, Infinity) or `tei` (`texts`, answered with `[{index, score}]`: Text Embeddings Inference).'),
     RERANK_TIMEOUT_MS: positiveInt.default(2_000).describe('How long a search waits for the reranker; past it the search answers in its original order with `reranked: false`.'),
+    LLM_URL: z.url().optional().describe('Base URL of an OpenAI-compatible chat completions API, e.g. `http://localhost:11434/v1` (Ollama), `http://localhost:8000/v1` (vLLM) or `https://api.openai.com/v1`: POST /api/answer answers from the retrieved passages with it. Unset: /api/answer answers 501 `answers_unavailable`.'),
+    LLM_MODEL: z.string().min(1).optional().describe('The chat model asked, e.g. `llama3.1:8b` or `gpt-4o-mini`; required with `LLM_URL`. It is part of the cache key of answers.'),
+    LLM_API_KEY: z.string().min(1).optional().describe('Bearer key for the chat completions API, when it needs one.'),
+    LLM_TIMEOUT_MS: positiveInt.default(60_000).describe('How long one answer may take from the model, retries and streaming included.'),
+    LLM_MAX_RETRIES: z.coerce.number().int().min(0).default(2).describe('Retries of a chat completions request answered 408, 429 or 5xx, or not answered (honouring `Retry-After`), before any of its answer has arrived.'),
+    ANSWER_MAX_TOKENS: positiveInt.default(800).describe('The most tokens the model may write for one answer (`max_tokens`).'),
     SEARCH_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(5_000).describe('PostgreSQL server only: a search statement running longer is cancelled and answered 503 `search_timeout`; a tighter bound than `DATABASE_STATEMENT_TIMEOUT_MS`. `0`: only that one applies.'),
 
     SCHEDULE_RECONCILE: cronExpression.default('*/30 * * * * *').describe('When to re-enqueue documents, events and deliveries left without a live job.'),
@@ -268,6 +274,9 @@ export const configSchema = z
       for (const key of ['EMBEDDINGS_URL', 'EMBEDDINGS_MODEL'] as const) {
         if (!config[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required with EMBEDDINGS_PROVIDER=openai' });
       }
+    }
+    if (config.LLM_URL && !config.LLM_MODEL) {
+      ctx.addIssue({ code: 'custom', path: ['LLM_MODEL'], message: 'is required with LLM_URL' });
     }
     if (config.RERANK_URL && !config.RERANK_MODEL) {
       ctx.addIssue({ code: 'custom', path: ['RERANK_MODEL'], message: 'is required with RERANK_URL' });

@@ -71,6 +71,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly answers = new Counter({
+    name: 'ragworks_answers_total',
+    help: 'Answers by outcome (answered; cached: from the cache; failed: the model failed; canceled: the client went away)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly answerTokens = new Counter({
+    name: 'ragworks_answer_tokens_total',
+    help: 'Model tokens spent on answers, by kind (prompt, completion)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
   readonly analyticsDropped = new Counter({
     name: 'ragworks_analytics_events_dropped_total',
     help: 'Search events not recorded because Redis refused them (the searches themselves answered)',

@@ -16,6 +16,7 @@ import { createIndexingCpu, type IndexerDeps } from './domain/indexing/indexer';
 import type { DocumentDeps } from './domain/documents/documents';
 import type { SearchDeps } from './domain/search/search';
 import { createReranker } from './domain/search/reranker';
+import { createChatModel, type ChatModel } from './domain/answers/chat-model';
 import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
 import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
@@ -24,7 +25,7 @@ import { SearchCache } from './domain/cache/search-cache';
 import { TenantWrites } from './domain/cache/write-marks';
 import { ReplicaReads } from './db/replica-reads';
 import { SearchRecorder } from './domain/search/record';
-import { DailySearchQuota } from './domain/tenants/search-quota';
+import { DailyQuota } from './domain/tenants/daily-quota';
 import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
 import type { Logger } from './logger';
@@ -67,7 +68,8 @@ export interface Platform {
   /** Search results and query embeddings, in process and in Redis. */
   cache: SearchCache;
   /** Each tenant's searches today, against its daily quota. */
-  searchQuota: DailySearchQuota;
+  searchQuota: DailyQuota;
+  answerQuota: DailyQuota;
   /** Counts served searches and adds their analytics events, after the replies. */
   searches: SearchRecorder;
   /** Holds a suspended tenant's jobs and releases them when it is resumed. */
@@ -77,6 +79,8 @@ export interface Platform {
   startedAt: Date;
   version: string;
   searchDeps(): SearchDeps;
+  /** LLM_URL's chat model; null: none configured (POST /api/answer answers 501). */
+  chatModel: ChatModel | null;
   /**
    * Runs a read whose contract tolerates lag — analytics reports, made from
    * rollups a minute behind anyway — on the replica when it is at most a
@@ -159,6 +163,16 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     if (rerankFailing) logger.warn({ err: error }, 'the reranker failed; searches asking for it answer in their original order');
     else logger.info('the reranker answers again');
   });
+  const chatModel = config.LLM_URL
+    ? createChatModel({
+        baseUrl: config.LLM_URL,
+        model: config.LLM_MODEL!,
+        apiKey: config.LLM_API_KEY,
+        maxTokens: config.ANSWER_MAX_TOKENS,
+        timeoutMs: config.LLM_TIMEOUT_MS,
+        maxRetries: config.LLM_MAX_RETRIES,
+      })
+    : null;
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueAdmin.snapshots());
   const metricsWindow = new MetricsWindow(metrics);
@@ -241,13 +255,15 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     events,
     endpointSlots,
     cache,
-    searchQuota: new DailySearchQuota(redis, config.QUEUE_PREFIX),
+    searchQuota: new DailyQuota(redis, config.QUEUE_PREFIX, 'searches_per_day'),
+    answerQuota: new DailyQuota(redis, config.QUEUE_PREFIX, 'answers_per_day'),
     searches: new SearchRecorder(redis, config.QUEUE_PREFIX, (events) => metrics.analyticsDropped.inc(events)),
     suspension: new SuspensionHold(redis, config.QUEUE_PREFIX),
     enqueueDeliveries: (work, spacingMs = 0) => enqueueDeliveries(queues, endpointSlots, work, { attempts: config.WEBHOOK_RETRY_SCHEDULE.length, spacingMs }),
     startedAt: new Date(),
     version: VERSION,
     reportRead: (read) => (replicaReads ? replicaReads.readLagging('analytics', read) : read(db.knex)),
+    chatModel,
     searchDeps: () => ({
       db: db.knex,
       replica: replicaReads,

@@ -21,7 +21,7 @@ const tierRetention = Object.entries(TIER_RETENTION_DAYS)
 const BATCH = 5_000;
 
 /**
- * Deletes, in batches, raw search events and clicks older than their
+ * Deletes, in batches, raw search events, clicks and answer events older than their
  * tenant's tier retention, hourly rollups older than theirs, and finished
  * webhook deliveries (with their attempts) and events older than the
  * delivery-log retention, audit entries older than theirs, dead letters
@@ -66,6 +66,7 @@ export async function applyRetention(knex: Knex, policy: RetentionPolicy): Promi
   };
   await sweepByTier('search_events');
   await sweepByTier('search_clicks');
+  await sweepByTier('answer_events');
   await sweep('search_query_hourly', 'hour', policy.rollupDays);
   await sweep('webhook_attempts', 'created_at', policy.webhookLogDays);
   // A pending delivery is still being retried: only finished ones go.

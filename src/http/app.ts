@@ -21,6 +21,7 @@ import { indexingRoutes } from './routes/indexing';
 import { jobRoutes } from './routes/jobs';
 import { metricsSummaryRoutes } from './routes/metrics-summary';
 import { searchRoutes } from './routes/search';
+import { answerRoutes } from './routes/answers';
 import { tenantRoutes } from './routes/tenants';
 import { usageRoutes } from './routes/usage';
 import { webhookRoutes } from './routes/webhooks';
@@ -38,6 +39,7 @@ export function createApp(platform: Platform): express.Express {
   const api = new Api(platform);
   // Routes are tried in the order declared: the one served most, first.
   searchRoutes(api);
+  answerRoutes(api);
   healthRoutes(api);
   tenantRoutes(api);
   documentRoutes(api);

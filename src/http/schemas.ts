@@ -4,6 +4,7 @@ import { CONTENT_TYPES, DOCUMENT_ERROR_CODES, DOCUMENT_LIMITS, DOCUMENT_STATUSES
 import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
 import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
 import { QUOTA_NAMES } from '../domain/tenants/quotas';
+import { ANSWER_LIMITS } from '../domain/answers/answer';
 import { TIERS } from '../domain/tenants/tenants';
 
 /**
@@ -264,6 +265,25 @@ export const searchBody = z
     rerank: z.boolean().default(false).describe('Reorder the best `rerank_candidates` with the cross-encoder of RERANK_URL'),
     rerank_candidates: rerankCandidates,
     typo_tolerance: z.boolean().default(true).describe(typoToleranceHelp),
+  })
+  .strict();
+
+export const answerBody = z
+  .object({
+    query: searchQueryText.describe('The question'),
+    mode: z.enum(SEARCH_MODES).default('hybrid').describe('How the passages are retrieved, as in a search'),
+    limit: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(ANSWER_LIMITS.maxPassages)
+      .default(ANSWER_LIMITS.defaultPassages)
+      .describe('How many passages the model is given'),
+    filters: searchBody.shape.filters,
+    rerank: searchBody.shape.rerank,
+    typo_tolerance: searchBody.shape.typo_tolerance,
+    stream: z.boolean().optional().describe('`true`: answer with Server-Sent Events (also chosen by `Accept: text/event-stream`)'),
+    user_id: searchBody.shape.user_id,
   })
   .strict();
 

@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { secondsUntilNextUtcDay } from '../../src/domain/tenants/search-quota';
+import { secondsUntilNextUtcDay } from '../../src/domain/tenants/daily-quota';
 import { startStack, type TestStack } from '../helpers/harness';
 import { startWebhookReceiver, type WebhookReceiver } from '../helpers/webhook-receiver';
 import { waitFor } from '../helpers/wait';
@@ -39,30 +39,30 @@ describe('quotas (postgres)', () => {
       expect(free.body).toMatchObject({
         tier: 'free',
         quota_overrides: {},
-        quotas: { documents: 100, storage_mb: 100, searches_per_day: 1000, api_keys: 2, webhook_endpoints: 1 },
+        quotas: { documents: 100, storage_mb: 100, searches_per_day: 1000, answers_per_day: 50, api_keys: 2, webhook_endpoints: 1 },
         retention_days: 7,
       });
       const standard = await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'standard' }).expect(200);
-      expect(standard.body.quotas).toEqual({ documents: 10_000, storage_mb: 10_240, searches_per_day: 100_000, api_keys: 10, webhook_endpoints: 5 });
+      expect(standard.body.quotas).toEqual({ documents: 10_000, storage_mb: 10_240, searches_per_day: 100_000, answers_per_day: 5_000, api_keys: 10, webhook_endpoints: 5 });
       expect(standard.body.retention_days).toBe(90);
       const enterprise = await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'enterprise', quotas: { api_keys: 3, documents: 'unlimited' } }).expect(200);
-      expect(enterprise.body.quotas).toEqual({ documents: null, storage_mb: 1_048_576, searches_per_day: 10_000_000, api_keys: 3, webhook_endpoints: 50 });
+      expect(enterprise.body.quotas).toEqual({ documents: null, storage_mb: 1_048_576, searches_per_day: 10_000_000, answers_per_day: 500_000, api_keys: 3, webhook_endpoints: 50 });
       expect(enterprise.body.quota_overrides).toEqual({ api_keys: 3, documents: 'unlimited' });
       // null removes one override and leaves the other.
       const back = await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ quotas: { documents: null } }).expect(200);
       expect(back.body.quota_overrides).toEqual({ api_keys: 3 });
       expect(back.body.quotas.documents).toBe(1_000_000);
       const unlimited = await stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ tier: 'unlimited', quotas: { api_keys: null } }).expect(200);
-      expect(unlimited.body.quotas).toEqual({ documents: null, storage_mb: null, searches_per_day: null, api_keys: null, webhook_endpoints: null });
+      expect(unlimited.body.quotas).toEqual({ documents: null, storage_mb: null, searches_per_day: null, answers_per_day: null, api_keys: null, webhook_endpoints: null });
       expect(unlimited.body.retention_days).toBeNull();
     });
 
     it('keeps every override when operators change different quotas at the same moment', async () => {
       const tenant = await stack.createTenant(undefined, 'free');
-      const changes = [{ documents: 11 }, { storage_mb: 12 }, { searches_per_day: 13 }, { api_keys: 14 }, { webhook_endpoints: 15 }];
+      const changes = [{ documents: 11 }, { storage_mb: 12 }, { searches_per_day: 13 }, { answers_per_day: 16 }, { api_keys: 14 }, { webhook_endpoints: 15 }];
       await Promise.all(changes.map((quotas) => stack.operator('patch', `/api/admin/tenants/${tenant.id}`).send({ quotas }).expect(200)));
       const after = await stack.operator('get', `/api/admin/tenants/${tenant.id}`).expect(200);
-      expect(after.body.quota_overrides).toEqual({ documents: 11, storage_mb: 12, searches_per_day: 13, api_keys: 14, webhook_endpoints: 15 });
+      expect(after.body.quota_overrides).toEqual({ documents: 11, storage_mb: 12, searches_per_day: 13, answers_per_day: 16, api_keys: 14, webhook_endpoints: 15 });
     });
 
     it('refuses malformed overrides with 400 and changes nothing', async () => {

@@ -7,10 +7,10 @@ import { waitFor } from '../helpers/wait';
 
 // The retention job on constructed data: rows on both sides of every cut-off,
 // run through the real queue and worker, on PostgreSQL and on PGlite. Raw
-// search events and clicks are kept per tenant tier; rollups and webhook logs
+// search events, clicks and answer events are kept per tenant tier; rollups and webhook logs
 // per deployment.
 
-const TABLES = ['search_events', 'search_clicks', 'search_query_hourly', 'webhook_attempts', 'webhook_deliveries'] as const;
+const TABLES = ['search_events', 'search_clicks', 'answer_events', 'search_query_hourly', 'webhook_attempts', 'webhook_deliveries'] as const;
 type Table = (typeof TABLES)[number];
 
 interface Cutoffs {
@@ -27,7 +27,7 @@ const AGE_PAST_EVERY_TIER = 400;
 /** Which rows of each table were made to survive and which to go. */
 type Seeded = Record<Table, { kept: string[]; removed: string[] }>;
 
-const idColumn = (table: Table) => (table === 'search_query_hourly' ? 'query_normalized' : 'id');
+const idColumn = (table: Table) => (table === 'search_query_hourly' ? 'query_normalized' : table === 'answer_events' ? 'query_id' : 'id');
 
 /**
  * Rows one day inside and one day past each cut-off, for one tenant whose
@@ -61,6 +61,12 @@ async function seedRows(db: Knex.Transaction, tenantId: string, eventsDays: numb
     const clickId = randomUUID();
     await db('search_clicks').insert({ id: clickId, tenant_id: tenantId, query_id: queryId, document_id: randomUUID(), position: 1, created_at: ago(days) });
     note('search_clicks', clickId, kept);
+    const answerId = randomUUID();
+    await db('answer_events').insert({
+      query_id: answerId, tenant_id: tenantId, question: 'q', model: 'm', passages: 1, cited: 1, prompt_tokens: 1, completion_tokens: 1,
+      took_ms: 1, cached: false, streamed: false, created_at: ago(days),
+    });
+    note('answer_events', answerId, kept);
   }
   for (const [days, kept] of [[cut.rollupDays - 1, true], [cut.rollupDays + 1, false]] as const) {
     const query = `rollup-${randomUUID()}`;
@@ -144,6 +150,7 @@ function expectExactlyOlderRowsGone(seeded: Seeded[], after: Record<Table, strin
 const expectedRemoved = (seeded: Seeded[], extraEvents = 0): Record<Table, number> => ({
   search_events: seeded.reduce((sum, tenant) => sum + tenant.search_events.removed.length, 0) + extraEvents,
   search_clicks: seeded.reduce((sum, tenant) => sum + tenant.search_clicks.removed.length, 0),
+  answer_events: seeded.reduce((sum, tenant) => sum + tenant.answer_events.removed.length, 0),
   search_query_hourly: seeded.reduce((sum, tenant) => sum + tenant.search_query_hourly.removed.length, 0),
   webhook_attempts: seeded.reduce((sum, tenant) => sum + tenant.webhook_attempts.removed.length, 0),
   webhook_deliveries: seeded.reduce((sum, tenant) => sum + tenant.webhook_deliveries.removed.length, 0),

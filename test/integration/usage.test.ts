@@ -20,8 +20,13 @@ import { waitFor } from '../helpers/wait';
 const TODAY = dayOf(new Date());
 const at = (day: string, time = '12:00:00.000') => new Date(`${day}T${time}Z`);
 
-const COUNTER_COLUMNS = ['documents_created', 'documents_deleted', 'searches', 'index_jobs', 'webhook_deliveries'] as const;
+/** The counters one raw row adds one to. */
+const COUNTED_ROWS = ['documents_created', 'documents_deleted', 'searches', 'index_jobs', 'webhook_deliveries', 'answers'] as const;
+type CountedRow = (typeof COUNTED_ROWS)[number];
+/** Every counter, in the billing export's order: each answer row also adds its tokens. */
+const COUNTER_COLUMNS = [...COUNTED_ROWS, 'answer_prompt_tokens', 'answer_completion_tokens'] as const;
 type CounterColumn = (typeof COUNTER_COLUMNS)[number];
+const ANSWER_TOKENS = { prompt: 12, completion: 5 } as const;
 
 /** Inserts raw rows of every source the rollup counts, as the application would have stored them. */
 class RawData {
@@ -37,6 +42,13 @@ class RawData {
     await this.owner('search_events').insert({
       id: `evt-${randomUUID()}`, tenant_id: tenantId, query_id: randomUUID(), query: 'q', query_normalized: 'q', mode: 'keyword',
       result_count: 1, took_ms: 1, cached: false, created_at: when,
+    });
+  }
+
+  async answer(tenantId: string, when: Date) {
+    await this.owner('answer_events').insert({
+      query_id: randomUUID(), tenant_id: tenantId, question: 'q', model: 'm', passages: 1, cited: 1,
+      prompt_tokens: ANSWER_TOKENS.prompt, completion_tokens: ANSWER_TOKENS.completion, took_ms: 1, cached: false, streamed: false, created_at: when,
     });
   }
 
@@ -59,7 +71,7 @@ class RawData {
     });
   }
 
-  async add(tenantId: string, counter: CounterColumn, when: Date) {
+  async add(tenantId: string, counter: CountedRow, when: Date) {
     switch (counter) {
       case 'documents_created':
         return this.documentEvent(tenantId, 'document.created', when);
@@ -71,6 +83,8 @@ class RawData {
         return this.indexJob(tenantId, when);
       case 'webhook_deliveries':
         return this.delivery(tenantId, when);
+      case 'answers':
+        return this.answer(tenantId, when);
     }
   }
 
@@ -281,7 +295,7 @@ describe('usage rollups, billing and the usage endpoints (postgres)', () => {
     const perDay: Array<Record<CounterColumn, number>> = [];
     for (const [index, day] of days.entries()) {
       const counts = {} as Record<CounterColumn, number>;
-      for (const [position, column] of COUNTER_COLUMNS.entries()) {
+      for (const [position, column] of COUNTED_ROWS.entries()) {
         const count = ((index * 7 + position * 3) % 5) + (column === 'searches' ? 4 : 0);
         counts[column] = count;
         expected[column] += count;
@@ -290,10 +304,14 @@ describe('usage rollups, billing and the usage endpoints (postgres)', () => {
           await raw.add(tenant.id, column, at(day, `${String(Math.floor(minute / 60)).padStart(2, '0')}:${String(minute % 60).padStart(2, '0')}:00.000`));
         }
       }
+      counts.answer_prompt_tokens = counts.answers * ANSWER_TOKENS.prompt;
+      counts.answer_completion_tokens = counts.answers * ANSWER_TOKENS.completion;
       perDay.push(counts);
     }
+    expected.answer_prompt_tokens = expected.answers * ANSWER_TOKENS.prompt;
+    expected.answer_completion_tokens = expected.answers * ANSWER_TOKENS.completion;
     // Rows on the neighbouring days, outside the statement.
-    for (const column of COUNTER_COLUMNS) {
+    for (const column of COUNTED_ROWS) {
       await raw.add(tenant.id, column, at(addDays(days[0], -1), '23:59:59.999'));
       await raw.add(tenant.id, column, at(addDays(days[3], 1), '00:00:00.000'));
     }
@@ -310,14 +328,19 @@ describe('usage rollups, billing and the usage endpoints (postgres)', () => {
     // What the raw tables hold for the period, counted independently of the rollup.
     const from = at(days[0], '00:00:00.000');
     const until = at(addDays(days[3], 1), '00:00:00.000');
-    const count = async (table: string, where: Record<string, string> = {}) =>
-      Number((await owner(table).where({ tenant_id: tenant.id, ...where }).where('created_at', '>=', from).where('created_at', '<', until).count({ n: '*' }))[0].n);
+    const inPeriod = (table: string, where: Record<string, string> = {}) =>
+      owner(table).where({ tenant_id: tenant.id, ...where }).where('created_at', '>=', from).where('created_at', '<', until);
+    const count = async (table: string, where: Record<string, string> = {}) => Number((await inPeriod(table, where).count({ n: '*' }))[0].n);
+    const sum = async (table: string, column: string) => Number((await inPeriod(table).sum({ n: column }))[0].n);
     expect({
       documents_created: await count('webhook_events', { type: 'document.created' }),
       documents_deleted: await count('webhook_events', { type: 'document.deleted' }),
       searches: await count('search_events'),
       index_jobs: await count('index_jobs'),
       webhook_deliveries: await count('webhook_deliveries'),
+      answers: await count('answer_events'),
+      answer_prompt_tokens: await sum('answer_events', 'prompt_tokens'),
+      answer_completion_tokens: await sum('answer_events', 'completion_tokens'),
     }).toEqual(expected);
 
     const json = await stack.operator('get', `/api/admin/tenants/${tenant.slug}/billing?start=${days[0]}&end=${days[3]}&format=json`).expect(200);
@@ -387,6 +410,7 @@ describe('usage rollups, billing and the usage endpoints (postgres)', () => {
         documents: { used: 2, limit: 100, remaining: 98 },
         storage_mb: { used: 0.001, used_bytes: bytes, limit: 100, remaining: 99.999 },
         searches_per_day: { used: 2, limit: 1_000, remaining: 998 },
+        answers_per_day: { used: 0, limit: 50, remaining: 50 },
         api_keys: { used: 1, limit: 2, remaining: 1 },
         webhook_endpoints: { used: 1, limit: 1, remaining: 0 },
       },
@@ -467,7 +491,7 @@ describe('usage reconciliation and the scheduled rollup (postgres, through the u
     const tenant = await tenantSince(stack, owner, 20);
     tenantId = tenant.id;
     for (const day of [d1, d2]) {
-      for (const column of COUNTER_COLUMNS) {
+      for (const column of COUNTED_ROWS) {
         await raw.add(tenant.id, column, at(day, '09:00:00.000'));
         await raw.add(tenant.id, column, at(day, '21:00:00.000'));
       }

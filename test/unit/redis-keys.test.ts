@@ -7,7 +7,7 @@ import { takeBudgets } from '../../src/budgets';
 import { streamKey } from '../../src/domain/analytics/stream';
 import { SearchCache } from '../../src/domain/cache/search-cache';
 import { SearchRecorder } from '../../src/domain/search/record';
-import { DailySearchQuota } from '../../src/domain/tenants/search-quota';
+import { DailyQuota } from '../../src/domain/tenants/daily-quota';
 import { SuspensionHold } from '../../src/domain/tenants/suspension';
 import { EndpointSlots, slotTimings } from '../../src/domain/webhooks/fairness';
 import { rateLimitKeys } from '../../src/http/rate-limit';
@@ -63,7 +63,7 @@ describe('tenant and endpoint keys', () => {
     await cache.getOrComputeStable(tenant, 'embedding:m', ['q'], async () => [0.1]);
     await cache.invalidate(tenant);
     const rateLimits = rateLimitKeys(prefix, tenant, 'key-1');
-    const quota = new DailySearchQuota(redis, prefix).budget(tenant, null);
+    const quota = new DailyQuota(redis, prefix, 'searches_per_day').budget(tenant, null);
     const limits = [rateLimits.tenant, rateLimits.key].map((key) => ({ key, limit: 10, windowMs: 60_000 }));
     await takeBudgets(redis, [...limits, quota], [cache.generationRead(tenant)]);
     const dropped: number[] = [];

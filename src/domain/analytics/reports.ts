@@ -111,6 +111,55 @@ export async function searchStats(db: Knex, tenantId: string, days: number) {
   });
 }
 
+/**
+ * Answers over the last `days` days: how many (and how many from the
+ * cache), their latency, the share that cited none of their passages (the
+ * model could not answer from them, or ignored the instruction to cite),
+ * the tokens they spent, the feedback, and the latest answers rated down
+ * with their comments.
+ */
+export async function answerStats(db: Knex, tenantId: string, days: number) {
+  return withTenant(db, tenantId, async (trx) => {
+    const since = daysAgo(trx, days);
+    const totals = await trx('answer_events')
+      .where({ tenant_id: tenantId })
+      .where('created_at', '>=', since)
+      .first(
+        trx.raw('count(*)::int as total_answers'),
+        trx.raw('count(*) filter (where cached)::int as cached_answers'),
+        trx.raw('count(*) filter (where cited = 0)::int as uncited_answers'),
+        trx.raw('coalesce(avg(took_ms), 0)::float8 as average_latency_ms'),
+        trx.raw('coalesce(sum(prompt_tokens), 0)::int8 as prompt_tokens'),
+        trx.raw('coalesce(sum(completion_tokens), 0)::int8 as completion_tokens'),
+        trx.raw(`count(*) filter (where rating = 'up')::int as rated_up`),
+        trx.raw(`count(*) filter (where rating = 'down')::int as rated_down`),
+      );
+    const ratedDown = await trx('answer_events')
+      .select('query_id', 'question', 'feedback_comment as comment', 'feedback_at')
+      .where({ tenant_id: tenantId, rating: 'down' })
+      .where('created_at', '>=', since)
+      .orderBy('feedback_at', 'desc')
+      .limit(10);
+    const total = Number(totals.total_answers);
+    return {
+      days,
+      total_answers: total,
+      cached_answers: Number(totals.cached_answers),
+      average_latency_ms: Number(totals.average_latency_ms),
+      no_citation_rate: total > 0 ? Number(totals.uncited_answers) / total : null,
+      prompt_tokens: Number(totals.prompt_tokens),
+      completion_tokens: Number(totals.completion_tokens),
+      feedback: { up: Number(totals.rated_up), down: Number(totals.rated_down) },
+      recent_down: ratedDown.map((row: { query_id: string; question: string; comment: string | null; feedback_at: Date }) => ({
+        query_id: row.query_id,
+        question: row.question,
+        comment: row.comment,
+        rated_at: row.feedback_at.toISOString(),
+      })),
+    };
+  });
+}
+
 /** At most this many buckets per time series. */
 const MAX_BUCKETS = 5_000;
 

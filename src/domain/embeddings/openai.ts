@@ -1,5 +1,5 @@
 import { fetch } from 'undici';
-import { bodyExcerpt, describeNetworkError, endpointLabel } from '../providers/http';
+import { backoffMs, bodyExcerpt, DEFAULT_RETRY_BASE_MS, describeNetworkError, endpointLabel, parseRetryAfter, sleep, transientStatus } from '../providers/http';
 import { EmbeddingError, type Embedder } from './embedder';
 
 export interface OpenAiEmbedderOptions {
@@ -18,9 +18,6 @@ export interface OpenAiEmbedderOptions {
   retryBaseMs?: number;
 }
 
-const DEFAULT_RETRY_BASE_MS = 500;
-const RETRY_CAP_MS = 10_000;
-const RETRY_AFTER_CAP_MS = 30_000;
 
 type Attempt = { ok: true; vectors: number[][] } | { ok: false; problem: string; retryAfterMs?: number; cause?: unknown };
 
@@ -136,48 +133,4 @@ export function createOpenAiEmbedder(o: OpenAiEmbedderOptions): Embedder {
       return vectors;
     },
   };
-}
-
-/**
- * Answers that say "not now" rather than "never": a timeout, rate limiting,
- * a server or gateway failing. Only these are retried, here and (for over an
- * hour) by the indexing queue; any other 4xx fails the document at once.
- */
-function transientStatus(status: number): boolean {
-  return status === 408 || status === 429 || status >= 500;
-}
-
-/** Exponential with jitter, so workers that failed together do not retry in lockstep. */
-function backoffMs(baseMs: number, retry: number): number {
-  const ceiling = Math.min(RETRY_CAP_MS, baseMs * 2 ** retry);
-  return ceiling / 2 + Math.random() * (ceiling / 2);
-}
-
-/** Delay requested by a Retry-After header (seconds or HTTP-date), capped; undefined when absent or unparseable. */
-function parseRetryAfter(value: string | null, now: number): number | undefined {
-  if (value === null) return undefined;
-  const trimmed = value.trim();
-  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.min(RETRY_AFTER_CAP_MS, Number(trimmed) * 1000);
-  const date = Date.parse(trimmed);
-  if (Number.isNaN(date)) return undefined;
-  return Math.min(RETRY_AFTER_CAP_MS, Math.max(0, date - now));
-}
-
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

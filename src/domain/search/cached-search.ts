@@ -69,13 +69,27 @@ export async function cachedSearch(
 async function retrieved(cache: SearchCache, deps: SearchDeps, tenantId: string, request: SearchRequest, seen: SeenInRedis): Promise<SearchResponse & { cached: boolean }> {
   const marks = seen.writes == null ? null : readWriteMarks(seen.writes);
   if (marks?.lapsed) cache.settleWrites(tenantId, marks.value, () => deps.replica?.primaryLsn() ?? Promise.resolve(null));
-  const compute = () => searchWhereCurrent(cache, deps, tenantId, request, marks);
-  // A write in flight may be visible on the primary already, and no cached answer has it.
-  const { value, cached } =
-    marks?.inFlight || marks?.lapsed
-      ? { value: await compute(), cached: false }
-      : await cache.getOrCompute(tenantId, 'search', normaliseRequest(request), compute, seen.generation);
+  const { value, cached } = await cachedUnderGeneration(cache, tenantId, 'search', normaliseRequest(request), () => searchWhereCurrent(cache, deps, tenantId, request, marks), seen);
   return { ...value, cached };
+}
+
+/**
+ * A value that depends on the tenant's index (a search, an answer from its
+ * passages), through the cache under the tenant's index generation — except
+ * while a write is in flight or not yet settled: what is computed then may
+ * see it already, and no cached value does.
+ */
+export async function cachedUnderGeneration<T>(
+  cache: SearchCache,
+  tenantId: string,
+  namespace: string,
+  request: unknown,
+  compute: () => Promise<T>,
+  seen: SeenInRedis,
+): Promise<{ value: T; cached: boolean }> {
+  const marks = seen.writes == null ? null : readWriteMarks(seen.writes);
+  if (marks?.inFlight || marks?.lapsed) return { value: await compute(), cached: false };
+  return cache.getOrCompute(tenantId, namespace, request, compute, seen.generation);
 }
 
 /**

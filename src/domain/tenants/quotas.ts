@@ -3,7 +3,7 @@ import { AppError } from '../../errors';
 import { withTenant } from '../../db/tenant-scope';
 import { recordEvent, type EventSink } from '../webhooks/events';
 
-export const QUOTA_NAMES = ['documents', 'storage_mb', 'searches_per_day', 'api_keys', 'webhook_endpoints'] as const;
+export const QUOTA_NAMES = ['documents', 'storage_mb', 'searches_per_day', 'answers_per_day', 'api_keys', 'webhook_endpoints'] as const;
 export type QuotaName = (typeof QUOTA_NAMES)[number];
 /** A limit per quota; `null` means none. */
 export type Quotas = Record<QuotaName, number | null>;
@@ -11,10 +11,10 @@ export type Quotas = Record<QuotaName, number | null>;
 export type QuotaOverrides = Partial<Record<QuotaName, number | 'unlimited'>>;
 
 export const TIER_QUOTAS = {
-  free: { documents: 100, storage_mb: 100, searches_per_day: 1_000, api_keys: 2, webhook_endpoints: 1 },
-  standard: { documents: 10_000, storage_mb: 10_240, searches_per_day: 100_000, api_keys: 10, webhook_endpoints: 5 },
-  enterprise: { documents: 1_000_000, storage_mb: 1_048_576, searches_per_day: 10_000_000, api_keys: 100, webhook_endpoints: 50 },
-  unlimited: { documents: null, storage_mb: null, searches_per_day: null, api_keys: null, webhook_endpoints: null },
+  free: { documents: 100, storage_mb: 100, searches_per_day: 1_000, answers_per_day: 50, api_keys: 2, webhook_endpoints: 1 },
+  standard: { documents: 10_000, storage_mb: 10_240, searches_per_day: 100_000, answers_per_day: 5_000, api_keys: 10, webhook_endpoints: 5 },
+  enterprise: { documents: 1_000_000, storage_mb: 1_048_576, searches_per_day: 10_000_000, answers_per_day: 500_000, api_keys: 100, webhook_endpoints: 50 },
+  unlimited: { documents: null, storage_mb: null, searches_per_day: null, answers_per_day: null, api_keys: null, webhook_endpoints: null },
 } as const satisfies Record<string, Quotas>;
 
 export type Tier = keyof typeof TIER_QUOTAS;
@@ -35,7 +35,7 @@ export const BYTES_PER_MB = 1024 * 1024;
 
 /**
  * Refusal of an operation that would pass a quota. Capacity quotas answer
- * 403 (waiting will not help); the daily search quota answers 429 with
+ * 403 (waiting will not help); the daily search and answer quotas answer 429 with
  * Retry-After until the next UTC midnight.
  */
 export class QuotaExceededError extends AppError {

@@ -2,7 +2,16 @@ import type { Knex } from 'knex';
 import { addDays, startOf } from './days';
 
 /** Counted per UTC day from the timestamps of their source rows. */
-export const COUNTERS = ['documents_created', 'documents_deleted', 'searches', 'index_jobs', 'webhook_deliveries'] as const;
+export const COUNTERS = [
+  'documents_created',
+  'documents_deleted',
+  'searches',
+  'index_jobs',
+  'webhook_deliveries',
+  'answers',
+  'answer_prompt_tokens',
+  'answer_completion_tokens',
+] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
 
@@ -11,21 +20,26 @@ export const GAUGES = ['documents', 'storage_bytes', 'chunks'] as const;
 export type GaugeName = (typeof GAUGES)[number];
 export type Gauges = Record<GaugeName, number>;
 
-export const zeroCounters = (): Counters => ({ documents_created: 0, documents_deleted: 0, searches: 0, index_jobs: 0, webhook_deliveries: 0 });
+export const zeroCounters = (): Counters => Object.fromEntries(COUNTERS.map((counter) => [counter, 0])) as Counters;
 
 /**
  * Where each counter comes from. Documents are counted from the
  * `document.created` / `document.deleted` events, which are stored in the
  * same transaction as the change, one per document, whether or not any
  * endpoint subscribes; searches from the analytics events, which may arrive
- * late; deliveries of any origin (event, redelivery, replay, test).
+ * late; deliveries of any origin (event, redelivery, replay, test); answers
+ * and the model tokens they spent (none for one answered from the cache)
+ * from the answer events.
  */
-const SOURCES: ReadonlyArray<{ counter: CounterName; table: string; where?: string }> = [
+const SOURCES: ReadonlyArray<{ counter: CounterName; table: string; where?: string; value?: string }> = [
   { counter: 'documents_created', table: 'webhook_events', where: `type = 'document.created'` },
   { counter: 'documents_deleted', table: 'webhook_events', where: `type = 'document.deleted'` },
   { counter: 'searches', table: 'search_events' },
   { counter: 'index_jobs', table: 'index_jobs' },
   { counter: 'webhook_deliveries', table: 'webhook_deliveries' },
+  { counter: 'answers', table: 'answer_events' },
+  { counter: 'answer_prompt_tokens', table: 'answer_events', value: 'sum(prompt_tokens)' },
+  { counter: 'answer_completion_tokens', table: 'answer_events', value: 'sum(completion_tokens)' },
 ];
 
 /**
@@ -38,7 +52,7 @@ export async function countersByDay(trx: Knex.Transaction, tenantId: string, fir
   const from = startOf(first).toISOString();
   const until = startOf(addDays(last, 1)).toISOString();
   const selects = SOURCES.map(
-    (source) => `select '${source.counter}' as counter, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day, count(*) as count
+    (source) => `select '${source.counter}' as counter, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day, ${source.value ?? 'count(*)'} as count
                    from ${source.table}
                   where tenant_id = :tenantId and created_at >= cast(:from as timestamptz) and created_at < cast(:until as timestamptz)${source.where ? ` and ${source.where}` : ''}
                   group by 2`,

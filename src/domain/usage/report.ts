@@ -5,18 +5,16 @@ import { BYTES_PER_MB, QUOTA_NAMES, type QuotaName, type Quotas } from '../tenan
 import { COUNTERS, GAUGES, type CounterName, type GaugeName } from './counters';
 import { dayCount, dayOf, laterDay } from './days';
 import { usableKeys } from '../apikeys/apikeys';
+import type { DailyQuotaName } from '../tenants/daily-quota';
 
 /** One stored day of usage. */
-export interface UsageDay {
+export type UsageDay = UsageDayFields & Record<CounterName, number>;
+
+interface UsageDayFields {
   day: string;
   closed: boolean;
   closed_at: string | null;
   computed_at: string;
-  documents_created: number;
-  documents_deleted: number;
-  searches: number;
-  index_jobs: number;
-  webhook_deliveries: number;
   documents: number | null;
   storage_bytes: number | null;
   chunks: number | null;
@@ -47,11 +45,7 @@ function toUsageDay(row: Record<string, unknown>): UsageDay {
     closed: row.closed_at !== null,
     closed_at: iso(row.closed_at as Date | null),
     computed_at: iso(row.computed_at as Date)!,
-    documents_created: Number(row.documents_created),
-    documents_deleted: Number(row.documents_deleted),
-    searches: Number(row.searches),
-    index_jobs: Number(row.index_jobs),
-    webhook_deliveries: Number(row.webhook_deliveries),
+    ...(Object.fromEntries(COUNTERS.map((counter) => [counter, Number(row[counter])])) as Record<CounterName, number>),
     documents: nullableNumber(row.documents),
     storage_bytes: nullableNumber(row.storage_bytes),
     chunks: nullableNumber(row.chunks),
@@ -71,10 +65,15 @@ function quota(used: number, limit: number | null): QuotaUsage {
 
 /**
  * Current use of each quota against the tenant's limits. Documents and
- * storage come from the trigger-kept counters, searches from today's Redis
- * counter (`searchesToday`), keys that are not revoked, and endpoints.
+ * storage come from the trigger-kept counters, searches and answers from
+ * today's Redis counters (`usedToday`), keys that are not revoked, and endpoints.
  */
-export async function usageSnapshot(db: Knex, tenant: { id: string; quotas: Quotas }, searchesToday: number, now = new Date()): Promise<UsageSnapshot> {
+export async function usageSnapshot(
+  db: Knex,
+  tenant: { id: string; quotas: Quotas },
+  usedToday: Record<DailyQuotaName, number>,
+  now = new Date(),
+): Promise<UsageSnapshot> {
   const day = dayOf(now);
   return withTenant(db, tenant.id, async (trx) => {
     const held = await trx('tenant_usage').first('documents', 'storage_bytes').where({ tenant_id: tenant.id });
@@ -85,7 +84,7 @@ export async function usageSnapshot(db: Knex, tenant: { id: string; quotas: Quot
     const used: Record<QuotaName, number> = {
       documents: Number(held?.documents ?? 0),
       storage_mb: Math.ceil((storageBytes / BYTES_PER_MB) * 1000) / 1000,
-      searches_per_day: searchesToday,
+      ...usedToday,
       api_keys: Number(keys?.count ?? 0),
       webhook_endpoints: Number(endpoints?.count ?? 0),
     };

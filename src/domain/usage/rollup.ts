@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { withTenant } from '../../db/tenant-scope';
 import { TIER_RETENTION_DAYS, type Tier } from '../tenants/quotas';
-import { countersByDay, currentGauges, type Counters, type Gauges } from './counters';
+import { COUNTERS, countersByDay, currentGauges, type Counters, type Gauges } from './counters';
 import { addDays, closesAt, dayOf, daysFrom, firstWholeDay, laterDay } from './days';
 
 /**
@@ -118,18 +118,14 @@ async function upsertDays(trx: Knex.Transaction, tenantId: string, rows: DayRow[
     or (excluded.closed_at is null and excluded.gauges_sampled_at >= u.gauges_sampled_at))`;
   const gauge = (column: string) => `${column} = case when ${takeSample} then excluded.${column} else u.${column} end`;
   const result = await trx.raw(
-    `insert into usage_daily as u (tenant_id, day, documents_created, documents_deleted, searches, index_jobs, webhook_deliveries,
+    `insert into usage_daily as u (tenant_id, day, ${COUNTERS.join(', ')},
                                    documents, storage_bytes, chunks, gauges_sampled_at, computed_at, closed_at)
-     select :tenantId, r.day, r.documents_created, r.documents_deleted, r.searches, r.index_jobs, r.webhook_deliveries,
+     select :tenantId, r.day, ${COUNTERS.map((counter) => `r.${counter}`).join(', ')},
             r.documents, r.storage_bytes, r.chunks, r.sampled_at, cast(:now as timestamptz), case when r.close then cast(:now as timestamptz) end
-       from jsonb_to_recordset(cast(:rows as jsonb)) as r(day date, documents_created bigint, documents_deleted bigint, searches bigint,
-            index_jobs bigint, webhook_deliveries bigint, documents bigint, storage_bytes bigint, chunks bigint, sampled_at timestamptz, close boolean)
+       from jsonb_to_recordset(cast(:rows as jsonb)) as r(day date, ${COUNTERS.map((counter) => `${counter} bigint`).join(', ')},
+            documents bigint, storage_bytes bigint, chunks bigint, sampled_at timestamptz, close boolean)
      on conflict (tenant_id, day) do update set
-            documents_created = excluded.documents_created,
-            documents_deleted = excluded.documents_deleted,
-            searches = excluded.searches,
-            index_jobs = excluded.index_jobs,
-            webhook_deliveries = excluded.webhook_deliveries,
+            ${COUNTERS.map((counter) => `${counter} = excluded.${counter}`).join(',\n            ')},
             ${gauge('documents')},
             ${gauge('storage_bytes')},
             ${gauge('chunks')},

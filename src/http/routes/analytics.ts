@@ -2,6 +2,7 @@ import type { Response } from 'express';
 import { z } from 'zod';
 import { badRequest } from '../../errors';
 import {
+  answerStats,
   EXPORT_COLUMNS,
   exportEvents,
   noResultQueries,
@@ -74,6 +75,12 @@ export function analyticsRoutes(api: Api): void {
     query: z.object({ days }),
     responses: { 200: { description: 'Totals' } },
     handler: async ({ query, ctx, platform }) => ({ status: 200, body: await platform.reportRead((db) => searchStats(db, ctx.tenant!.id, query.days)) }),
+  });
+  api.add({
+    method: 'get', path: '/api/admin/analytics/answers', operationId: 'getAnswerStats', summary: 'Answers: count, latency, no-citation rate, tokens, feedback and the latest answers rated down', tag, auth,
+    query: z.object({ days }),
+    responses: { 200: { description: 'Totals' } },
+    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await platform.reportRead((db) => answerStats(db, ctx.tenant!.id, query.days)) }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/timeseries', operationId: 'getSearchTimeseries', summary: 'Searches per hour or day, empty buckets included', tag, auth,

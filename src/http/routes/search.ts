@@ -13,8 +13,8 @@ import { searchBody, searchQuery, searchResponseSchema } from '../schemas';
 const tag = 'Search';
 const auth = { scope: 'search', tenant: 'required' } as const;
 
-/** The user a search is attributed to: `user_id` in the body, else the X-User-Id header. */
-function userOf(req: Request, fromBody: string | undefined): string | null {
+/** The user a search or answer is attributed to: `user_id` in the body, else the X-User-Id header. */
+export function userOf(req: Request, fromBody: string | undefined): string | null {
   const header = req.get('x-user-id')?.trim();
   const user = fromBody ?? (header && header.length <= 200 && !header.includes('\u0000') ? header : undefined);
   return user ?? null;
@@ -30,16 +30,18 @@ function userOf(req: Request, fromBody: string | undefined): string | null {
  */
 function searchAdmission(ctx: RequestContext, platform: Platform): AdmissionNeeds {
   const tenant = ctx.tenant!;
-  const { cache, config } = platform;
-  const marksMatter = config.CACHE_ENABLED || platform.db.replica !== null;
-  return {
-    budgets: [platform.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)],
-    reads: [...(config.CACHE_ENABLED ? [cache.generationRead(tenant.id)] : []), ...(marksMatter ? [cache.writesRead(tenant.id)] : [])],
-  };
+  return { budgets: [platform.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)], reads: indexReads(tenant.id, platform) };
 }
 
-/** The values searchAdmission asked for, as read: undefined when not asked, null when Redis did not answer. */
-function seenInRedis(platform: Platform, admission: Admission): SeenInRedis {
+/** What a request that searches the tenant's index reads at admission: its cache generation and write marks, as far as they matter. */
+export function indexReads(tenantId: string, platform: Platform): AdmissionNeeds['reads'] {
+  const { cache, config } = platform;
+  const marksMatter = config.CACHE_ENABLED || platform.db.replica !== null;
+  return [...(config.CACHE_ENABLED ? [cache.generationRead(tenantId)] : []), ...(marksMatter ? [cache.writesRead(tenantId)] : [])];
+}
+
+/** The values indexReads asked for, as read: undefined when not asked, null when Redis did not answer. */
+export function seenInRedis(platform: Platform, admission: Admission): SeenInRedis {
   const values = admission.values;
   if (values === null) return { generation: platform.config.CACHE_ENABLED ? null : undefined, writes: null };
   return platform.config.CACHE_ENABLED ? { generation: values[0], writes: values[1] } : { writes: values[0] };

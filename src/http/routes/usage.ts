@@ -22,11 +22,7 @@ const usageDay = z.object({
   closed: z.boolean().describe('true: final, never recomputed'),
   closed_at: z.string().nullable(),
   computed_at: z.string().describe('the scheduler tick of the run that last wrote the row'),
-  documents_created: z.number(),
-  documents_deleted: z.number(),
-  searches: z.number(),
-  index_jobs: z.number(),
-  webhook_deliveries: z.number(),
+  ...Object.fromEntries(COUNTERS.map((counter) => [counter, z.number()])),
   documents: z.number().nullable().describe('gauge: documents held at the last sample'),
   storage_bytes: z.number().nullable().describe('gauge: bytes held at the last sample'),
   chunks: z.number().nullable().describe('gauge: chunks held at the last sample'),
@@ -40,6 +36,7 @@ const usageSnapshotSchema = z.object({
     documents: quotaUsage,
     storage_mb: quotaUsage.extend({ used_bytes: z.number() }),
     searches_per_day: quotaUsage,
+    answers_per_day: quotaUsage,
     api_keys: quotaUsage,
     webhook_endpoints: quotaUsage,
   }),
@@ -82,7 +79,7 @@ function billingCsv(statement: BillingStatement): string {
 }
 
 async function snapshotOf(platform: Platform, tenant: Tenant) {
-  return usageSnapshot(platform.db.knex, tenant, await platform.searchQuota.used(tenant.id));
+  return usageSnapshot(platform.db.knex, tenant, { searches_per_day: await platform.searchQuota.used(tenant.id), answers_per_day: await platform.answerQuota.used(tenant.id) });
 }
 
 export function usageRoutes(api: Api): void {

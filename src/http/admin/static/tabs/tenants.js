@@ -9,6 +9,7 @@ const QUOTAS = [
   ['documents', 'Documents'],
   ['storage_mb', 'Storage (MB)'],
   ['searches_per_day', 'Searches today'],
+  ['answers_per_day', 'Answers today'],
   ['api_keys', 'API keys'],
   ['webhook_endpoints', 'Webhook endpoints'],
 ];
