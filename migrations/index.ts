@@ -12,6 +12,7 @@ import * as audit from './20261126000009_audit';
 import * as documentErrorCode from './20261126000011_document_error_code';
 import * as searchTerms from './20261204000012_search_terms';
 import * as answers from './20261204000013_answers';
+import * as uploads from './20261204000014_uploads';
 
 /**
  * Every migration in order. Named without a file extension so the names
@@ -31,4 +32,5 @@ export const migrations: ReadonlyArray<{ name: string; migration: Knex.Migration
   { name: '20261126000011_document_error_code', migration: documentErrorCode },
   { name: '20261204000012_search_terms', migration: searchTerms },
   { name: '20261204000013_answers', migration: answers },
+  { name: '20261204000014_uploads', migration: uploads },
 ];

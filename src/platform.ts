@@ -308,6 +308,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
       textSearchConfig: config.SEARCH_TEXT_CONFIG,
       vectorSearch: vector.available,
       embedBatchSize: config.EMBEDDINGS_BATCH_SIZE,
+      fileLimits: { maxPages: config.UPLOAD_MAX_PAGES, maxExpandedBytes: config.UPLOAD_MAX_EXPANDED_BYTES },
     }),
     async close() {
       health.stop();

@@ -1,7 +1,7 @@
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, indexingQueue, indexingRetryDelayMs } from '../queues/indexing';
 import { EmbeddingError } from '../src/domain/embeddings/embedder';
 import { DocumentTooComplexError } from '../src/domain/indexing/cpu-pool';
-import { failIndexing, indexDocument, warmIndexingCpu } from '../src/domain/indexing/indexer';
+import { failIndexing, FileRejectedError, indexDocument, warmIndexingCpu } from '../src/domain/indexing/indexer';
 import { defineProcessor } from './processor';
 
 export const indexingProcessor = defineProcessor({
@@ -16,8 +16,8 @@ export const indexingProcessor = defineProcessor({
     return result;
   },
   attemptsFor(error) {
-    // Trying again would burn the same CPU, or meet the same refusal from the provider.
-    if (error instanceof DocumentTooComplexError || (error instanceof EmbeddingError && !error.retryable)) return 1;
+    // Trying again would burn the same CPU, read the same file, or meet the same refusal from the provider.
+    if (error instanceof DocumentTooComplexError || error instanceof FileRejectedError || (error instanceof EmbeddingError && !error.retryable)) return 1;
     // Only a provider that is away gets the hour-long tail of the schedule.
     return error instanceof EmbeddingError ? Number.POSITIVE_INFINITY : INDEXING_ATTEMPTS_FOR_OTHER_ERRORS;
   },

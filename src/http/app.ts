@@ -21,6 +21,7 @@ import { indexingRoutes } from './routes/indexing';
 import { jobRoutes } from './routes/jobs';
 import { metricsSummaryRoutes } from './routes/metrics-summary';
 import { searchRoutes } from './routes/search';
+import { uploadRoutes } from './routes/uploads';
 import { answerRoutes } from './routes/answers';
 import { tenantRoutes } from './routes/tenants';
 import { usageRoutes } from './routes/usage';
@@ -42,6 +43,7 @@ export function createApp(platform: Platform): express.Express {
   answerRoutes(api);
   healthRoutes(api);
   tenantRoutes(api);
+  uploadRoutes(api);
   documentRoutes(api);
   indexingRoutes(api);
   jobRoutes(api);
@@ -100,10 +102,11 @@ function swaggerUiPath(): string {
   return path.dirname(require.resolve('swagger-ui-dist/package.json'));
 }
 
-/** A body must be JSON; bodiless requests pass. */
+/** A body must be JSON, but for the upload's form (its route reads it as it streams); bodiless requests pass. */
 const requireJsonBodies: RequestHandler = (req, _res, next) => {
   const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
-  if (hasBody && !req.is(['application/json', 'application/*+json'])) {
+  const upload = req.method === 'POST' && req.path === '/documents/upload';
+  if (hasBody && !upload && !req.is(['application/json', 'application/*+json'])) {
     next(new AppError(415, 'unsupported_media_type', 'Send the body as JSON with "Content-Type: application/json".'));
     return;
   }

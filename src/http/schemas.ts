@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { SCOPES } from '../domain/apikeys/apikeys';
-import { CONTENT_TYPES, DOCUMENT_ERROR_CODES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
+import { CONTENT_TYPES, TEXT_CONTENT_TYPES, DOCUMENT_ERROR_CODES, DOCUMENT_LIMITS, DOCUMENT_STATUSES } from '../domain/documents/documents';
 import { INDEX_JOB_STATUSES } from '../domain/indexing/jobs';
 import { SEARCH_LIMITS, SEARCH_MODES } from '../domain/search/search';
 import { QUOTA_NAMES } from '../domain/tenants/quotas';
@@ -144,7 +144,7 @@ export const documentInput = z
   .object({
     title: safeString({ min: 1, max: DOCUMENT_LIMITS.titleChars, trim: true }),
     content: z.string().min(1).refine(withoutNul, NUL_MESSAGE).refine((value) => value.trim().length > 0, 'must not be blank'),
-    content_type: z.enum(CONTENT_TYPES).default('markdown'),
+    content_type: z.enum(TEXT_CONTENT_TYPES).default('markdown'),
     tags: z.array(safeString({ min: 1, max: DOCUMENT_LIMITS.tagChars, trim: true })).max(DOCUMENT_LIMITS.tags).default([]),
     metadata: metadataSchema.default({}),
     source_url: httpUrl.nullable().optional(),
@@ -322,6 +322,7 @@ export const searchResponseSchema = z.object({
       content: z.string(),
       snippet: z.string().describe('The best passage with matched terms inside <mark>…</mark>'),
       heading: z.string().nullable(),
+      page: z.number().int().nullable().describe('The page of an uploaded PDF the passage begins on; null otherwise'),
       score: z.number(),
       tags: z.array(z.string()),
       content_type: z.enum(CONTENT_TYPES),

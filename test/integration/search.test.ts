@@ -573,7 +573,7 @@ describe('search on PGlite (pgvector)', () => {
       ['an unknown mode', { query: 'compost', mode: 'fuzzy' }],
       ['an unknown filter', { query: 'compost', filters: { author: 'me' } }],
       ['an unknown field', { query: 'compost', order_by: 'score; drop table chunks' }],
-      ['an unknown content type filter', { query: 'compost', filters: { content_type: 'pdf' } }],
+      ['an unknown content type filter', { query: 'compost', filters: { content_type: 'spreadsheet' } }],
       ['tags that are not strings', { query: 'compost', filters: { tags: [1, 2] } }],
       ['a date that is not a date', { query: 'compost', filters: { created_from: "yesterday'; --" } }],
     ];

@@ -17,6 +17,8 @@ export interface Citation {
   document_id: string;
   chunk_id: string;
   title: string;
+  /** The page of an uploaded PDF the passage begins on; absent for other documents. */
+  page?: number;
   snippet: string;
 }
 
@@ -68,7 +70,7 @@ export const SYSTEM_PROMPT = [
  */
 export function answerPrompt(question: string, passages: readonly SearchResult[]): ChatMessage[] {
   const quoted = passages
-    .map((passage, index) => `[${index + 1}] ${JSON.stringify({ title: passage.title, heading: passage.heading, text: passage.content }).replace(/</g, '\\u003c').replace(/>/g, '\\u003e')}`)
+    .map((passage, index) => `[${index + 1}] ${JSON.stringify({ title: passage.title, heading: passage.heading, ...(passage.page === null ? {} : { page: passage.page }), text: passage.content }).replace(/</g, '\\u003c').replace(/>/g, '\\u003e')}`)
     .join('\n');
   return [
     { role: 'system', content: SYSTEM_PROMPT },
@@ -100,7 +102,14 @@ export async function answerQuestion(deps: AnswerDeps, tenantId: string, request
   }
   const retrieval = await cachedSearch(deps.cache, deps.search, tenantId, request, seen);
   const passages = retrieval.results;
-  const citations = passages.map((passage, index) => ({ n: index + 1, document_id: passage.document_id, chunk_id: passage.chunk_id, title: passage.title, snippet: passage.snippet }));
+  const citations = passages.map((passage, index) => ({
+    n: index + 1,
+    document_id: passage.document_id,
+    chunk_id: passage.chunk_id,
+    title: passage.title,
+    ...(passage.page === null ? {} : { page: passage.page }),
+    snippet: passage.snippet,
+  }));
   hooks.onCitations?.(citations);
   const question = normaliseRequest(request).query;
   const written = await cachedUnderGeneration(

@@ -31,6 +31,8 @@ export interface Chunk {
   heading: string | null;
   charStart: number;
   charEnd: number;
+  /** The PDF page the chunk begins on; absent for every other kind of document. */
+  page?: number;
 }
 
 const HEADING_SEPARATOR = ' > ';

@@ -3,6 +3,7 @@ import type { SearchVisibleWrites } from '../cache/write-marks';
 import type { Logger } from '../../logger';
 import { AppError, conflict, isUniqueViolation, notFound } from '../../errors';
 import type { ContentType } from '../chunking/chunker';
+import { FILE_ERROR_CODES, type BinaryKind } from '../files/extract';
 import { newId } from '../ids';
 import { withTenant } from '../../db/tenant-scope';
 import { assertDocumentCapacity, type Quotas } from '../tenants/quotas';
@@ -12,11 +13,15 @@ import { paginate, type Page, type PageRequest } from '../pagination';
 import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-events';
 import type { EventSink } from '../webhooks/events';
 
-export const CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
+/** What a document posted as JSON text may be. */
+export const TEXT_CONTENT_TYPES = ['markdown', 'text', 'code', 'html'] as const satisfies readonly ContentType[];
+/** Every kind of document: uploaded PDFs and DOCX files too, their text extracted on the workers. */
+export const CONTENT_TYPES = [...TEXT_CONTENT_TYPES, 'pdf', 'docx'] as const satisfies readonly DocumentContentType[];
+export type DocumentContentType = ContentType | BinaryKind;
 export const DOCUMENT_STATUSES = ['queued', 'processing', 'indexed', 'failed', 'canceled'] as const;
 export type DocumentStatus = (typeof DOCUMENT_STATUSES)[number];
 /** Why a document failed, for machines (`error` says it for people); null unless it failed. */
-export const DOCUMENT_ERROR_CODES = ['document_too_complex', 'embedding_failed', 'indexing_failed'] as const;
+export const DOCUMENT_ERROR_CODES = ['document_too_complex', 'embedding_failed', 'indexing_failed', ...FILE_ERROR_CODES] as const;
 export type DocumentErrorCode = (typeof DOCUMENT_ERROR_CODES)[number];
 
 export const DOCUMENT_LIMITS = {
@@ -30,11 +35,13 @@ export const DOCUMENT_LIMITS = {
 export interface DocumentInput {
   title: string;
   content: string;
-  content_type?: ContentType;
+  content_type?: DocumentContentType;
   tags?: string[];
   metadata?: Record<string, unknown>;
   source_url?: string | null;
   external_id?: string | null;
+  /** The uploaded original, kept beside the document; its size is what the storage quota counts. */
+  file?: { filename: string; mediaType: string; data: Buffer };
 }
 
 export interface DocumentChanges {
@@ -47,7 +54,7 @@ export interface DocumentChanges {
 export interface DocumentSummary {
   id: string;
   title: string;
-  content_type: ContentType;
+  content_type: DocumentContentType;
   tags: string[];
   metadata: Record<string, unknown>;
   source_url: string | null;
@@ -73,7 +80,7 @@ export interface DocumentRow {
   tenant_id: string;
   title: string;
   content: string;
-  content_type: ContentType;
+  content_type: DocumentContentType;
   tags: string[];
   metadata: Record<string, unknown>;
   source_url: string | null;
@@ -148,9 +155,14 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
     external_id: input.external_id ?? null,
     status: 'queued' as const,
     version: 1,
-    content_bytes: Buffer.byteLength(input.content, 'utf8'),
+    content_bytes: input.file ? input.file.data.length : Buffer.byteLength(input.content, 'utf8'),
     last_index_job_id: indexJobId,
   }));
+  const files = inputs.flatMap((input, index) =>
+    input.file
+      ? [{ document_id: rows[index].id, tenant_id: tenantId, filename: input.file.filename, media_type: input.file.mediaType, size_bytes: input.file.data.length, data: input.file.data }]
+      : [],
+  );
   assertUniqueExternalIds(rows);
   const inserted = await withTenant(deps.db, tenantId, async (trx) => {
     await assertDocumentCapacity(trx, tenantId, quotas, { documents: rows.length, bytes: rows.reduce((sum, row) => sum + row.content_bytes, 0) });
@@ -160,6 +172,7 @@ export async function createDocuments(deps: DocumentDeps, tenantId: string, inpu
       for (const slice of chunked(rows, 200)) {
         created.push(...(await trx<DocumentRow>('documents').insert(slice).returning([...SUMMARY_COLUMNS])));
       }
+      for (const file of files) await trx('document_files').insert(file);
       await createIndexJobRows(trx, tenantId, indexJobId, created.map((row) => ({ documentId: row.id, version: row.version })), false, deps.events);
       await recordDocumentEvents(trx, deps.events, tenantId, 'document.created', created);
       return created;
@@ -181,7 +194,7 @@ export async function getDocument(db: Knex, tenantId: string, documentId: string
 }
 
 export interface DocumentFilters {
-  content_type?: ContentType;
+  content_type?: DocumentContentType;
   tag?: string;
   status?: DocumentStatus;
 }

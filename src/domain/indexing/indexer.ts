@@ -9,6 +9,8 @@ import { newId } from '../ids';
 import { CpuPool, DocumentTooComplexError, type CpuPoolOptions } from './cpu-pool';
 import type { IndexingWork } from './dispatch';
 import { embeddingText, type PreparedDocument } from './prepare';
+import { isBinaryKind, readFileBytes } from '../files/files';
+import type { BinaryKind, ExtractionLimits, FileErrorCode } from '../files/extract';
 import { refreshIndexJob, refreshIndexJobUnlessBusy, settleIndexJob, type ItemStatus } from './jobs';
 import { recordDocumentEvent, recordDocumentEvents } from '../webhooks/document-events';
 import { rememberTerms } from '../search/vocabulary';
@@ -43,6 +45,20 @@ export interface IndexerDeps {
   /** False on a PostgreSQL without pgvector: chunks are stored for keyword search only. */
   vectorSearch: boolean;
   embedBatchSize: number;
+  /** Bounds on an uploaded PDF or DOCX (UPLOAD_MAX_PAGES, UPLOAD_MAX_EXPANDED_BYTES). */
+  fileLimits: ExtractionLimits;
+}
+
+/** An uploaded file that gives no text to index (encrypted, corrupt, a bomb, a scan): reading it again would give the same. */
+export class FileRejectedError extends Error {
+  override readonly name = 'FileRejectedError';
+
+  constructor(
+    readonly code: FileErrorCode,
+    message: string,
+  ) {
+    super(`${code}: ${message}`);
+  }
 }
 
 export type IndexOutcome =
@@ -76,20 +92,27 @@ async function claimPrepareAndStore(deps: IndexerDeps, work: IndexingWork, signa
   const document = claim.document;
 
   const embedInThread = deps.vectorSearch && deps.embedder.local === 'hashing';
-  const prepared = await deps.cpu.run(
-    'prepareDocument',
-    {
-      title: document.title,
-      content: document.content,
-      contentType: document.content_type,
-      chunking: deps.chunking,
-      hashDimensions: embedInThread ? deps.embedder.dimensions : null,
-    },
-    signal,
-  );
+  const common = { title: document.title, chunking: deps.chunking, hashDimensions: embedInThread ? deps.embedder.dimensions : null };
+  const prepared = isBinaryKind(document.content_type)
+    ? await prepareFile(deps, work, document.content_type, common, signal)
+    : await deps.cpu.run('prepareDocument', { ...common, content: document.content, contentType: document.content_type }, signal);
   signal?.throwIfAborted();
   const embeddings = deps.vectorSearch ? await embedChunks(deps, document.title, prepared, signal, progress) : [];
   return storeChunks(deps, work, document.title, prepared.chunks, embeddings);
+}
+
+/** An uploaded PDF or DOCX: its original read from the database, its text extracted and prepared in a thread. */
+async function prepareFile(
+  deps: IndexerDeps,
+  work: IndexingWork,
+  kind: BinaryKind,
+  common: { title: string; chunking: ChunkingOptions; hashDimensions: number | null },
+  signal: AbortSignal | undefined,
+): Promise<PreparedDocument> {
+  const bytes = await readFileBytes(deps.db, work.tenantId, work.documentId);
+  const result = await deps.cpu.run('prepareFile', { ...common, kind, bytes, limits: deps.fileLimits }, signal);
+  if (!result.ok) throw new FileRejectedError(result.code, result.message);
+  return result.prepared;
 }
 
 /** One document's chunks, ready to be stored for its work. */
@@ -262,6 +285,7 @@ export async function failIndexing(deps: Pick<IndexerDeps, 'db' | 'events'>, wor
 
 function errorCode(error: Error): DocumentErrorCode {
   if (error instanceof DocumentTooComplexError) return 'document_too_complex';
+  if (error instanceof FileRejectedError) return error.code;
   if (error instanceof EmbeddingError) return 'embedding_failed';
   return 'indexing_failed';
 }
@@ -407,19 +431,20 @@ export function chunkInsert(settings: ChunkInsertSettings, tenantId: string, row
     char_start: chunk.charStart,
     char_end: chunk.charEnd,
     embedding: settings.vectorSearch ? `[${embedding!.join(',')}]` : null,
+    page: chunk.page ?? null,
   }));
   const config = settings.textSearchConfig;
   const vectorColumns = settings.vectorSearch ? ', embedding_model, embedding_dims, embedding' : '';
   const vectorValues = settings.vectorSearch ? ', ?, ?, c.embedding::vector' : '';
   const vectorBindings = settings.vectorSearch ? [settings.embedder.model, settings.embedder.dimensions] : [];
   return {
-    sql: `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, tsv${vectorColumns})
-     select c.id, ?, c.document_id, c.document_version, c.ordinal, c.content, c.heading, c.char_start, c.char_end,
+    sql: `insert into chunks (id, tenant_id, document_id, document_version, ordinal, content, heading, char_start, char_end, page, tsv${vectorColumns})
+     select c.id, ?, c.document_id, c.document_version, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.page,
             setweight(to_tsvector(?::regconfig, c.title), 'A')
               || setweight(to_tsvector(?::regconfig, coalesce(c.heading, '')), 'B')
               || setweight(to_tsvector(?::regconfig, c.content), 'D')${vectorValues}
        from jsonb_to_recordset(?::jsonb)
-         as c(id uuid, document_id uuid, document_version int, title text, ordinal int, content text, heading text, char_start int, char_end int, embedding text)`,
+         as c(id uuid, document_id uuid, document_version int, title text, ordinal int, content text, heading text, char_start int, char_end int, page int, embedding text)`,
     bindings: [tenantId, config, config, config, ...vectorBindings, JSON.stringify(records)],
   };
 }

@@ -5,7 +5,7 @@ import type { VectorSupport } from '../../db/migrate';
 import { withLiterals } from '../../db/literal';
 import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import type { ReplicaReads } from '../../db/replica-reads';
-import type { ContentType } from '../chunking/chunker';
+import type { DocumentContentType } from '../documents/documents';
 import type { Embedder } from '../embeddings/embedder';
 import type { Reranker } from './reranker';
 import { correctedQuery } from './vocabulary';
@@ -16,7 +16,7 @@ export type SearchMode = (typeof SEARCH_MODES)[number];
 export const SEARCH_LIMITS = { queryChars: 1000, maxResults: 100, defaultResults: 10, defaultRerankCandidates: 50 } as const;
 
 export interface SearchFilters {
-  content_type?: ContentType;
+  content_type?: DocumentContentType;
   tags?: string[];
   created_from?: string;
   created_to?: string;
@@ -41,9 +41,11 @@ export interface SearchResult {
   content: string;
   snippet: string;
   heading: string | null;
+  /** The page of an uploaded PDF the chunk begins on; null for every other document. */
+  page: number | null;
   score: number;
   tags: string[];
-  content_type: ContentType;
+  content_type: DocumentContentType;
   source_url: string | null;
   created_at: string;
 }
@@ -185,9 +187,10 @@ interface SearchRow {
   content: string;
   snippet: string;
   heading: string | null;
+  page: number | null;
   score: number;
   tags: string[];
-  content_type: ContentType;
+  content_type: DocumentContentType;
   source_url: string | null;
   created_at: Date;
   /** How many chunks the full-text query matched (up to the candidates taken); 0 in semantic mode. */
@@ -305,7 +308,7 @@ export function buildSearchStatement(
   }
   // Snippets are made only here, for the `limit` rows ranked: ts_headline reads a chunk's whole text.
   const sql = `with ${ctes.join(',\n')}
-    select c.document_id, c.id as chunk_id, d.title, c.content, c.heading, r.score, d.tags, d.content_type, d.source_url, d.created_at,
+    select c.document_id, c.id as chunk_id, d.title, c.content, c.heading, c.page, r.score, d.tags, d.content_type, d.source_url, d.created_at,
            ${request.mode === 'semantic' ? '0' : '(select count(*) from kw)::int'} as keyword_hits,
            ts_headline(${config}, c.content, ${tsquery()},
                        'StartSel=<mark>, StopSel=</mark>, MaxWords=35, MinWords=15, MaxFragments=2, FragmentDelimiter=" … "') as snippet

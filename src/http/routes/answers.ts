@@ -18,6 +18,7 @@ const citationSchema = z.object({
   document_id: z.uuid(),
   chunk_id: z.uuid(),
   title: z.string(),
+  page: z.number().int().optional().describe('The page of an uploaded PDF the passage begins on'),
   snippet: z.string().describe('The passage\'s best part, matched terms inside <mark>…</mark>'),
 });
 
