@@ -104,6 +104,10 @@ describe.each(['postgres', 'pglite'] as const)('uploads on %s', (database) => {
       disposition: "attachment; filename*=UTF-8''beekeeping.pdf",
       same: true,
     });
+    // The original goes with its document.
+    await stack.as(tenant.key, 'delete', `/api/documents/${document.id}`).expect(204);
+    await stack.as(tenant.key, 'get', `/api/documents/${document.id}/file`).expect(404);
+    expect(Number((await stack.sql((db) => db('document_files').where({ document_id: document.id }).count('* as n').first()))?.n)).toBe(0);
   });
 
   it('indexes a DOCX and text files typed by their names and first bytes', async () => {
