@@ -3,6 +3,7 @@ import request from 'supertest';
 import { aggregateSearchEvents } from '../../src/domain/analytics/aggregate';
 import { openBrowser, type BrowserSession } from '../helpers/browser';
 import { startStack, type TestStack } from '../helpers/harness';
+import { FAKE_USAGE, startChatProvider, type FakeChatProvider } from '../helpers/llm-provider';
 import { startWebhookReceiver, type WebhookReceiver } from '../helpers/webhook-receiver';
 import { waitFor } from '../helpers/wait';
 
@@ -33,16 +34,20 @@ describe('the analytics, webhooks, API keys and metrics tabs in Chromium (PGlite
   let stack: TestStack;
   let browser: BrowserSession;
   let receiver: WebhookReceiver;
+  let provider: FakeChatProvider;
   let tenant: Tenant;
+  let neighbour: Tenant;
   let page: Page;
   const pageProblems: string[] = [];
 
   beforeAll(async () => {
     receiver = await startWebhookReceiver();
-    stack = await startStack({ database: 'pglite', env: { WEBHOOK_ALLOW_PRIVATE: 'true' } });
+    // A chat model of our own, so the Analytics tab has real answers to show.
+    provider = await startChatProvider({ model: 'test/chat-model', apiKey: 'k' });
+    stack = await startStack({ database: 'pglite', env: { WEBHOOK_ALLOW_PRIVATE: 'true', ...provider.env } });
     tenant = await stack.createTenant();
-    // Another tenant's searches must not show up in this tenant's analytics.
-    const neighbour = await stack.createTenant();
+    // Another tenant's searches and answers must not show up in this tenant's analytics.
+    neighbour = await stack.createTenant();
 
     for (const [title, content] of [
       ['Harbour tides', 'The harbour tides are posted every morning at the pier.'],
@@ -74,6 +79,7 @@ describe('the analytics, webhooks, API keys and metrics tabs in Chromium (PGlite
     await browser?.close();
     await stack?.close();
     await receiver?.close();
+    await provider?.close();
   });
 
   it('shows the tenant’s searches in analytics, reached by keyboard, and re-fetches for 7, 30 and 90 days', async () => {
@@ -114,6 +120,64 @@ describe('the analytics, webhooks, API keys and metrics tabs in Chromium (PGlite
 
     expect(await unlabelledFields(page)).toEqual([]);
     await browser.screenshot(page, 'analytics');
+  });
+
+  it('shows the tenant’s answers in analytics: count, no-citation rate, tokens, feedback and those rated down, re-fetched for the range', async () => {
+    const ask = async (key: string, body: Record<string, unknown>) =>
+      (await stack.as(key, 'post', '/api/answer').send(body).expect(200)).body as { query_id: string; citations: unknown[]; cached: boolean };
+    // One answer from passages (the model cites [1]), one to a question no document matches (nothing to cite): 50 % cite nothing.
+    const cited = await ask(tenant.key, { query: 'harbour tides', mode: 'keyword' });
+    const uncited = await ask(tenant.key, { query: 'zeppelin mooring masts', mode: 'keyword', typo_tolerance: false });
+    expect([cited.citations.length > 0, cited.cached, uncited.citations]).toEqual([true, false, []]);
+    await stack.as(tenant.key, 'post', `/api/answer/${cited.query_id}/feedback`).send({ rating: 'up' }).expect(204);
+    await stack.as(tenant.key, 'post', `/api/answer/${uncited.query_id}/feedback`).send({ rating: 'down', comment: 'Nothing about zeppelins.' }).expect(204);
+    // Left unrated, so the neighbour's own view has nothing rated down.
+    await ask(neighbour.key, { query: 'neighbour airship hangar', mode: 'keyword', typo_tolerance: false });
+
+    await page.getByRole('tab', { name: 'Overview' }).click();
+    await page.getByRole('tab', { name: 'Analytics' }).click();
+    const panel = page.getByRole('tabpanel', { name: 'Analytics' });
+    const answers = panel.getByTestId('analytics-answers');
+    const answerCard = (label: string) => answers.locator('.card').filter({ has: page.locator('.card-label', { hasText: new RegExp(`^${label}$`) }) });
+    const figure = async (label: string) => [await answerCard(label).locator('.card-value').textContent(), await answerCard(label).locator('.card-hint').textContent()];
+    await answers.getByRole('heading', { name: 'Answers', level: 2 }).waitFor();
+    await answerCard('Answers').locator('.card-value').getByText('2', { exact: true }).waitFor();
+    expect(await figure('Answers')).toEqual(['2', '0 from the cache']);
+    expect(await figure('No-citation rate')).toEqual(['50.0%', 'answers citing no passage']);
+    // Only the answer that reached the model spent tokens.
+    const { prompt_tokens: prompt, completion_tokens: completion } = FAKE_USAGE;
+    expect(await figure('Tokens')).toEqual([String(prompt + completion), `${prompt} prompt, ${completion} completion`]);
+    expect(await figure('Feedback')).toEqual(['1 up, 1 down', '2 of 2 answers rated']);
+    expect((await figure('Average latency'))[0]).toMatch(/^[\d,]+ ms$/);
+
+    const ratedDown = answers.getByRole('table', { name: 'The latest answers rated down, last 30 days' });
+    const downRow = ratedDown.getByRole('row').filter({ hasText: 'zeppelin mooring masts' });
+    await downRow.getByRole('cell', { name: 'Nothing about zeppelins.', exact: true }).waitFor();
+    expect(await ratedDown.getByRole('row').count()).toBe(2); // the header and the one rated down
+    expect(await downRow.getByRole('cell').nth(2).textContent()).not.toBe('—');
+    expect(await ratedDown.textContent()).not.toContain('harbour tides');
+    expect(await panel.textContent()).not.toContain('neighbour airship hangar');
+
+    // Another range asks again for that range.
+    const asked = page.waitForRequest((req) => req.url().includes('/api/admin/analytics/answers?days=7'));
+    await panel.getByLabel('Range').selectOption('7');
+    await asked;
+    await answers.getByRole('table', { name: 'The latest answers rated down, last 7 days' }).waitFor();
+    expect(await figure('Answers')).toEqual(['2', '0 from the cache']);
+    await panel.getByLabel('Range').selectOption('30');
+    await answers.getByRole('table', { name: 'The latest answers rated down, last 30 days' }).waitFor();
+    expect(await unlabelledFields(page)).toEqual([]);
+    await browser.screenshot(page, 'analytics-answers');
+
+    // The neighbour sees its one answer only, and nothing rated down.
+    await page.getByLabel('Tenant', { exact: true }).selectOption(neighbour.id);
+    await answers.getByText('No answer was rated down in this range.').waitFor();
+    expect(await figure('Answers')).toEqual(['1', '0 from the cache']);
+    expect(await figure('No-citation rate')).toEqual(['100.0%', 'answers citing no passage']);
+    expect(await figure('Feedback')).toEqual(['0 up, 0 down', '0 of 1 answers rated']);
+    expect(await answers.textContent()).not.toContain('zeppelin');
+    await page.getByLabel('Tenant', { exact: true }).selectOption(tenant.id);
+    await answerCard('Answers').locator('.card-value').getByText('2', { exact: true }).waitFor();
   });
 
   it('creates an API key with chosen scopes, shows it once with a copy button, lists it, and revokes it after confirmation', async () => {

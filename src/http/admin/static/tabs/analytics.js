@@ -1,5 +1,5 @@
 import { api, query } from '../api.js';
-import { card, field, formatNumber, formatPercent, h, section, table } from '../ui.js';
+import { card, field, formatDate, formatNumber, formatPercent, h, section, table } from '../ui.js';
 
 const RANGES = [7, 30, 90];
 const DAY_MS = 86_400_000;
@@ -32,6 +32,36 @@ function seriesRange(rangeDays) {
 const bucketLabel = (bucket, interval) =>
   new Date(bucket).toLocaleString(undefined, interval === 'hour' ? { weekday: 'short', hour: '2-digit', minute: '2-digit' } : { month: 'short', day: 'numeric', timeZone: 'UTC' });
 
+function renderAnswers(stats, rangeDays) {
+  const answered = stats.total_answers > 0;
+  const { up, down } = stats.feedback;
+  return section(
+    'Answers',
+    h(
+      'div',
+      { class: 'cards', 'data-testid': 'answer-totals' },
+      card('Answers', formatNumber(stats.total_answers), `${formatNumber(stats.cached_answers)} from the cache`),
+      // With no answers the API's average is a placeholder 0, not a measurement.
+      card('Average latency', answered ? `${formatNumber(Math.round(stats.average_latency_ms))} ms` : '—', 'retrieval and the model’s reply'),
+      card('No-citation rate', formatPercent(stats.no_citation_rate), 'answers citing no passage'),
+      card('Tokens', formatNumber(stats.prompt_tokens + stats.completion_tokens), `${formatNumber(stats.prompt_tokens)} prompt, ${formatNumber(stats.completion_tokens)} completion`),
+      card('Feedback', `${formatNumber(up)} up, ${formatNumber(down)} down`, `${formatNumber(up + down)} of ${formatNumber(stats.total_answers)} answers rated`),
+    ),
+    h('h3', {}, 'Rated down'),
+    table(
+      // The API returns only the latest few, so the caption must not promise all of them.
+      `The latest answers rated down, last ${rangeDays} days`,
+      [
+        ['Question', (row) => row.question],
+        ['Comment', (row) => row.comment ?? '—'],
+        ['Rated at', (row) => formatDate(row.rated_at)],
+      ],
+      stats.recent_down,
+      { empty: 'No answer was rated down in this range.' },
+    ),
+  );
+}
+
 export default {
   id: 'analytics',
   title: 'Analytics',
@@ -43,10 +73,12 @@ export default {
     const canvas = h('canvas', { role: 'img', 'aria-label': 'Searches over time' });
     const rangeNote = h('p', { class: 'card-hint', 'data-testid': 'range-label', 'aria-live': 'polite' });
     const lists = h('div', { 'data-testid': 'analytics-lists' });
+    const answers = h('div', { 'data-testid': 'analytics-answers' });
     panel.append(
       h('div', { class: 'toolbar' }, field('Range', picker)),
       totals,
       section('Searches over time', h('div', { class: 'chart' }, canvas), rangeNote),
+      answers,
       lists,
     );
 
@@ -55,12 +87,13 @@ export default {
     const load = async () => {
       const request = ++latest;
       const range = seriesRange(days);
-      const [stats, series, popular, noResults, trending, Chart] = await Promise.all([
+      const [stats, series, popular, noResults, trending, answerStats, Chart] = await Promise.all([
         api('GET', `/api/admin/analytics/stats${query({ days })}`, { tenant }),
         api('GET', `/api/admin/analytics/timeseries${query({ start: range.start.toISOString(), end: range.end.toISOString(), interval: range.interval })}`, { tenant }),
         api('GET', `/api/admin/analytics/popular${query({ days, limit: 10 })}`, { tenant }),
         api('GET', `/api/admin/analytics/no-results${query({ days, limit: 10 })}`, { tenant }),
         api('GET', `/api/admin/analytics/trending${query({ limit: 10 })}`, { tenant }),
+        api('GET', `/api/admin/analytics/answers${query({ days })}`, { tenant }),
         loadChart(),
       ]);
       if (request !== latest) return;
@@ -93,6 +126,8 @@ export default {
           plugins: { legend: { display: false } },
         },
       });
+
+      answers.replaceChildren(renderAnswers(answerStats, days));
 
       lists.replaceChildren(
         section(
