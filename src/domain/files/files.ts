@@ -19,6 +19,9 @@ const CODE = new Set([
   '.swift', '.php', '.sh', '.bash', '.sql', '.json', '.yaml', '.yml', '.toml', '.ini', '.css', '.scss', '.vue', '.svelte', '.lua', '.r', '.pl', '.ex', '.exs', '.hs', '.dart', '.zig',
 ]);
 
+/** The extensions an upload may have (a PDF is one by its bytes whatever its name); what the CLI's import picks up. */
+export const UPLOAD_EXTENSIONS: ReadonlySet<string> = new Set(['.pdf', '.docx', ...MARKDOWN, ...HTML, ...[...PLAIN].filter(Boolean), ...CODE]);
+
 const unsupported = (message: string) => new AppError(415, 'unsupported_media_type', message, { supported: ['pdf', 'docx', 'html', 'markdown', 'text', 'code'] });
 
 /**
