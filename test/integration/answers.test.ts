@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { PDFDocument, StandardFonts } from 'pdf-lib';
 import { NOTHING_FOUND, SYSTEM_PROMPT } from '../../src/domain/answers/answer';
 import { rollUpTenantUsage, usageTenant } from '../../src/domain/usage/rollup';
 import { parseCsv } from '../helpers/csv';
@@ -187,6 +188,23 @@ describe.each(['postgres', 'pglite'] as const)('answers on %s', (database) => {
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+
+  it('cites the page of an uploaded PDF, and tells the model the page', async () => {
+    const pdf = await PDFDocument.create();
+    const font = await pdf.embedFont(StandardFonts.Helvetica);
+    pdf.addPage([600, 800]).drawText('Table of contents.', { x: 20, y: 780, size: 10, font });
+    pdf.addPage([600, 800]).drawText(`${'Filler about nothing at all.\n'.repeat(200)}The quartermaster keeps the rum ration.`, { x: 20, y: 780, size: 10, lineHeight: 3, font });
+    const uploaded = await stack.as(tenant.key, 'post', '/api/documents/upload').attach('file', Buffer.from(await pdf.save()), 'ship.pdf').expect(202);
+    await stack.waitForDocument(tenant.key, uploaded.body.id);
+    const reply = await ask(stack, tenant.key, { query: 'quartermaster rum ration', mode: 'keyword' });
+    const page = reply.citations[0].page;
+    expect({ title: reply.citations[0].title, page }).toEqual({ title: 'ship', page: expect.any(Number) });
+    expect(page).toBeGreaterThanOrEqual(1);
+    expect(userMessage(provider.calls[0])).toContain(`{"title":"ship","heading":null,"page":${page},"text":`);
+    // A document posted as JSON has no page.
+    const plain = await ask(stack, tenant.key, { query: 'lantern wick', mode: 'keyword' });
+    expect(plain.citations.every((citation) => !('page' in citation))).toBe(true);
   });
 
   it('answers without asking the model when nothing is found', async () => {

@@ -104,6 +104,9 @@ describe.each(['postgres', 'pglite'] as const)('uploads on %s', (database) => {
       disposition: "attachment; filename*=UTF-8''beekeeping.pdf",
       same: true,
     });
+    // An upload is a document like any other: its events are stored for webhooks, as a JSON document's are.
+    const events = await stack.sql((db) => db('webhook_events').where({ tenant_id: tenant.id }).whereRaw(`payload->'data'->>'id' = ?`, [document.id]).pluck('type'));
+    expect(events.sort()).toEqual(['document.created', 'document.indexed']);
     // The original goes with its document.
     await stack.as(tenant.key, 'delete', `/api/documents/${document.id}`).expect(204);
     await stack.as(tenant.key, 'get', `/api/documents/${document.id}/file`).expect(404);
