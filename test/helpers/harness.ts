@@ -35,6 +35,8 @@ export interface TestStack {
   /** Runs `work` on the platform's own connection seeing every tenant's rows, to inspect or arrange them. */
   sql<T>(work: (db: Knex.Transaction) => Promise<T>): Promise<T>;
   waitForDocument(key: string, id: string, status?: string): Promise<Record<string, unknown>>;
+  /** Posts the documents as one batch and waits until each is indexed; their ids, in order. */
+  indexDocuments(key: string, documents: Array<{ title: string; content: string }>): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -106,6 +108,12 @@ export async function startStack(options: StackOptions): Promise<TestStack> {
         },
         { what: `document ${id} to be ${status}` },
       );
+    },
+    async indexDocuments(key, documents) {
+      const reply = await stack.as(key, 'post', '/api/documents/batch').send({ documents }).expect(202);
+      const ids: string[] = reply.body.items.map((item: { id: string }) => item.id);
+      for (const id of ids) await stack.waitForDocument(key, id);
+      return ids;
     },
     async close() {
       if (workers) await workers.drain(5_000);

@@ -32,13 +32,6 @@ const DOCUMENTS = [
   { title: 'Saffron harvest', content: 'Pickers of saffron work before dawn by a lantern, and saffron threads dry by the stove.' },
 ];
 
-async function seed(stack: TestStack, key: string, documents: Array<{ title: string; content: string }>): Promise<string[]> {
-  const reply = await stack.as(key, 'post', '/api/documents/batch').send({ documents }).expect(202);
-  const ids: string[] = reply.body.items.map((item: { id: string }) => item.id);
-  for (const id of ids) await stack.waitForDocument(key, id);
-  return ids;
-}
-
 async function search(stack: TestStack, key: string, body: Record<string, unknown>): Promise<SearchReply> {
   const reply = await stack.as(key, 'post', '/api/search').send(body);
   if (reply.status !== 200) throw new Error(`search answered ${reply.status}: ${JSON.stringify(reply.body)}`);
@@ -56,7 +49,7 @@ describe('rerank: true with a Cohere-shaped reranker', () => {
     provider = await startRerankProvider({ word: 'saffron', model: MODEL, apiKey: API_KEY });
     stack = await startStack({ database: 'postgres', env: { ...provider.env, RERANK_TIMEOUT_MS: '500' } });
     tenant = await stack.createTenant();
-    await seed(stack, tenant.key, DOCUMENTS);
+    await stack.indexDocuments(tenant.key, DOCUMENTS);
   });
 
   afterAll(async () => {
@@ -110,7 +103,7 @@ describe('rerank: true with a Cohere-shaped reranker', () => {
     expect(await search(stack, tenant.key, body)).toMatchObject({ cached: true, reranked: true });
     expect(provider.calls).toHaveLength(1);
 
-    const [added] = await seed(stack, tenant.key, [{ title: 'Saffron lantern', content: 'A lantern of saffron silk, saffron dyed, saffron bright.' }]);
+    const [added] = await stack.indexDocuments(tenant.key, [{ title: 'Saffron lantern', content: 'A lantern of saffron silk, saffron dyed, saffron bright.' }]);
     const after = await search(stack, tenant.key, body);
     expect({ cached: after.cached, first: after.results[0].document_id, score: after.results[0].score }).toEqual({ cached: false, first: added, score: 4 });
     await stack.as(tenant.key, 'delete', `/api/documents/${added}`).expect(204);
@@ -173,7 +166,7 @@ describe('rerank: true with a TEI-shaped reranker', () => {
 
   it('sends `texts`, reads `[{index, score}]`, and reranks', async () => {
     const tenant = await stack.createTenant();
-    await seed(stack, tenant.key, DOCUMENTS);
+    await stack.indexDocuments(tenant.key, DOCUMENTS);
     const reply = await search(stack, tenant.key, { query: 'lantern', mode: 'keyword', limit: 2, rerank: true });
     expect({ reranked: reply.reranked, first: reply.results[0].title }).toEqual({ reranked: true, first: 'Saffron harvest' });
     expect({ texts: provider.calls[0].body.texts?.length, documents: provider.calls[0].body.documents }).toEqual({ texts: 6, documents: undefined });

@@ -20,13 +20,6 @@ const DOCUMENTS = [
   { title: 'Kubernetes operators', content: 'An operator reconciles the desired state of a Kubernetes deployment.' },
 ];
 
-async function seed(stack: TestStack, key: string, documents: Array<{ title: string; content: string }>): Promise<string[]> {
-  const reply = await stack.as(key, 'post', '/api/documents/batch').send({ documents }).expect(202);
-  const ids: string[] = reply.body.items.map((item: { id: string }) => item.id);
-  for (const id of ids) await stack.waitForDocument(key, id);
-  return ids;
-}
-
 async function search(stack: TestStack, key: string, body: Record<string, unknown>): Promise<SearchReply> {
   const reply = await stack.as(key, 'post', '/api/search').send(body);
   if (reply.status !== 200) throw new Error(`search answered ${reply.status}: ${JSON.stringify(reply.body)}`);
@@ -42,7 +35,7 @@ describe.each(['postgres', 'pglite'] as const)('typo tolerance on %s', (database
   beforeAll(async () => {
     stack = await startStack({ database });
     tenant = await stack.createTenant();
-    await seed(stack, tenant.key, DOCUMENTS);
+    await stack.indexDocuments(tenant.key, DOCUMENTS);
   });
 
   afterAll(async () => {
@@ -97,7 +90,7 @@ describe.each(['postgres', 'pglite'] as const)('typo tolerance on %s', (database
 
   it("proposes only the tenant's own words", async () => {
     const other = await stack.createTenant();
-    await seed(stack, other.key, [{ title: 'Saffron', content: 'Saffron threads are picked by hand at dawn.' }]);
+    await stack.indexDocuments(other.key, [{ title: 'Saffron', content: 'Saffron threads are picked by hand at dawn.' }]);
     expect((await search(stack, other.key, { query: 'safron', mode: 'keyword' })).did_you_mean).toBe('saffron');
     expect(await search(stack, tenant.key, { query: 'safron', mode: 'keyword' })).toMatchObject({ did_you_mean: null, results: [] });
     // And the other tenant never hears of lanterns.
@@ -106,7 +99,7 @@ describe.each(['postgres', 'pglite'] as const)('typo tolerance on %s', (database
 
   it('learns the words of documents indexed later, and offers no word whose documents are gone', async () => {
     const fresh = await stack.createTenant();
-    const [zeppelin] = await seed(stack, fresh.key, [{ title: 'Airships', content: 'The zeppelin floated over the harbour.' }]);
+    const [zeppelin] = await stack.indexDocuments(fresh.key, [{ title: 'Airships', content: 'The zeppelin floated over the harbour.' }]);
     expect((await search(stack, fresh.key, { query: 'zepelin', mode: 'keyword' })).did_you_mean).toBe('zeppelin');
     await stack.as(fresh.key, 'delete', `/api/documents/${zeppelin}`).expect(204);
     expect(await search(stack, fresh.key, { query: 'zepelin', mode: 'keyword' })).toMatchObject({ did_you_mean: null, results: [] });
@@ -124,7 +117,7 @@ describe('typo tolerance in hybrid search (PGlite, with pgvector)', () => {
   it('corrects in hybrid mode too: the keyword side finds the document by the corrected word', async () => {
     stack = await startStack({ database: 'pglite' });
     const tenant = await stack.createTenant();
-    await seed(stack, tenant.key, DOCUMENTS);
+    await stack.indexDocuments(tenant.key, DOCUMENTS);
     const reply = await search(stack, tenant.key, { query: 'standbye', mode: 'hybrid' });
     expect({ did_you_mean: reply.did_you_mean, first: titles(reply)[0] }).toEqual({ did_you_mean: 'standby', first: 'Streaming replication' });
     // Semantic search matches by meaning: no typo pass.
@@ -140,7 +133,7 @@ describe('typo tolerance after upgrading a database that already holds documents
     try {
       stack = await startStack({ database: 'postgres', env });
       const tenant = await stack.createTenant();
-      await seed(stack, tenant.key, DOCUMENTS);
+      await stack.indexDocuments(tenant.key, DOCUMENTS);
       await stack.close();
       stack = undefined;
 
