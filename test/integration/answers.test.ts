@@ -178,6 +178,14 @@ describe.each(['postgres', 'pglite'] as const)('answers on %s', (database) => {
         req.end(JSON.stringify({ query: 'polish the lantern glass', mode: 'keyword', stream: true }));
       });
       await waitFor(async () => provider.abandoned > abandonedBefore, { what: 'the model to see its request dropped', timeoutMs: 5_000 });
+      // Counted as canceled, and the day's allowance given back.
+      await waitFor(async () => (await stack.operator('get', '/metrics').expect(200)).text.includes('ragworks_answers_total{outcome="canceled"} 1'), {
+        what: 'the canceled answer to be counted',
+        timeoutMs: 5_000,
+      });
+      const usage = (await stack.as(tenant.key, 'get', '/api/admin/usage').expect(200)).body.quotas.answers_per_day;
+      const recorded = Number(await stack.sql(async (db) => (await db('answer_events').where({ tenant_id: tenant.id }).count('* as n').first())?.n));
+      expect(usage.used).toBe(recorded);
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }

@@ -104,6 +104,10 @@ describe.each(['postgres', 'pglite'] as const)('uploads on %s', (database) => {
       disposition: "attachment; filename*=UTF-8''beekeeping.pdf",
       same: true,
     });
+    // Its text is its file's: title, tags and metadata change, the content does not.
+    const patched = await stack.as(tenant.key, 'patch', `/api/documents/${document.id}`).send({ content: 'Something else entirely.' });
+    expect({ status: patched.status, code: patched.body.error.code }).toEqual({ status: 409, code: 'conflict' });
+    await stack.as(tenant.key, 'patch', `/api/documents/${document.id}`).send({ tags: ['bees'] }).expect(200);
     // An upload is a document like any other: its events are stored for webhooks, as a JSON document's are.
     const events = await stack.sql((db) => db('webhook_events').where({ tenant_id: tenant.id }).whereRaw(`payload->'data'->>'id' = ?`, [document.id]).pluck('type'));
     expect(events.sort()).toEqual(['document.created', 'document.indexed']);

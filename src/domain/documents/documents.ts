@@ -224,6 +224,10 @@ export async function updateDocument(
   const result = await deps.writes.around(tenantId, () => withTenant(deps.db, tenantId, async (trx) => {
     const current = await trx<DocumentRow>('documents').first('*').where({ id: documentId, tenant_id: tenantId }).forUpdate();
     if (!current) throw notFound('Document');
+    // Its text is its file's (extracted, or as uploaded): another text would no longer be that file's.
+    if (changes.content !== undefined && (await trx('document_files').first('document_id').where({ tenant_id: tenantId, document_id: documentId }))) {
+      throw conflict('The content of an uploaded document is its file: upload the new file as a new document instead.', { field: 'content' });
+    }
     const reindex =
       (changes.content !== undefined && changes.content !== current.content) ||
       (changes.title !== undefined && changes.title !== current.title);

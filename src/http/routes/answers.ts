@@ -1,6 +1,6 @@
 import type { Request, Response } from 'express';
 import { z } from 'zod';
-import { notFound } from '../../errors';
+import { AppError, notFound } from '../../errors';
 import { ANSWER_LIMITS, answerQuestion, rateAnswer, recordAnswer, type Answer, type AnswerRequest, type Citation } from '../../domain/answers/answer';
 import { newId } from '../../domain/ids';
 import type { Platform } from '../../platform';
@@ -92,6 +92,8 @@ async function answer(call: AnswerCall, streamed: boolean, hooks: { onCitations?
   } catch (error) {
     platform.metrics.answers.inc({ outcome: gone.signal.aborted ? 'canceled' : 'failed' });
     for (const budget of admission.routeTaken) await platform.answerQuota.giveBack(budget).catch(() => undefined);
+    // Nobody is left to answer: said the way proxies log it, not as a failure of ours.
+    if (gone.signal.aborted) throw new AppError(499, 'client_closed_request', 'The client went away before the answer was complete.');
     throw error;
   } finally {
     res.off('close', onClose);
