@@ -25,9 +25,13 @@ async function pdfWith(text: string): Promise<Buffer> {
   return Buffer.from(await pdf.save());
 }
 
-/** Runs the CLI in this process with its output captured. */
+/** Runs the CLI in this process with its output captured; `terminal`: the output claims to be one. */
 async function cli(env: Record<string, string>, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out = new PassThrough();
+  return cliOn(false, env, ...argv);
+}
+
+async function cliOn(terminal: boolean, env: Record<string, string>, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out = Object.assign(new PassThrough(), { isTTY: terminal, columns: 100 });
   const err = new PassThrough();
   let outText = '';
   let errText = '';
@@ -116,6 +120,19 @@ describe('the typed client and the CLI against a running ragworks', () => {
     expect(imported.code).toBe(1);
     const listed = await stack.as(tenant.key, 'get', '/api/documents?tag=imported&limit=100').expect(200);
     expect(listed.body.items.map((item: { title: string }) => item.title).sort()).toEqual(['compost', 'kites', 'scan']);
+
+    // On a terminal, a progress bar counts the uploads (and the same summary follows).
+    const again = mkdtempSync(path.join(os.tmpdir(), 'ragworks-import-'));
+    try {
+      writeFileSync(path.join(again, 'a.md'), '# A\n\nFirst note.');
+      writeFileSync(path.join(again, 'b.md'), '# B\n\nSecond note.');
+      const shown = await cliOn(true, env, 'import', again);
+      expect(shown.code).toBe(0);
+      expect(shown.out).toMatch(/uploading .* 2\/2/);
+      expect(shown.out).toContain('Imported 2 files, 2 indexed, 0 failed.\n');
+    } finally {
+      rmSync(again, { recursive: true, force: true });
+    }
 
     const search = await cli(env, 'search', 'windy', 'hils', '--mode', 'keyword');
     expect({ code: search.code, out: search.out }).toEqual({ code: 0, out: 'Showing results for "windy hills"\n1. kites, page 1  (0.100)\n   kites on *windy* *hills*\n' });
