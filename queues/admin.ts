@@ -1,10 +1,11 @@
 import type { Job, JobType, Queue } from 'bullmq';
 import type { QueueSnapshot } from '../src/metrics';
+import type { JobRedriver, RedriveOutcome } from '../src/domain/dead-letters/redrive';
+import { lostToRedaction, redact } from '../src/secrets';
 import { DATABASE_RETRIES } from './definition';
+import { LIVE_STATES, type JobState } from './job-states';
 import { QUEUE_NAMES, queueDefinition, type QueueRegistry } from './index';
 
-export const JOB_STATES = ['waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized', 'waiting-children'] as const;
-export type JobState = (typeof JOB_STATES)[number];
 
 export interface QueueOverview {
   name: string;
@@ -36,37 +37,9 @@ export interface JobDetail extends JobView {
   logs: string[];
 }
 
-/** Keys whose values are never shown in job data. */
-const SECRET_KEY = /secret|token|password|api[_-]?key|authorization/i;
-const REDACTED = '[redacted]';
-
-export function redact(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(redact);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? REDACTED : redact(inner)]));
-  }
-  return value;
-}
-
-/** True when `redact` hid something in this value: it is no longer the data the job was given. */
-export function lostToRedaction(value: unknown): boolean {
-  if (Array.isArray(value)) return value.some(lostToRedaction);
-  if (value && typeof value === 'object') {
-    return Object.entries(value).some(([key, inner]) => (SECRET_KEY.test(key) && inner === REDACTED) || lostToRedaction(inner));
-  }
-  return false;
-}
-
-/** States in which a job is still going to run (or running). */
-const LIVE_STATES = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
-
-/** How a redrive got a job's work running again, or why it could not. */
-export type RedriveOutcome =
-  | { method: 'retried' | 'requeued' | 'already_queued'; jobId: string }
-  | { method: 'impossible'; reason: string };
 
 /** Operator views and actions over the queues, for the admin API and metrics. */
-export class QueueAdmin {
+export class QueueAdmin implements JobRedriver {
   constructor(private readonly queues: QueueRegistry) {}
 
   async overview(): Promise<QueueOverview[]> {

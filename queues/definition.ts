@@ -57,3 +57,8 @@ export const RETENTION_DEFAULTS = {
   removeOnComplete: { age: DAY_SECONDS, count: 10_000 },
   removeOnFail: { age: 7 * DAY_SECONDS, count: 50_000 },
 } satisfies JobsOptions;
+
+/** A scheduler tick (ISO time) as part of a job id: BullMQ refuses `:` in custom ids. */
+export function tickId(tick: string): string {
+  return tick.replace(/:/g, '');
+}

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineQueue, RETENTION_DEFAULTS } from './definition';
+import { defineQueue, RETENTION_DEFAULTS, tickId } from './definition';
 
 /** Re-enqueues documents stuck without a live indexing job. One job per scheduler tick. */
 export const reconcileQueue = defineQueue({
@@ -12,5 +12,5 @@ export const reconcileQueue = defineQueue({
   },
   // The tick's time is the id: a second scheduler replica's enqueue is a no-op.
   // Colons go: BullMQ reserves them in job ids.
-  jobId: (payload) => `reconcile-${payload.tick.replace(/:/g, '')}`,
+  jobId: (payload) => `reconcile-${tickId(payload.tick)}`,
 });

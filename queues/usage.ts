@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineQueue, RETENTION_DEFAULTS } from './definition';
+import { defineQueue, RETENTION_DEFAULTS, tickId } from './definition';
 
 const tick = z.iso.datetime();
 
@@ -20,5 +20,5 @@ export const usageQueue = defineQueue({
   // Each tenant's rollup is a trace of its own linked to its tick's fan-out: one trace per tick would hold every tenant.
   ownTrace: (job) => (job.data as { kind?: unknown }).kind === 'tenant',
   jobId: (payload) =>
-    payload.kind === 'tenant' ? `usage-${payload.tenantId}-${payload.tick.replace(/:/g, '')}` : `usage-${payload.kind}-${payload.tick.replace(/:/g, '')}`,
+    payload.kind === 'tenant' ? `usage-${payload.tenantId}-${tickId(payload.tick)}` : `usage-${payload.kind}-${tickId(payload.tick)}`,
 });

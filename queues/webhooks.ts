@@ -1,9 +1,14 @@
-import { Job, type Queue } from 'bullmq';
+import { Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
 import type { DeliveryWork } from '../src/domain/webhooks/deliveries';
 import type { SlotClaim } from '../src/domain/webhooks/fairness';
 import { defineQueue, RETENTION_DEFAULTS } from './definition';
-import type { QueueRegistry } from './index';
+
+/** What enqueueing deliveries needs of the queue registry (QueueRegistry in queues/index.ts). */
+export interface DeliveryQueues {
+  enqueueMany(definition: typeof webhooksQueue, payloads: Array<z.input<typeof webhooksQueue.payload>>, options: (index: number) => JobsOptions): Promise<string[]>;
+  queue(name: string): Queue;
+}
 
 /** The backoff type whose delays come from WEBHOOK_RETRY_SCHEDULE and Retry-After. */
 export const WEBHOOK_BACKOFF = 'webhook-schedule';
@@ -54,7 +59,7 @@ export interface DeliveryAdmission {
  * when it runs.
  */
 export async function enqueueDeliveries(
-  queues: QueueRegistry,
+  queues: DeliveryQueues,
   slots: DeliveryAdmission,
   work: readonly DeliveryWork[],
   { attempts, spacingMs = 0 }: { attempts: number; spacingMs?: number },

@@ -3,6 +3,7 @@ import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import cron from 'node-cron';
 import { z } from 'zod';
+import { mayHoldCredentials } from './secrets';
 
 /**
  * Every environment variable ragworks reads, with its default, in one schema.
@@ -301,9 +302,6 @@ export interface Config extends ParsedConfig {
   DATA_DIR: string;
 }
 
-/** Values never echoed in an error: they may hold credentials. */
-const SECRET_VARIABLE = /TOKEN|KEY|SECRET|PASSWORD|_URL$|SENTINELS/;
-
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -318,7 +316,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const variable = String(issue.path[0] ?? 'configuration');
-    const shown = variable in present && !SECRET_VARIABLE.test(variable) ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
+    const shown = variable in present && !mayHoldCredentials(variable) ? ` (got "${truncate(String(present[variable]), 60)}")` : '';
     throw new ConfigError(`Invalid configuration: ${variable} ${describeIssue(issue, variable in present)}${shown}`);
   }
   const adminTokenGenerated = !parsed.data.ADMIN_TOKEN;

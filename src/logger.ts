@@ -1,6 +1,7 @@
 import { trace } from '@opentelemetry/api';
 import pino from 'pino';
 import { requestScope } from './request-scope';
+import { SECRET_FIELDS } from './secrets';
 
 export type Logger = pino.Logger;
 
@@ -13,12 +14,7 @@ const REDACTED_PATHS = [
   // The dashboard's session cookie, as pino-http logs a sign-in's response.
   'res.headers["set-cookie"]',
   'headers.authorization',
-  '*.apiKey',
-  '*.api_key',
-  '*.key',
-  '*.secret',
-  '*.token',
-  '*.password',
+  ...SECRET_FIELDS.map((field) => `*.${field}`),
 ];
 
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {

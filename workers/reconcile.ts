@@ -1,11 +1,10 @@
 import type { Queue } from 'bullmq';
 import { indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
+import { LIVE_STATES } from '../queues/job-states';
 import { failIndexing } from '../src/domain/indexing/indexer';
 import { findStuckIndexing } from '../src/domain/indexing/jobs';
 import { failDelivery, findStuckWebhookWork } from '../src/domain/webhooks/deliveries';
 import { defineProcessor } from './processor';
-
-const LIVE_STATES = new Set(['waiting', 'active', 'delayed', 'prioritized', 'waiting-children']);
 
 /**
  * What to do about work the database says is unfinished: nothing while its

@@ -1,5 +1,5 @@
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type ConnectionOptions, type Job, type WorkerOptions } from 'bullmq';
-import { concurrencyOf, DATABASE_RETRIES, queuePrefix } from '../queues';
+import { concurrencyOf, DATABASE_RETRIES, QUEUE_NAMES, queuePrefix } from '../queues';
 import { recordDeadLetter } from '../src/domain/dead-letters/dead-letters';
 import { deadLetterMetrics, type DeadLetterMetrics } from '../src/domain/dead-letters/metrics';
 import { unavailableDependency } from '../src/errors';
@@ -56,7 +56,7 @@ export class WorkerRuntime {
     private readonly queueNames: string[],
     private readonly processors: readonly Processor[] = PROCESSORS,
   ) {
-    this.deadLetters = deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger);
+    this.deadLetters = deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger, QUEUE_NAMES);
   }
 
   start(): void {

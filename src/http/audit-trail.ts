@@ -3,13 +3,39 @@ import { recordAudit, type AuditEntry } from '../domain/audit/audit';
 import { findTenant, type Tenant } from '../domain/tenants/tenants';
 import type { Platform } from '../platform';
 import type { Principal } from './context';
-import type { AuditCall, AuditSpec, Reply, RouteSpec } from './route';
+import type { AuthRule } from './auth';
+import type { Reply } from './reply';
 
 const MUTATING_METHODS = new Set(['post', 'patch', 'delete']);
 /** A target is an id; anything longer was typed by someone, and only its start is worth keeping. */
 const TARGET_MAX_CHARS = 200;
 
-type AnyRouteSpec = Pick<RouteSpec<undefined, undefined, undefined>, 'method' | 'path' | 'auth'> & { audit?: AuditSpec | false };
+/** What the audit trail reads of a route's declaration (route.ts RouteSpec). */
+type AnyRouteSpec = { method: string; path: string; auth: AuthRule; audit?: AuditSpec | false };
+
+/** What an audit row can be built from: the input that passed validation, and the reply when there was one. */
+export interface AuditCall<B = unknown, Q = unknown, P = unknown> {
+  body?: B;
+  query?: Q;
+  params?: P;
+  reply?: Reply;
+}
+
+export interface AuditSpec<B = unknown, Q = unknown, P = unknown> {
+  /** `noun.verb`: `tenant.update`, `api_key.create`, `queue.pause`. */
+  action: string;
+  /** The id acted on; by default the `:id` path parameter. */
+  target?(call: AuditCall<B, Q, P>): string | null | undefined;
+  /**
+   * The target names a tenant (id or slug): it is looked up before the
+   * handler runs, so a deletion still records the tenant's id and slug, or
+   * after it when the request created the tenant.
+   */
+  targetsTenant?: boolean;
+  /** Names and counts only: never a secret, never a body as given. A PATCH records its field names by itself. */
+  details?(call: AuditCall<B, Q, P>): Record<string, unknown> | undefined;
+}
+
 
 /**
  * The action a route's calls are recorded as, or undefined when they never

@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { QuotaExceededError } from '../domain/tenants/quotas';
 import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
-import { auditedAction, RequestAudit } from './audit-trail';
+import { auditedAction, RequestAudit, type AuditCall, type AuditSpec } from './audit-trail';
+import type { Reply } from './reply';
 import { authenticate, authorize, type AuthRule } from './auth';
 import { requestIdOf, type RequestContext } from './context';
 import { RequestRateLimits, type Admission, type AdmissionNeeds } from './rate-limit';
@@ -12,22 +13,6 @@ import { parseInput } from './validation';
 
 type Method = 'get' | 'post' | 'patch' | 'delete';
 type ObjectSchema = z.ZodObject;
-
-export interface Reply {
-  status: number;
-  body?: unknown;
-  headers?: Record<string, string>;
-  /** Writes the body itself, for replies streamed rather than built in memory. */
-  stream?: (res: Response) => Promise<void>;
-  /** Work that must not delay the reply (recording it): run once the reply is written. */
-  afterwards?: () => void;
-  /**
-   * Fields of `body` given already as JSON bytes (a cached search's results,
-   * serialized once per cached answer), spliced in rather than serialized
-   * again. Such a reply is new on every request, so it gets no ETag.
-   */
-  serialized?: Record<string, Buffer>;
-}
 
 export interface RouteInput<B, Q, P> {
   body: B;
@@ -71,29 +56,6 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
    */
   admission?(ctx: RequestContext, platform: Platform): AdmissionNeeds;
   handler(input: RouteInput<Out<B>, Out<Q>, Out<P>>): Promise<Reply>;
-}
-
-/** What an audit row can be built from: the input that passed validation, and the reply when there was one. */
-export interface AuditCall<B = unknown, Q = unknown, P = unknown> {
-  body?: B;
-  query?: Q;
-  params?: P;
-  reply?: Reply;
-}
-
-export interface AuditSpec<B = unknown, Q = unknown, P = unknown> {
-  /** `noun.verb`: `tenant.update`, `api_key.create`, `queue.pause`. */
-  action: string;
-  /** The id acted on; by default the `:id` path parameter. */
-  target?(call: AuditCall<B, Q, P>): string | null | undefined;
-  /**
-   * The target names a tenant (id or slug): it is looked up before the
-   * handler runs, so a deletion still records the tenant's id and slug, or
-   * after it when the request created the tenant.
-   */
-  targetsTenant?: boolean;
-  /** Names and counts only: never a secret, never a body as given. A PATCH records its field names by itself. */
-  details?(call: AuditCall<B, Q, P>): Record<string, unknown> | undefined;
 }
 
 type Out<S> = S extends z.ZodType ? z.output<S> : undefined;

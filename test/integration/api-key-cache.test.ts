@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import request from 'supertest';
-import { ApiKeyCache, type ChangeListener, type CredentialChannel } from '../../src/domain/apikeys/key-cache';
+import { ApiKeyCache } from '../../src/domain/apikeys/key-cache';
+import type { ChangeListener, CredentialChannel } from '../../src/domain/apikeys/credential-changes';
 import { REDIS_URL } from '../helpers/databases';
 import { startStack, type TestStack } from '../helpers/harness';
 import { killLeftoverProcesses, startRagworks, type LogLine, type RagworksProcess } from '../helpers/processes';

@@ -1,7 +1,7 @@
 import { concurrencyOf, indexingQueue, QUEUE_DEFINITIONS, reconcileQueue, WEBHOOK_BACKOFF, webhooksQueue } from '../../queues';
 import { loadConfig } from '../../src/config';
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, INDEXING_BACKOFF, indexingRetryDelayMs } from '../../queues/indexing';
-import { redact } from '../../queues/admin';
+import { redact } from '../../src/secrets';
 import { tickOf } from '../../workers/scheduler';
 
 const work = {

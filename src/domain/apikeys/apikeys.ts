@@ -6,7 +6,7 @@ import { paginate, type Page, type PageRequest } from '../pagination';
 import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import { assertRoomFor, lockTenantCounters, type Quotas } from '../tenants/quotas';
 import { customDomainOf, toTenant, type Tenant, type TenantRow } from '../tenants/tenants';
-import type { CredentialChanges } from './key-cache';
+import type { CredentialChanges } from './credential-changes';
 
 export const SCOPES = [
   'documents:read',

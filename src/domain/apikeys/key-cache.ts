@@ -2,9 +2,7 @@ import type { Knex } from 'knex';
 import { LRUCache } from 'lru-cache';
 import { customDomainOf, type Tenant } from '../tenants/tenants';
 import { hashKey, isWellFormedKey, verifyApiKey, type KeyVerdict } from './apikeys';
-
-/** What a change touches: one API key, or one tenant (named by id or slug) and everything that hangs on it. */
-export type CredentialSubject = { keyId: string } | { tenant: string };
+import type { CredentialChannel, CredentialSubject } from './credential-changes';
 
 type Accepted = Extract<KeyVerdict, { ok: true }>;
 type Refused = Extract<KeyVerdict, { ok: false }>;
@@ -21,27 +19,6 @@ interface Negative {
   verdict: Refused;
   /** The key's id when the key exists (revoked, expired). */
   keyId: string | null;
-}
-
-/** Makes a change that may alter verdicts, announced to every process that caches them (KeyChanges). */
-export interface CredentialChanges {
-  announce<T>(subject: CredentialSubject, change: () => Promise<T>): Promise<T>;
-}
-
-/** What the cache hears of changes (KeyChanges): announced here and in every other process. */
-export interface ChangeListener {
-  /** A change to the subject is beginning. */
-  begin(subject: CredentialSubject): void;
-  /** The change has ended, committed or not. */
-  end(subject: CredentialSubject): void;
-  /** Changes may have gone unheard. */
-  lost(): void;
-}
-
-export interface CredentialChannel {
-  /** Whether every change announced so far has been heard: the cache is used only then. */
-  readonly listening: boolean;
-  listen(listener: ChangeListener): void;
 }
 
 /**

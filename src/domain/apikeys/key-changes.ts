@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { RedisClient } from '../../redis';
 import { withTimeout } from '../../async';
 import { dependencyUnavailable } from '../../errors';
-import type { ChangeListener, CredentialChanges, CredentialChannel, CredentialSubject } from './key-cache';
+import type { ChangeListener, CredentialChanges, CredentialChannel, CredentialSubject } from './credential-changes';
 
 /** How often the subscribed connection is asked whether it still hears. */
 const HEARTBEAT_MS = 200;

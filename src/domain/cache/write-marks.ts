@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { AppError, dependencyUnavailable } from '../../errors';
 import type { Logger } from '../../logger';
-import type { SearchCache } from './search-cache';
 
 /**
  * A tenant's write marks, kept in Redis beside its cache generation, say
@@ -156,9 +155,15 @@ export interface SearchVisibleWrites {
   around<T>(tenantId: string, commit: () => Promise<T>): Promise<T>;
 }
 
+/** Where the marks are kept and the writes announced: the search cache (search-cache.ts). */
+export interface WriteMarkStore {
+  beginWrite(tenantId: string): Promise<string>;
+  invalidate(tenantId: string, write: { token: string; lsn: number | null; changed: boolean }): Promise<number>;
+}
+
 export class TenantWrites implements SearchVisibleWrites {
   constructor(
-    private readonly cache: SearchCache,
+    private readonly cache: WriteMarkStore,
     /** The primary's WAL position now, when a replica reads for searches; null: none does. */
     private readonly primaryLsn: (() => Promise<number>) | null,
     private readonly logger: Logger,

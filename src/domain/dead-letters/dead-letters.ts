@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { redact } from '../../../queues/admin';
+import { redact } from '../../secrets';
 import { acrossTenants, withTenant } from '../../db/tenant-scope';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
 import { isUuid, newId } from '../ids';

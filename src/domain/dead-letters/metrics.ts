@@ -1,6 +1,5 @@
 import type { Knex } from 'knex';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { QUEUE_NAMES } from '../../../queues';
 import type { Logger } from '../../logger';
 import { countOpenByQueue } from './dead-letters';
 
@@ -17,7 +16,7 @@ const byRegistry = new WeakMap<Registry, DeadLetterMetrics>();
  * `ragworks_dead_letters_open{queue}`, counted in the database at scrape
  * time over every tenant (so every process reports the same open totals).
  */
-export function deadLetterMetrics(registry: Registry, db: Knex, logger: Logger): DeadLetterMetrics {
+export function deadLetterMetrics(registry: Registry, db: Knex, logger: Logger, queueNames: readonly string[]): DeadLetterMetrics {
   const existing = byRegistry.get(registry);
   if (existing) return existing;
   const recorded = new Counter({
@@ -27,7 +26,7 @@ export function deadLetterMetrics(registry: Registry, db: Knex, logger: Logger):
     registers: [registry],
   });
   // Every queue's series exists from the start, so a rate over it sees the first dead letter.
-  for (const queue of QUEUE_NAMES) recorded.inc({ queue }, 0);
+  for (const queue of queueNames) recorded.inc({ queue }, 0);
   new Gauge({
     name: 'ragworks_dead_letters_open',
     help: 'Dead letters neither redriven nor discarded, by source queue',
@@ -36,7 +35,7 @@ export function deadLetterMetrics(registry: Registry, db: Knex, logger: Logger):
     async collect() {
       try {
         const open = await countOpenByQueue(db);
-        for (const queue of new Set([...QUEUE_NAMES, ...open.keys()])) this.set({ queue }, open.get(queue) ?? 0);
+        for (const queue of new Set([...queueNames, ...open.keys()])) this.set({ queue }, open.get(queue) ?? 0);
       } catch (error) {
         // The rest of /metrics still answers; the gauge keeps its last values.
         logger.warn({ err: error }, 'could not count open dead letters');

@@ -1,5 +1,4 @@
 import type { Knex } from 'knex';
-import type { QueueAdmin } from '../../../queues/admin';
 import { AppError, conflict } from '../../errors';
 import {
   claimRedrive,
@@ -11,9 +10,19 @@ import {
   type DeadLetterView,
 } from './dead-letters';
 
+/** How a redrive got a job's work running again, or why it could not. */
+export type RedriveOutcome =
+  | { method: 'retried' | 'requeued' | 'already_queued'; jobId: string }
+  | { method: 'impossible'; reason: string };
+
+/** What a redrive asks of the queues (QueueAdmin in queues/admin.ts): the job run again, `prepare` just before it is queued. */
+export interface JobRedriver {
+  redriveJob(queueName: string, jobId: string, payload: unknown, attempts: number | null, prepare: () => Promise<void>): Promise<RedriveOutcome>;
+}
+
 export interface RedriveDeps {
   db: Knex;
-  queueAdmin: Pick<QueueAdmin, 'redriveJob'>;
+  queueAdmin: JobRedriver;
   /**
    * Reopens what the job's final failure closed in the database (a webhook
    * delivery marked failed), so that its work really runs again rather than

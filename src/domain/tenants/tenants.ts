@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import type { CredentialChanges } from '../apikeys/key-cache';
+import type { CredentialChanges } from '../apikeys/credential-changes';
 import { conflict, isUniqueViolation, notFound } from '../../errors';
 import { normalHost } from '../hosts';
 import { isUuid, newId } from '../ids';

@@ -3,7 +3,7 @@ import { onePer } from '../../one-per';
 import { queryAsTenant, withTenant } from '../../db/tenant-scope';
 import { newId } from '../ids';
 import { Batcher, settleAll, type Settled } from '../../batcher';
-import type { DeliveryDeps, DeliveryRow } from './deliveries';
+import type { DeliveryDeps, DeliveryRow } from './delivery-model';
 import { signingSecrets, type EndpointRow } from './endpoints';
 import { recordEvent, type EventSink } from './events';
 import { intArray, literal, textArray, uuidArray } from './literals';

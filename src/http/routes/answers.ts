@@ -6,7 +6,8 @@ import { newId } from '../../domain/ids';
 import type { Platform } from '../../platform';
 import type { RequestContext } from '../context';
 import type { Admission, AdmissionNeeds } from '../rate-limit';
-import type { Api, Reply } from '../route';
+import type { Api } from '../route';
+import type { Reply } from '../reply';
 import { answerBody, safeString } from '../schemas';
 import { indexReads, seenInRedis, userOf } from './search';
 

@@ -12,8 +12,8 @@ import {
 import { deadLetterMetrics } from '../../domain/dead-letters/metrics';
 import { redriveDeadLetter, redriveMatching, REDRIVE_LIMIT, type RedriveDeps } from '../../domain/dead-letters/redrive';
 import type { Platform } from '../../platform';
-import { replied } from '../audit-trail';
-import type { Api, AuditCall } from '../route';
+import { replied, type AuditCall } from '../audit-trail';
+import type { Api } from '../route';
 import { idParams, listQuery, safeString } from '../schemas';
 
 const tag = 'Dead letters';
@@ -65,7 +65,7 @@ function redriveDeps(platform: Platform): RedriveDeps {
 
 export function deadLetterRoutes(api: Api, platform: Platform): void {
   // The open gauge is read from the database at scrape time, so it is registered wherever /metrics is served.
-  deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger);
+  deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger, QUEUE_NAMES);
 
   api.add({
     method: 'get', path: '/api/admin/dead-letters', operationId: 'listDeadLetters', summary: 'Dead letters (jobs that failed for good), newest first', tag, auth: deadLettersAuth,

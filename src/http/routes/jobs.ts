@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import { z } from 'zod';
-import { JOB_STATES } from '../../../queues/admin';
+import { JOB_STATES } from '../../../queues/job-states';
 import { QUEUE_NAMES } from '../../../queues';
 import { platformStats } from '../../domain/documents/stats';
 import { conflict, notFound } from '../../errors';

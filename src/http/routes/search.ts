@@ -7,7 +7,8 @@ import type { SearchRequest, SearchResult } from '../../domain/search/search';
 import type { Platform } from '../../platform';
 import type { RequestContext } from '../context';
 import type { Admission, AdmissionNeeds } from '../rate-limit';
-import type { Api, Reply } from '../route';
+import type { Api } from '../route';
+import type { Reply } from '../reply';
 import { searchBody, searchQuery, searchResponseSchema } from '../schemas';
 
 const tag = 'Search';
