@@ -1,4 +1,5 @@
 import type { JobsOptions } from 'bullmq';
+import type { Knex } from 'knex';
 import type { z } from 'zod';
 
 /** What every queue module declares: its name, payload, options and job ids. */
@@ -24,6 +25,15 @@ export interface QueueDefinition<Schema extends z.ZodType = z.ZodType> {
    * (docs/operations.md, "Tracing"). Unset: every run joins it.
    */
   readonly ownTrace?: (job: { data: unknown; attemptsStarted: number }) => boolean;
+  /**
+   * Called before a job that failed for good runs again (a dead-letter
+   * redrive, or a retry from the jobs API): undoes what its final failure
+   * closed in the database, so the work is redone rather than skipped.
+   * Returns why the work must not run again, or null. Declared with the
+   * queue, not its processor, so the web role can call it without loading
+   * any processor.
+   */
+  reopen?(payload: z.output<Schema>, db: Knex): Promise<string | null>;
 }
 
 /** Jobs at once per worker process of a queue that names no concurrency of its own. */
@@ -61,4 +71,14 @@ export const RETENTION_DEFAULTS = {
 /** A scheduler tick (ISO time) as part of a job id: BullMQ refuses `:` in custom ids. */
 export function tickId(tick: string): string {
   return tick.replace(/:/g, '');
+}
+
+/**
+ * Reopens what a failed job's work closed, through its queue's `reopen`;
+ * null when the queue has none or the payload is not its own.
+ */
+export async function reopenWork(definition: QueueDefinition | undefined, db: Knex, payload: unknown): Promise<string | null> {
+  const parsed = definition?.payload.safeParse(payload);
+  if (!definition?.reopen || !parsed?.success) return null;
+  return definition.reopen(parsed.data, db);
 }

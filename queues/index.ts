@@ -16,7 +16,7 @@ import { webhooksQueue } from './webhooks';
 export { analyticsQueue, indexingQueue, reconcileQueue, retentionQueue, usageQueue, webhookFanoutQueue, webhooksQueue };
 export { WEBHOOK_BACKOFF, enqueueDeliveries, promoteDeliveries } from './webhooks';
 export type { QueueDefinition, PayloadOf } from './definition';
-export { concurrencyOf, DATABASE_RETRIES } from './definition';
+export { concurrencyOf, DATABASE_RETRIES, reopenWork } from './definition';
 export { queuePrefix } from './keys';
 
 /** Every queue ragworks runs. */

@@ -1,6 +1,6 @@
 import { Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
-import type { DeliveryWork } from '../src/domain/webhooks/deliveries';
+import { reopenDelivery, type DeliveryWork } from '../src/domain/webhooks/deliveries';
 import type { SlotClaim } from '../src/domain/webhooks/fairness';
 import { defineQueue, RETENTION_DEFAULTS } from './definition';
 
@@ -39,6 +39,8 @@ export const webhooksQueue = defineQueue({
   // A fan-out that runs twice enqueues nothing twice; an asked-for redelivery is new work.
   holdsWhileSuspended: true,
   jobId: (payload) => (payload.origin === 'event' ? `${payload.eventId}-${payload.endpointId}` : `delivery-${payload.deliveryId}`),
+  // A delivery marked failed goes back to pending, or says why it cannot (its endpoint is gone).
+  reopen: (payload, db) => reopenDelivery(db, payload.tenantId, payload.deliveryId),
 });
 
 /** What enqueueDeliveries needs to know of the per-endpoint slots (src/domain/webhooks/fairness.ts). */

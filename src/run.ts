@@ -1,11 +1,8 @@
-import http from 'node:http';
+import type http from 'node:http';
 import { QUEUE_NAMES } from '../queues';
-import { Scheduler } from '../workers/scheduler';
-import { WorkerRuntime } from '../workers/runtime';
 import { resolveAdminToken } from './admin-token';
 import { withTimeout } from './async';
 import { ConfigError, loadConfig, selectedQueues, type Config } from './config';
-import { createApp } from './http/app';
 import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
@@ -13,6 +10,7 @@ import { readiness } from './health';
 import { scrapeAllowed } from './metrics';
 import { createPlatform, databaseOptions, migrationOptions, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
+import { closeServer, listen, type Stop } from './roles/serve';
 
 export const ROLES = ['web', 'worker', 'scheduler', 'all', 'migrate'] as const;
 export type Role = (typeof ROLES)[number];
@@ -95,8 +93,6 @@ export async function run(roleArgument: string, telemetry: { shutdown(): Promise
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }
 
-type Stop = () => Promise<void>;
-
 /**
  * How long a process may take after SIGTERM before it exits anyway: the
  * web's readiness delay (SHUTDOWN_DELAY_MS), then intake stops and work
@@ -126,57 +122,28 @@ async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutd
   process.exit(0);
 }
 
-/** Starts what the role runs; returns how to stop each part (they stop side by side, pools after). */
+/**
+ * Starts what the role runs; returns how to stop each part (they stop side
+ * by side, pools after). Each part is loaded only when its role runs it: a
+ * web process loads no job processor, a worker none of the HTTP API
+ * (test/unit/architecture.test.ts).
+ */
 async function startRole(role: Role, platform: Platform, logger: Logger): Promise<Stop[]> {
   const { config } = platform;
   const stops: Stop[] = [];
   const runs = (part: 'web' | 'worker' | 'scheduler') => role === part || role === 'all';
 
-  if (runs('scheduler')) {
-    const scheduler = new Scheduler(platform);
-    scheduler.start();
-    stops.push(() => scheduler.stop());
-  }
-  if (runs('web')) {
-    const server = await listen(createApp(platform), config.PORT, config.HOST);
-    server.keepAliveTimeout = config.HTTP_KEEP_ALIVE_TIMEOUT_MS;
-    // Node's advice: a connection's headers may take longer than its idle time, or the two timers race.
-    server.headersTimeout = config.HTTP_KEEP_ALIVE_TIMEOUT_MS + 1_000;
-    logger.info({ url: `http://localhost:${(server.address() as { port: number }).port}` }, 'api listening');
-    stops.push(() => closeServer(server, config.SHUTDOWN_TIMEOUT_MS));
-  } else if (config.METRICS_PORT !== undefined) {
+  // Required here, not imported at the top: a module is loaded only by the role that runs it.
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  if (runs('scheduler')) stops.push((require('./roles/scheduler') as typeof import('./roles/scheduler')).startScheduler(platform));
+  if (runs('web')) stops.push(await (require('./roles/web') as typeof import('./roles/web')).startWeb(platform, logger));
+  else if (config.METRICS_PORT !== undefined) {
     const server = await listen(metricsOnly(platform), config.METRICS_PORT, config.HOST);
     stops.push(() => closeServer(server, 1_000));
   }
-  if (runs('worker')) {
-    const runtime = new WorkerRuntime(platform, selectedQueues(config, QUEUE_NAMES));
-    runtime.start();
-    stops.push(async () => {
-      const report = await runtime.drain(config.SHUTDOWN_TIMEOUT_MS);
-      logger.info(report, `drain report: ${report.finished} finished, ${report.handedBack} handed back`);
-    });
-  }
+  if (runs('worker')) stops.push((require('./roles/worker') as typeof import('./roles/worker')).startWorkers(platform, logger));
+  /* eslint-enable @typescript-eslint/no-require-imports */
   return stops;
-}
-
-function listen(handler: http.RequestListener, port: number, host: string): Promise<http.Server> {
-  return new Promise((resolve, reject) => {
-    const server = http.createServer(handler);
-    server.once('error', reject);
-    server.listen(port, host, () => resolve(server));
-  });
-}
-
-/** Stops accepting, lets in-flight requests finish until the deadline, then cuts what is left. */
-function closeServer(server: http.Server, timeoutMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
-    server.close(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-    server.closeIdleConnections();
-  });
 }
 
 /**

@@ -25,13 +25,6 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
   attemptsFor?(error: Error): number;
   /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
   onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
-  /**
-   * Called before a job that failed for good runs again (a dead-letter
-   * redrive, or a retry from the jobs API or Bull Board): undoes what
-   * onFinalFailure closed, so the work is redone rather than skipped.
-   * Returns why the work must not run again, or null.
-   */
-  beforeRedrive?(payload: PayloadOf<D>, platform: Platform): Promise<string | null>;
   /** Worker settings the queue needs, such as a custom backoff strategy. */
   workerSettings?(platform: Platform): WorkerOptions['settings'];
   /** Work the queue needs beside its jobs while its worker runs (e.g. a periodic sweep); returns how to stop it. */

@@ -2,7 +2,7 @@ import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import { onePer } from '../src/one-per';
 import { promoteDeliveries, WEBHOOK_BACKOFF, webhooksQueue } from '../queues';
 import { readAttempt, type AttemptRead } from '../src/domain/webhooks/attempts';
-import { attemptDelivery, failDelivery, reopenDelivery, scheduleNextAttempt, type SendGate } from '../src/domain/webhooks/deliveries';
+import { attemptDelivery, failDelivery, scheduleNextAttempt, type SendGate } from '../src/domain/webhooks/deliveries';
 import type { SlotClaim, Woken } from '../src/domain/webhooks/fairness';
 import { nextAttemptDelayMs } from '../src/domain/webhooks/retry';
 import type { Logger } from '../src/logger';
@@ -191,7 +191,6 @@ export const webhooksProcessor = defineProcessor({
   async onFinalFailure(payload, error, { platform }) {
     await failDelivery(platform.db.knex, payload.tenantId, payload.deliveryId, error.message);
   },
-  beforeRedrive: (payload, platform) => reopenDelivery(platform.db.knex, payload.tenantId, payload.deliveryId),
   workerSettings: () => ({
     // The delay was worked out by the attempt that failed (schedule, jitter, Retry-After).
     backoffStrategy: (_attemptsMade: number, type?: string, error?: Error) =>

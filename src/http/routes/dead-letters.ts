@@ -1,6 +1,5 @@
 import { z } from 'zod';
-import { QUEUE_NAMES } from '../../../queues';
-import { reopenWork } from '../../../workers/reopen';
+import { QUEUE_NAMES, queueDefinition, reopenWork } from '../../../queues';
 import {
   DEAD_LETTER_STATES,
   discardDeadLetter,
@@ -54,12 +53,12 @@ const deadLetterSchema = z.object({
   created_at: z.string(),
 });
 
-/** Reopens through the source queue's processor (workers/processor.ts `beforeRedrive`). */
+/** Reopens through the source queue's definition (queues/definition.ts `reopen`). */
 function redriveDeps(platform: Platform): RedriveDeps {
   return {
     db: platform.db.knex,
     queueAdmin: platform.queueAdmin,
-    reopen: (queue, payload) => reopenWork(platform, queue, payload),
+    reopen: (queue, payload) => reopenWork(queueDefinition(queue), platform.db.knex, payload),
   };
 }
 

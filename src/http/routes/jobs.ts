@@ -9,7 +9,7 @@ import type { Api } from '../route';
 import { safeString } from '../schemas';
 import { closeOnRerun } from '../../domain/dead-letters/dead-letters';
 import type { Platform } from '../../platform';
-import { reopenWork } from '../../../workers/reopen';
+import { queueDefinition, reopenWork } from '../../../queues';
 
 const tag = 'Jobs and queues';
 const jobsAuth = { scope: 'jobs:manage', tenant: 'optional' } as const;
@@ -45,7 +45,7 @@ const jobSchema = z.object({
  */
 function rerunAsRedrive(platform: Platform, queue: string) {
   return async (job: Job) => {
-    const refusal = await reopenWork(platform, queue, job.data);
+    const refusal = await reopenWork(queueDefinition(queue), platform.db.knex, job.data);
     if (refusal) throw conflict(refusal);
     await closeOnRerun(platform.db.knex, queue, String(job.id));
   };
