@@ -82,3 +82,9 @@ export async function reopenWork(definition: QueueDefinition | undefined, db: Kn
   if (!definition?.reopen || !parsed?.success) return null;
   return definition.reopen(parsed.data, db);
 }
+
+/** The tenant a job works for: by the payload convention of every tenant's queue, its `tenantId`; null for work of no tenant. */
+export function jobTenant(data: unknown): string | null {
+  const tenantId = (data as { tenantId?: unknown } | null | undefined)?.tenantId;
+  return typeof tenantId === 'string' ? tenantId : null;
+}

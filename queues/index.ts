@@ -2,7 +2,7 @@ import { Queue, type JobsOptions, type Telemetry } from 'bullmq';
 import type { RedisClient } from '../src/redis';
 import { carriedContext } from '../src/telemetry';
 import type { z } from 'zod';
-import type { QueueDefinition } from './definition';
+import { jobTenant, type QueueDefinition } from './definition';
 import { TenantFairness } from './fairness';
 import { queuePrefix } from './keys';
 import { analyticsQueue } from './analytics';
@@ -95,8 +95,8 @@ export class QueueRegistry {
   private async takeTurns(queueName: string, jobs: Array<{ data: unknown; opts: JobsOptions & { jobId: string } }>): Promise<void> {
     const byTenant = new Map<string, typeof jobs>();
     for (const job of jobs) {
-      const tenantId = (job.data as { tenantId?: unknown }).tenantId;
-      if (typeof tenantId !== 'string' || job.opts.priority !== undefined) continue;
+      const tenantId = jobTenant(job.data);
+      if (tenantId === null || job.opts.priority !== undefined) continue;
       const own = byTenant.get(tenantId);
       if (own) own.push(job);
       else byTenant.set(tenantId, [job]);

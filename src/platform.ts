@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { Gauge } from 'prom-client';
-import { QueueAdmin } from '../queues/admin';
+import { queueSnapshots } from '../queues/queue-health';
 import { enqueueDeliveries } from '../queues/webhooks';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
 import { ConfigError, type Config } from './config';
@@ -47,7 +47,6 @@ export interface Platform {
   /** Producer connection: fails fast while Redis is away. */
   redis: RedisClient;
   queues: QueueRegistry;
-  queueAdmin: QueueAdmin;
   embedder: Embedder;
   health: DependencyHealth;
   metrics: Metrics;
@@ -145,7 +144,6 @@ export function migrationOptions(config: Config): MigrationOptions {
 
 function assemble(config: Config, logger: Logger, redis: RedisClient, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX, queueTelemetry(config));
-  const queueAdmin = new QueueAdmin(queues);
   const embedder = createEmbedder(config);
   // Threads start with the first document indexed: a web-only process never starts any.
   const indexingCpu = createIndexingCpu({
@@ -174,7 +172,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
       })
     : null;
   const health = new DependencyHealth(db, redis);
-  const metrics = new Metrics(() => queueAdmin.snapshots());
+  const metrics = new Metrics(() => queueSnapshots(queues));
   const metricsWindow = new MetricsWindow(metrics);
   registerUsageMetrics(metrics.registry, db.knex, logger);
   const cache = new SearchCache(
@@ -240,7 +238,6 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     rowLevelSecurity,
     redis,
     queues,
-    queueAdmin,
     embedder,
     health,
     metrics,

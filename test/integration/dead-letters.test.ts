@@ -1,4 +1,5 @@
 import type request from 'supertest';
+import { queueRedriver } from '../../queues/retries';
 import { redriveMatching } from '../../src/domain/dead-letters/redrive';
 import { startEmbeddingsProvider, type FakeEmbeddingsProvider } from '../helpers/embeddings-provider';
 import { startStack, type TestStack } from '../helpers/harness';
@@ -310,7 +311,7 @@ describe('dead letters (pglite, workers, a real embeddings provider and webhook 
     // At most `limit` per request; the rest stay open for the next one.
     await stack.platform.queues.queue('reconcile').add('reconcile', { tick: 'still not a time' }, { jobId: 'dl-tick-2', attempts: 1 });
     await openFor('reconcile', (row) => row.job_id === 'dl-tick-2', 'the second invalid tick');
-    const deps = { db: stack.platform.db.knex, queueAdmin: stack.platform.queueAdmin, reopen: async () => null };
+    const deps = { db: stack.platform.db.knex, jobs: queueRedriver(stack.platform.queues), reopen: async () => null };
     const capped = await redriveMatching(deps, undefined, { queue: 'reconcile' }, { dryRun: false, limit: 1 });
     expect(capped).toMatchObject({ matched: 2, redriven: 1, limit: 1 });
     // Oldest first: the first tick was redriven, the second waits for the next request.

@@ -15,14 +15,14 @@ export type RedriveOutcome =
   | { method: 'retried' | 'requeued' | 'already_queued'; jobId: string }
   | { method: 'impossible'; reason: string };
 
-/** What a redrive asks of the queues (QueueAdmin in queues/admin.ts): the job run again, `prepare` just before it is queued. */
+/** What a redrive asks of the queues (queueRedriver in queues/retries.ts): the job run again, `prepare` just before it is queued. */
 export interface JobRedriver {
   redriveJob(queueName: string, jobId: string, payload: unknown, attempts: number | null, prepare: () => Promise<void>): Promise<RedriveOutcome>;
 }
 
 export interface RedriveDeps {
   db: Knex;
-  queueAdmin: JobRedriver;
+  jobs: JobRedriver;
   /**
    * Reopens what the job's final failure closed in the database (a webhook
    * delivery marked failed), so that its work really runs again rather than
@@ -48,7 +48,7 @@ export interface RedriveResult {
 export async function redriveDeadLetter(deps: RedriveDeps, tenantId: string | undefined, id: string): Promise<RedriveResult> {
   const claimed = await claimRedrive(deps.db, tenantId, id);
   try {
-    const outcome = await deps.queueAdmin.redriveJob(claimed.queue, claimed.job_id, claimed.payload, claimed.max_attempts, async () => {
+    const outcome = await deps.jobs.redriveJob(claimed.queue, claimed.job_id, claimed.payload, claimed.max_attempts, async () => {
       const refusal = await deps.reopen(claimed.queue, claimed.payload);
       if (refusal) throw conflict(refusal);
     });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { QUEUE_NAMES, queueDefinition, reopenWork } from '../../../queues';
+import { queueRedriver } from '../../../queues/retries';
 import {
   DEAD_LETTER_STATES,
   discardDeadLetter,
@@ -57,7 +58,7 @@ const deadLetterSchema = z.object({
 function redriveDeps(platform: Platform): RedriveDeps {
   return {
     db: platform.db.knex,
-    queueAdmin: platform.queueAdmin,
+    jobs: queueRedriver(platform.queues),
     reopen: (queue, payload) => reopenWork(queueDefinition(queue), platform.db.knex, payload),
   };
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queueOverview } from '../../../queues/queue-health';
 import { readiness, type DependencyState } from '../../health';
 import type { Platform } from '../../platform';
 import { isOperatorRequest } from '../auth';
@@ -52,7 +53,7 @@ function healthStatus(platform: Platform, state: DependencyState) {
 /** The operator's view: checked now, with versions, queue depths and workers. */
 async function describeHealth(platform: Platform) {
   const state = await platform.health.check();
-  const queues = state.redis ? await platform.queueAdmin.overview().catch(() => null) : null;
+  const queues = state.redis ? await queueOverview(platform.queues).catch(() => null) : null;
   const { status, services } = healthStatus(platform, state);
   return {
     status,

@@ -1,6 +1,9 @@
 import type { Job } from 'bullmq';
 import { z } from 'zod';
 import { JOB_STATES } from '../../../queues/job-states';
+import { jobDetail, listJobs } from '../../../queues/job-views';
+import { queueOverview } from '../../../queues/queue-health';
+import { retryFailed, retryJob } from '../../../queues/retries';
 import { QUEUE_NAMES } from '../../../queues';
 import { platformStats } from '../../domain/documents/stats';
 import { conflict, notFound } from '../../errors';
@@ -55,7 +58,7 @@ export function jobRoutes(api: Api): void {
   api.add({
     method: 'get', path: '/api/admin/queues', operationId: 'listQueues', summary: 'Every queue with its counts, oldest waiting age and workers', tag, auth: 'operator',
     responses: { 200: { description: 'Queues', schema: z.array(queueSchema) } },
-    handler: async ({ platform }) => ({ status: 200, body: await platform.queueAdmin.overview() }),
+    handler: async ({ platform }) => ({ status: 200, body: await queueOverview(platform.queues) }),
   });
   api.add({
     method: 'get', path: '/api/admin/jobs', operationId: 'listJobs', summary: 'Jobs in a state, newest first', tag, auth: jobsAuth,
@@ -67,7 +70,7 @@ export function jobRoutes(api: Api): void {
     responses: { 200: { description: 'Jobs', schema: z.object({ items: z.array(jobSchema) }) } },
     handler: async ({ query, ctx, platform }) => ({
       status: 200,
-      body: { items: await platform.queueAdmin.listJobs({ ...query, tenantId: ctx.tenant?.id }) },
+      body: { items: await listJobs(platform.queues, { ...query, tenantId: ctx.tenant?.id }) },
     }),
   });
   api.add({
@@ -75,7 +78,7 @@ export function jobRoutes(api: Api): void {
     params: jobParams,
     responses: { 200: { description: 'The job' }, 404: { description: 'No such job' } },
     handler: async ({ params, ctx, platform }) => {
-      const job = await platform.queueAdmin.getJob(params.queue, params.id, ctx.tenant?.id);
+      const job = await jobDetail(platform.queues, params.queue, params.id, ctx.tenant?.id);
       if (!job) throw notFound('Job');
       // Stack traces are for operators; a tenant's key sees the failure reason only.
       if (ctx.principal?.kind === 'key') return { status: 200, body: { ...job, stacktrace: [] } };
@@ -88,7 +91,7 @@ export function jobRoutes(api: Api): void {
     responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
     audit: { action: 'job.retry', target: ({ params }) => params && `${params.queue}/${params.id}` },
     handler: async ({ params, ctx, platform }) => {
-      const outcome = await platform.queueAdmin.retryJob(params.queue, params.id, ctx.tenant?.id, rerunAsRedrive(platform, params.queue));
+      const outcome = await retryJob(platform.queues, params.queue, params.id, ctx.tenant?.id, rerunAsRedrive(platform, params.queue));
       if (!outcome) throw notFound('Job');
       if (!outcome.retried) throw conflict(`Only failed jobs can be retried; this one is ${outcome.state}.`, { state: outcome.state });
       return { status: 200, body: { id: params.id, queue: params.queue, retried: true } };
@@ -109,7 +112,8 @@ export function jobRoutes(api: Api): void {
     },
     handler: async ({ params, body, ctx, platform }) => ({
       status: 200,
-      body: await platform.queueAdmin.retryFailed(
+      body: await retryFailed(
+        platform.queues,
         params.queue,
         { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id },
         rerunAsRedrive(platform, params.queue),
@@ -123,8 +127,8 @@ export function jobRoutes(api: Api): void {
       responses: { 200: { description: 'The queue', schema: queueSchema } },
       audit: { action: `queue.${action}`, target: ({ params }) => params?.queue },
       handler: async ({ params, platform }) => {
-        await platform.queueAdmin[action](params.queue);
-        const overview = await platform.queueAdmin.overview();
+        await platform.queues.queue(params.queue)[action]();
+        const overview = await queueOverview(platform.queues);
         return { status: 200, body: overview.find((queue) => queue.name === params.queue) };
       },
     });
@@ -142,7 +146,7 @@ export function jobRoutes(api: Api): void {
       },
     },
     handler: async ({ platform }) => {
-      const [stats, queues] = await Promise.all([platformStats(platform.db.knex), platform.queueAdmin.overview()]);
+      const [stats, queues] = await Promise.all([platformStats(platform.db.knex), queueOverview(platform.queues)]);
       const sum = (pick: (queue: (typeof queues)[number]) => number) => queues.reduce((total, queue) => total + pick(queue), 0);
       // A paused queue's `paused` count is its waiting jobs again: counted once, as waiting.
       const pending = sum((queue) => queue.counts.waiting + queue.counts.delayed + queue.counts.prioritized);
