@@ -39,21 +39,21 @@ export function createApp(platform: Platform): express.Express {
 
   const api = new Api(platform);
   // Routes are tried in the order declared: the one served most, first.
-  searchRoutes(api);
-  answerRoutes(api);
-  healthRoutes(api);
-  tenantRoutes(api);
-  uploadRoutes(api);
-  documentRoutes(api);
-  indexingRoutes(api);
-  jobRoutes(api);
-  webhookRoutes(api);
-  cacheRoutes(api);
-  analyticsRoutes(api);
-  usageRoutes(api);
+  searchRoutes(api, platform);
+  answerRoutes(api, platform);
+  healthRoutes(api, platform);
+  tenantRoutes(api, platform);
+  uploadRoutes(api, platform);
+  documentRoutes(api, platform);
+  indexingRoutes(api, platform);
+  jobRoutes(api, platform);
+  webhookRoutes(api, platform);
+  cacheRoutes(api, platform);
+  analyticsRoutes(api, platform);
+  usageRoutes(api, platform);
   deadLetterRoutes(api, platform);
-  metricsSummaryRoutes(api);
-  auditRoutes(api);
+  metricsSummaryRoutes(api, platform);
+  auditRoutes(api, platform);
 
   // The API before the pages and documents, so an API request is not matched against their routes first.
   // Any JSON value parses (strict: false), so a body that is valid JSON but no object is told so by validation rather than called invalid.

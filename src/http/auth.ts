@@ -30,7 +30,7 @@ export function presentedSecret(req: Request): string | undefined {
 }
 
 /** Whether the operator is calling: its token (Bearer or HTTP Basic), or a dashboard session when no other secret is sent. */
-export async function isOperatorRequest(platform: Platform, req: Request): Promise<boolean> {
+export async function isOperatorRequest(platform: Pick<Platform, 'config' | 'db'>, req: Request): Promise<boolean> {
   const secret = presentedSecret(req);
   if (secret) return isOperatorToken(secret, platform.config.ADMIN_TOKEN);
   return (await sessionOf(platform, req)) !== null;

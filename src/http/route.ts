@@ -19,7 +19,6 @@ export interface RouteInput<B, Q, P> {
   query: Q;
   params: P;
   ctx: RequestContext;
-  platform: Platform;
   req: Request;
   /** What the request took and read with its rate limits: the route's `admission` needs among them. */
   admission: Admission;
@@ -54,7 +53,7 @@ export interface RouteSpec<B extends z.ZodType | undefined, Q extends ObjectSche
    * search quota, and values it needs, such as the cache generation. Asked
    * only for input that passed validation.
    */
-  admission?(ctx: RequestContext, platform: Platform): AdmissionNeeds;
+  admission?(ctx: RequestContext): AdmissionNeeds;
   handler(input: RouteInput<Out<B>, Out<Q>, Out<P>>): Promise<Reply>;
 }
 
@@ -137,7 +136,7 @@ export class Api {
       invalid = error;
     }
     // Malformed requests spend the rate limits too (and a rate limit refuses them before they are judged); the route's own budgets only valid ones.
-    const admission = await this.rateLimits.admit(ctx, invalid === undefined ? spec.admission?.(ctx, this.platform) : undefined);
+    const admission = await this.rateLimits.admit(ctx, invalid === undefined ? spec.admission?.(ctx) : undefined);
     for (const [name, value] of Object.entries(admission.headers)) res.setHeader(name, value);
     if (invalid !== undefined) throw invalid;
     await audit?.lookUpTenantTarget();
@@ -147,7 +146,6 @@ export class Api {
         query: call.query as Out<Q>,
         params: call.params as Out<P>,
         ctx,
-        platform: this.platform,
         req,
         admission,
       })

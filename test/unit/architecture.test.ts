@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { importCycles, importGraph, loadedWith } from '../helpers/import-graph';
 
@@ -53,5 +54,16 @@ describe('the import graph', () => {
   it('starts every role from src/main.ts with nothing of any role loaded up front', () => {
     const startUp = loadedWith(graph, 'src/main.ts');
     expect([...startUp].filter((module) => under('workers')(module) || under('src/http')(module) || (under('src/roles')(module) && module !== 'src/roles/serve.ts'))).toEqual([]);
+  });
+
+  it('gives each route module the few services it uses, named in its signature, never the whole platform', () => {
+    const folder = path.join(ROOT, 'src', 'http', 'routes');
+    for (const file of readdirSync(folder).filter((name) => name.endsWith('.ts'))) {
+      const text = readFileSync(path.join(folder, file), 'utf8');
+      const signature = /export function \w+Routes\(api: Api, services: (\w+)\): void/.exec(text);
+      expect({ file, declares: signature !== null && new RegExp(`export type ${signature[1]} = Pick<Platform, '`).test(text) }).toEqual({ file, declares: true });
+      // No parameter, variable or field of the whole Platform type: it appears only inside Pick<…>.
+      expect({ file, uses: /:\s*Platform\b/.test(text) }).toEqual({ file, uses: false });
+    }
   });
 });

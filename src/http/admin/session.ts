@@ -18,9 +18,9 @@ import { sameSecret } from '../../same-secret';
  */
 export const SESSION_COOKIE = 'rw_admin';
 
-const keyOf = (platform: Platform) => createHmac('sha256', platform.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
+const keyOf = (platform: Pick<Platform, 'config'>) => createHmac('sha256', platform.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
 /** HMAC of `purpose:id` under a key derived from ADMIN_TOKEN: a new token voids everything signed with the old one. */
-export const mac = (platform: Platform, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
+export const mac = (platform: Pick<Platform, 'config'>, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
 
 export function csrfTokenFor(platform: Platform, sessionId: string): string {
   return mac(platform, 'csrf', sessionId);
@@ -57,7 +57,7 @@ export function clearSessionCookie(platform: Platform, req: Request, res: Respon
 }
 
 /** The live session the request's cookie names, if its signature holds. */
-export async function sessionOf(platform: Platform, req: Request): Promise<string | null> {
+export async function sessionOf(platform: Pick<Platform, 'config' | 'db'>, req: Request): Promise<string | null> {
   const header = req.headers.cookie;
   if (!header) return null;
   const value = parse(header)[SESSION_COOKIE];

@@ -1,4 +1,5 @@
 import type { Response } from 'express';
+import type { Platform } from '../../platform';
 import { z } from 'zod';
 import { badRequest } from '../../errors';
 import {
@@ -48,65 +49,68 @@ async function write(res: Response, chunk: string): Promise<boolean> {
   return !res.destroyed;
 }
 
-export function analyticsRoutes(api: Api): void {
+/** What the analytics routes use of the platform, wired in by the app (src/http/app.ts). */
+export type AnalyticsServices = Pick<Platform, 'config' | 'db' | 'reportRead'>;
+
+export function analyticsRoutes(api: Api, services: AnalyticsServices): void {
   api.add({
     method: 'get', path: '/api/admin/analytics/popular', operationId: 'getPopularQueries', summary: 'Most searched queries', tag, auth,
     query: z.object({ limit, days }),
     responses: { 200: { description: 'Queries with their search counts' } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await platform.reportRead((db) => popularQueries(db, ctx.tenant!.id, query)) } }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: { days: query.days, items: await services.reportRead((db) => popularQueries(db, ctx.tenant!.id, query)) } }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/trending', operationId: 'getTrendingQueries', summary: 'Week-over-week growth; the formula is in the reply', tag, auth,
     query: z.object({ limit }),
     responses: { 200: { description: 'Growing queries, with this and last week’s counts' } },
-    handler: async ({ query, ctx, platform }) => ({
+    handler: async ({ query, ctx }) => ({
       status: 200,
-      body: await platform.reportRead((db) => trendingQueries(db, ctx.tenant!.id, { limit: query.limit, minVolume: platform.config.ANALYTICS_TRENDING_MIN_VOLUME })),
+      body: await services.reportRead((db) => trendingQueries(db, ctx.tenant!.id, { limit: query.limit, minVolume: services.config.ANALYTICS_TRENDING_MIN_VOLUME })),
     }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/no-results', operationId: 'getNoResultQueries', summary: 'Queries that found nothing', tag, auth,
     query: z.object({ limit, days }),
     responses: { 200: { description: 'Queries with their counts of empty searches' } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: { days: query.days, items: await platform.reportRead((db) => noResultQueries(db, ctx.tenant!.id, query)) } }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: { days: query.days, items: await services.reportRead((db) => noResultQueries(db, ctx.tenant!.id, query)) } }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/stats', operationId: 'getSearchStats', summary: 'Totals: searches, unique queries and users, latency, results, modes, cache hit ratio, click-through rate', tag, auth,
     query: z.object({ days }),
     responses: { 200: { description: 'Totals' } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await platform.reportRead((db) => searchStats(db, ctx.tenant!.id, query.days)) }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: await services.reportRead((db) => searchStats(db, ctx.tenant!.id, query.days)) }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/answers', operationId: 'getAnswerStats', summary: 'Answers: count, latency, no-citation rate, tokens, feedback and the latest answers rated down', tag, auth,
     query: z.object({ days }),
     responses: { 200: { description: 'Totals' } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await platform.reportRead((db) => answerStats(db, ctx.tenant!.id, query.days)) }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: await services.reportRead((db) => answerStats(db, ctx.tenant!.id, query.days)) }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/timeseries', operationId: 'getSearchTimeseries', summary: 'Searches per hour or day, empty buckets included', tag, auth,
     query: z.object({ start: instant, end: instant, interval: z.enum(['hour', 'day']).default('hour') }),
     responses: { 200: { description: 'Buckets' } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await platform.reportRead((db) => searchTimeseries(db, ctx.tenant!.id, query)) }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: await services.reportRead((db) => searchTimeseries(db, ctx.tenant!.id, query)) }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/users/:user_id', operationId: 'getUserSearchActivity', summary: "One user's searching", tag, auth,
     params: z.object({ user_id: safeString({ min: 1, max: 200 }) }),
     query: z.object({ days }),
     responses: { 200: { description: 'Totals, favourite mode and top terms' } },
-    handler: async ({ params, query, ctx, platform }) => ({
+    handler: async ({ params, query, ctx }) => ({
       status: 200,
-      body: await platform.reportRead((db) => userActivity(db, ctx.tenant!.id, params.user_id, query.days)),
+      body: await services.reportRead((db) => userActivity(db, ctx.tenant!.id, params.user_id, query.days)),
     }),
   });
   api.add({
     method: 'get', path: '/api/admin/analytics/export', operationId: 'exportSearchEvents', summary: 'Raw search events as CSV or JSON, streamed', tag, auth,
     query: z.object({ format: z.enum(['csv', 'json']).default('json'), start: instant, end: instant }),
     responses: { 200: { description: 'The events (text/csv or application/json)' } },
-    handler: async ({ query, ctx, platform }) => {
+    handler: async ({ query, ctx }) => {
       // As for the time series: an empty or reversed range is a mistake, not an empty export.
       if (!(new Date(query.end) > new Date(query.start))) throw badRequest('`end` must be after `start`.', { field: 'end' });
       // On the primary: an export reads for long, and a standby cancels long reads that hold up its replay.
-      const rows = exportEvents(platform.db.knex, ctx.tenant!.id, query);
+      const rows = exportEvents(services.db.knex, ctx.tenant!.id, query);
       const filename = `search-events-${query.start.slice(0, 10)}-${query.end.slice(0, 10)}.${query.format}`;
       return {
         status: 200,

@@ -38,9 +38,9 @@ const answerSchema = z.object({
 });
 
 /** Today's answers allowance, and what the retrieval must have seen (as a search's). */
-function answerAdmission(ctx: RequestContext, platform: Platform): AdmissionNeeds {
+function answerAdmission(ctx: RequestContext, services: AnswersServices): AdmissionNeeds {
   const tenant = ctx.tenant!;
-  return { budgets: [platform.answerQuota.budget(tenant.id, tenant.quotas.answers_per_day)], reads: indexReads(tenant.id, platform) };
+  return { budgets: [services.answerQuota.budget(tenant.id, tenant.quotas.answers_per_day)], reads: indexReads(tenant.id, services) };
 }
 
 function wantsStream(req: Request, body: { stream?: boolean }): boolean {
@@ -53,7 +53,7 @@ function sendEvent(res: Response, event: string, data: unknown): void {
 }
 
 interface AnswerCall {
-  platform: Platform;
+  services: AnswersServices;
   ctx: RequestContext;
   admission: Admission;
   request: AnswerRequest;
@@ -67,7 +67,7 @@ interface AnswerCall {
  * answer that failed did not happen: the day's allowance goes back.
  */
 async function answer(call: AnswerCall, streamed: boolean, hooks: { onCitations?: (citations: Citation[]) => void; onDelta?: (text: string) => void } = {}): Promise<{ answer: Answer; queryId: string }> {
-  const { platform, ctx, admission, request, res } = call;
+  const { services, ctx, admission, request, res } = call;
   const tenantId = ctx.tenant!.id;
   const started = process.hrtime.bigint();
   const gone = new AbortController();
@@ -77,22 +77,22 @@ async function answer(call: AnswerCall, streamed: boolean, hooks: { onCitations?
   res.on('close', onClose);
   try {
     const result = await answerQuestion(
-      { cache: platform.cache, search: platform.searchDeps(), chatModel: platform.chatModel },
+      { cache: services.cache, search: services.searchDeps(), chatModel: services.chatModel },
       tenantId,
       request,
-      seenInRedis(platform, admission),
+      seenInRedis(services, admission),
       { ...hooks, signal: gone.signal },
     );
     const queryId = newId();
     const tookMs = Number(process.hrtime.bigint() - started) / 1e6;
-    await recordAnswer(platform.db.knex, tenantId, { queryId, question: request.query, answer: result, tookMs, streamed, userId: call.userId });
-    platform.metrics.answers.inc({ outcome: result.cached ? 'cached' : 'answered' });
-    platform.metrics.answerTokens.inc({ kind: 'prompt' }, result.usage.prompt_tokens);
-    platform.metrics.answerTokens.inc({ kind: 'completion' }, result.usage.completion_tokens);
+    await recordAnswer(services.db.knex, tenantId, { queryId, question: request.query, answer: result, tookMs, streamed, userId: call.userId });
+    services.metrics.answers.inc({ outcome: result.cached ? 'cached' : 'answered' });
+    services.metrics.answerTokens.inc({ kind: 'prompt' }, result.usage.prompt_tokens);
+    services.metrics.answerTokens.inc({ kind: 'completion' }, result.usage.completion_tokens);
     return { answer: result, queryId };
   } catch (error) {
-    platform.metrics.answers.inc({ outcome: gone.signal.aborted ? 'canceled' : 'failed' });
-    for (const budget of admission.routeTaken) await platform.answerQuota.giveBack(budget).catch(() => undefined);
+    services.metrics.answers.inc({ outcome: gone.signal.aborted ? 'canceled' : 'failed' });
+    for (const budget of admission.routeTaken) await services.answerQuota.giveBack(budget).catch(() => undefined);
     // Nobody is left to answer: said the way proxies log it, not as a failure of ours.
     if (gone.signal.aborted) throw new AppError(499, 'client_closed_request', 'The client went away before the answer was complete.');
     throw error;
@@ -133,14 +133,17 @@ function streamedAnswer(call: AnswerCall): Reply {
         if (res.destroyed) return;
         const failure = error as { status?: number; code?: string; message?: string };
         const known = typeof failure.status === 'number' && typeof failure.code === 'string';
-        call.platform.logger.warn({ err: error }, 'an answer failed while streaming');
+        call.services.logger.warn({ err: error }, 'an answer failed while streaming');
         sendEvent(res, 'error', { error: { code: known ? failure.code : 'internal_error', message: known ? failure.message : 'The answer failed.' } });
       }
     },
   };
 }
 
-export function answerRoutes(api: Api): void {
+/** What the answers routes use of the platform, wired in by the app (src/http/app.ts). */
+export type AnswersServices = Pick<Platform, 'answerQuota' | 'cache' | 'chatModel' | 'config' | 'db' | 'logger' | 'metrics' | 'searchDeps'>;
+
+export function answerRoutes(api: Api, services: AnswersServices): void {
   api.add({
     method: 'post', path: '/api/answer', operationId: 'answer', summary: 'Answer a question from the tenant\'s documents, citing them', tag, auth,
     // A read sent as POST: nothing changes, so nothing to audit.
@@ -152,10 +155,10 @@ export function answerRoutes(api: Api): void {
       502: { description: 'The chat model refused the request (`answer_model_failed`): a wrong model name or key' },
       503: { description: 'The chat model is unavailable after retries (`answer_model_unavailable`), or a dependency is; with `Retry-After`' },
     },
-    admission: answerAdmission,
-    handler: async ({ body, ctx, platform, req, admission }) => {
+    admission: (ctx) => answerAdmission(ctx, services),
+    handler: async ({ body, ctx, req, admission }) => {
       const { stream, user_id, ...request } = body;
-      const call: AnswerCall = { platform, ctx, admission, request, userId: userOf(req, user_id), res: req.res! };
+      const call: AnswerCall = { services, ctx, admission, request, userId: userOf(req, user_id), res: req.res! };
       if (wantsStream(req, { stream })) return streamedAnswer(call);
       const { answer: result, queryId } = await answer(call, false);
       return { status: 200, body: { ...result, query_id: queryId } };
@@ -173,8 +176,8 @@ export function answerRoutes(api: Api): void {
       })
       .strict(),
     responses: { 204: { description: 'Recorded' }, 404: { description: 'No answer of the tenant has this query_id' } },
-    handler: async ({ body, params, ctx, platform }) => {
-      if (!(await rateAnswer(platform.db.knex, ctx.tenant!.id, params.query_id, body))) throw notFound('Answer');
+    handler: async ({ body, params, ctx }) => {
+      if (!(await rateAnswer(services.db.knex, ctx.tenant!.id, params.query_id, body))) throw notFound('Answer');
       return { status: 204 };
     },
   });

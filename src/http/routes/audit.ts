@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Platform } from '../../platform';
 import { listAudit, STATUS_CLASSES } from '../../domain/audit/audit';
 import type { Api } from '../route';
 import { listQuery, safeString } from '../schemas';
@@ -11,7 +12,7 @@ const auditRecordSchema = z.object({
   at: z.string(),
   actor_kind: z.enum(['operator', 'key']),
   actor_id: z.string().nullable().describe("The API key's id; for the operator, the dashboard session's id, or null for the operator token"),
-  tenant_id: z.uuid().nullable().describe('The tenant acted on; null for actions on the platform itself. Kept after the tenant is deleted'),
+  tenant_id: z.uuid().nullable().describe('The tenant acted on; null for actions on the services itself. Kept after the tenant is deleted'),
   tenant_slug: z.string().nullable().describe('The tenant’s slug when the action was recorded'),
   action: z.string().describe('`noun.verb` (tenant.update, api_key.create, queue.pause, admin.login, …); each route names its own in `x-audit-action`'),
   target: z.string().nullable().describe('The id acted on'),
@@ -23,7 +24,10 @@ const auditRecordSchema = z.object({
   details: z.record(z.string(), z.unknown()).describe('Field names and counts, never values of secrets'),
 });
 
-export function auditRoutes(api: Api): void {
+/** What the audit routes use of the platform, wired in by the app (src/http/app.ts). */
+export type AuditServices = Pick<Platform, 'db'>;
+
+export function auditRoutes(api: Api, services: AuditServices): void {
   api.add({
     method: 'get', path: '/api/admin/audit', operationId: 'listAuditEntries', summary: 'Who changed what, newest first: operator and admin-scope mutations, refused ones included', tag,
     auth: { scope: 'admin', tenant: 'optional' },
@@ -38,12 +42,12 @@ export function auditRoutes(api: Api): void {
       status_class: z.enum(STATUS_CLASSES).optional(),
     }),
     responses: { 200: { description: 'A page of audit records', schema: z.object({ items: z.array(auditRecordSchema), next_cursor: z.string().nullable() }) } },
-    handler: async ({ query, ctx, platform }) => {
+    handler: async ({ query, ctx }) => {
       const { limit, cursor, actor_kind, actor_id, status_class, ...filters } = query;
       // A key, or the operator naming a tenant, reads that tenant's rows only; the bare operator reads every row.
       const scope = ctx.tenant ? { tenantId: ctx.tenant.id } : 'all';
       const page = await listAudit(
-        platform.db.knex,
+        services.db.knex,
         { ...filters, actorKind: actor_kind, actorId: actor_id, statusClass: status_class },
         { limit, cursor },
         scope,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Platform } from '../../platform';
 import { getTenant } from '../../domain/tenants/tenants';
 import { replied } from '../audit-trail';
 import type { Api } from '../route';
@@ -8,7 +9,10 @@ const tag = 'Cache';
 
 const tierStats = z.object({ hits: z.number(), misses: z.number(), sets: z.number(), evictions: z.number(), hit_ratio: z.number().nullable() });
 
-export function cacheRoutes(api: Api): void {
+/** What the cache routes use of the platform, wired in by the app (src/http/app.ts). */
+export type CacheServices = Pick<Platform, 'cache' | 'db'>;
+
+export function cacheRoutes(api: Api, services: CacheServices): void {
   api.add({
     method: 'get', path: '/api/admin/cache/stats', operationId: 'getCacheStats', summary: "This process's search cache: hits, misses, sets, evictions and hit ratio per tier", tag, auth: 'operator',
     responses: {
@@ -24,17 +28,17 @@ export function cacheRoutes(api: Api): void {
         }),
       },
     },
-    handler: async ({ platform }) => ({ status: 200, body: platform.cache.stats() }),
+    handler: async () => ({ status: 200, body: services.cache.stats() }),
   });
   api.add({
     method: 'post', path: '/api/admin/cache/invalidate', operationId: 'invalidateCache', summary: "Invalidate one tenant's cached searches, or every tenant's", tag, auth: 'operator',
     body: z.object({ tenant_id: safeString({ min: 1, max: 100 }).optional().describe('Tenant id or slug; absent: every tenant') }).strict(),
     responses: { 200: { description: 'What was invalidated', schema: z.object({ tenants: z.number().int(), generation: z.number().int().optional() }) }, 404: { description: 'No such tenant' } },
     audit: { action: 'cache.invalidate', target: ({ body }) => body?.tenant_id, targetsTenant: true, details: ({ reply }) => ({ tenants: replied(reply, 'tenants') }) },
-    handler: async ({ body, platform }) => {
-      if (!body.tenant_id) return { status: 200, body: { tenants: await platform.cache.invalidateAll() } };
-      const tenant = await getTenant(platform.db.knex, body.tenant_id);
-      return { status: 200, body: { tenants: 1, generation: await platform.cache.invalidate(tenant.id) } };
+    handler: async ({ body }) => {
+      if (!body.tenant_id) return { status: 200, body: { tenants: await services.cache.invalidateAll() } };
+      const tenant = await getTenant(services.db.knex, body.tenant_id);
+      return { status: 200, body: { tenants: 1, generation: await services.cache.invalidate(tenant.id) } };
     },
   });
 }

@@ -55,25 +55,28 @@ const deadLetterSchema = z.object({
 });
 
 /** Reopens through the source queue's definition (queues/definition.ts `reopen`). */
-function redriveDeps(platform: Platform): RedriveDeps {
+function redriveDeps(services: DeadLettersServices): RedriveDeps {
   return {
-    db: platform.db.knex,
-    jobs: queueRedriver(platform.queues),
-    reopen: (queue, payload) => reopenWork(queueDefinition(queue), platform.db.knex, payload),
+    db: services.db.knex,
+    jobs: queueRedriver(services.queues),
+    reopen: (queue, payload) => reopenWork(queueDefinition(queue), services.db.knex, payload),
   };
 }
 
-export function deadLetterRoutes(api: Api, platform: Platform): void {
+/** What the dead letters routes use of the platform, wired in by the app (src/http/app.ts). */
+export type DeadLettersServices = Pick<Platform, 'db' | 'logger' | 'metrics' | 'queues'>;
+
+export function deadLetterRoutes(api: Api, services: DeadLettersServices): void {
   // The open gauge is read from the database at scrape time, so it is registered wherever /metrics is served.
-  deadLetterMetrics(platform.metrics.registry, platform.db.knex, platform.logger, QUEUE_NAMES);
+  deadLetterMetrics(services.metrics.registry, services.db.knex, services.logger, QUEUE_NAMES);
 
   api.add({
     method: 'get', path: '/api/admin/dead-letters', operationId: 'listDeadLetters', summary: 'Dead letters (jobs that failed for good), newest first', tag, auth: deadLettersAuth,
     query: listQuery.extend({ ...filterFields, state: z.enum(DEAD_LETTER_STATES).default('open') }),
     responses: { 200: { description: 'A page of dead letters', schema: z.object({ items: z.array(deadLetterSchema), next_cursor: z.string().nullable() }) } },
-    handler: async ({ query, ctx, platform }) => {
+    handler: async ({ query, ctx }) => {
       const { limit, cursor, ...filters } = query;
-      return { status: 200, body: await listDeadLetters(platform.db.knex, ctx.tenant?.id, filters, { limit, cursor }) };
+      return { status: 200, body: await listDeadLetters(services.db.knex, ctx.tenant?.id, filters, { limit, cursor }) };
     },
   });
   api.add({
@@ -89,9 +92,9 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
       },
       404: { description: 'No such dead letter' },
     },
-    handler: async ({ params, ctx, platform }) => {
-      const row = await getDeadLetter(platform.db.knex, ctx.tenant?.id, params.id);
-      const jobState = await platform.queues.queue(row.queue).getJobState(row.job_id);
+    handler: async ({ params, ctx }) => {
+      const row = await getDeadLetter(services.db.knex, ctx.tenant?.id, params.id);
+      const jobState = await services.queues.queue(row.queue).getJobState(row.job_id);
       // Stack traces are for operators; a tenant's key sees the error message only.
       const stacktrace = ctx.principal?.kind === 'key' ? null : row.stacktrace;
       return { status: 200, body: { ...toDeadLetterView(row), stacktrace, job_state: jobState } };
@@ -106,7 +109,7 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
       409: { description: 'Not open, or its work cannot run again (e.g. its webhook endpoint is disabled)' },
     },
     audit: { action: 'dead_letter.redrive', details: ({ reply }) => ({ method: replied(reply, 'method') }) },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await redriveDeadLetter(redriveDeps(platform), ctx.tenant?.id, params.id) }),
+    handler: async ({ params, ctx }) => ({ status: 200, body: await redriveDeadLetter(redriveDeps(services), ctx.tenant?.id, params.id) }),
   });
   api.add({
     method: 'post', path: '/api/admin/dead-letters/redrive', operationId: 'redriveDeadLetters', summary: `Redrive the open dead letters matching a filter, oldest first, at most ${REDRIVE_LIMIT} per request; dry run counts only`, tag,
@@ -124,9 +127,9 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
       },
     },
     audit: { action: 'dead_letter.redrive_matching', details: bulkDetails('redriven') },
-    handler: async ({ body, ctx, platform }) => {
+    handler: async ({ body, ctx }) => {
       const { dry_run: dryRun, ...filters } = body;
-      return { status: 200, body: await redriveMatching(redriveDeps(platform), ctx.tenant?.id, filters, { dryRun }) };
+      return { status: 200, body: await redriveMatching(redriveDeps(services), ctx.tenant?.id, filters, { dryRun }) };
     },
   });
   api.add({
@@ -134,16 +137,16 @@ export function deadLetterRoutes(api: Api, platform: Platform): void {
     params: idParams,
     responses: { 200: { description: 'Discarded', schema: deadLetterSchema }, 404: { description: 'No such dead letter' }, 409: { description: 'Not open' } },
     audit: { action: 'dead_letter.discard' },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await discardDeadLetter(platform.db.knex, ctx.tenant?.id, params.id) }),
+    handler: async ({ params, ctx }) => ({ status: 200, body: await discardDeadLetter(services.db.knex, ctx.tenant?.id, params.id) }),
   });
   api.add({
     method: 'post', path: '/api/admin/dead-letters/discard', operationId: 'discardDeadLetters', summary: 'Discard the open dead letters matching a filter; dry run counts only', tag, auth: deadLettersAuth,
     body: bulkBody,
     responses: { 200: { description: 'Counts', schema: z.object({ matched: z.number().int(), discarded: z.number().int() }) } },
     audit: { action: 'dead_letter.discard_matching', details: bulkDetails('discarded') },
-    handler: async ({ body, ctx, platform }) => {
+    handler: async ({ body, ctx }) => {
       const { dry_run: dryRun, ...filters } = body;
-      return { status: 200, body: await discardMatching(platform.db.knex, ctx.tenant?.id, filters, dryRun) };
+      return { status: 200, body: await discardMatching(services.db.knex, ctx.tenant?.id, filters, dryRun) };
     },
   });
 }

@@ -1,4 +1,5 @@
 import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocuments, updateDocument } from '../../domain/documents/documents';
+import type { Platform } from '../../platform';
 import { tenantStats } from '../../domain/documents/stats';
 import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
@@ -34,7 +35,10 @@ function assertContentSize(documents: unknown[]): void {
 }
 
 
-export function documentRoutes(api: Api): void {
+/** What the documents routes use of the platform, wired in by the app (src/http/app.ts). */
+export type DocumentsServices = Pick<Platform, 'config' | 'db' | 'documentDeps' | 'redis'>;
+
+export function documentRoutes(api: Api, services: DocumentsServices): void {
   api.add({
     method: 'post', path: '/api/documents', operationId: 'createDocument', summary: 'Add a document; it is indexed asynchronously', tag, auth: write,
     body: documentInput,
@@ -44,9 +48,9 @@ export function documentRoutes(api: Api): void {
       413: { description: 'Content too large' },
     },
     audit: { action: 'document.create', target: repliedId },
-    handler: async ({ body, ctx, platform, req }) => {
+    handler: async ({ body, ctx, req }) => {
       assertContentSize([req.body]);
-      const [document] = await createDocuments(platform.documentDeps(), ctx.tenant!.id, [body], ctx.tenant!.quotas);
+      const [document] = await createDocuments(services.documentDeps(), ctx.tenant!.id, [body], ctx.tenant!.quotas);
       return { status: 202, body: document, headers: { Location: `/api/documents/${document.id}` } };
     },
   });
@@ -55,10 +59,10 @@ export function documentRoutes(api: Api): void {
     body: documentBatch,
     responses: { 202: { description: 'Accepted', schema: z.object({ items: z.array(documentSummarySchema), job_id: z.uuid() }) } },
     audit: { action: 'document.create_batch', target: ({ reply }) => replied(reply, 'job_id') as string | undefined, details: ({ body }) => ({ documents: body?.documents.length }) },
-    handler: async ({ body, ctx, platform, req }) => {
+    handler: async ({ body, ctx, req }) => {
       const raw = (req.body as { documents?: unknown }).documents;
       assertContentSize(Array.isArray(raw) ? raw : []);
-      const items = await createDocuments(platform.documentDeps(), ctx.tenant!.id, body.documents, ctx.tenant!.quotas);
+      const items = await createDocuments(services.documentDeps(), ctx.tenant!.id, body.documents, ctx.tenant!.quotas);
       return { status: 202, body: { items, job_id: items[0].job_id } };
     },
   });
@@ -66,16 +70,16 @@ export function documentRoutes(api: Api): void {
     method: 'get', path: '/api/documents', operationId: 'listDocuments', summary: 'List documents (without content)', tag, auth: read,
     query: documentListQuery,
     responses: { 200: { description: 'A page of documents', schema: documentPage } },
-    handler: async ({ query, ctx, platform }) => {
+    handler: async ({ query, ctx }) => {
       const { limit, cursor, ...filters } = query;
-      return { status: 200, body: await listDocuments(platform.db.knex, ctx.tenant!.id, filters, { limit, cursor }) };
+      return { status: 200, body: await listDocuments(services.db.knex, ctx.tenant!.id, filters, { limit, cursor }) };
     },
   });
   api.add({
     method: 'get', path: '/api/documents/:id', operationId: 'getDocument', summary: 'Get a document with its indexing state', tag, auth: read,
     params: idParams,
     responses: { 200: { description: 'The document', schema: documentDetailSchema }, 404: { description: 'No such document' } },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getDocument(platform.db.knex, ctx.tenant!.id, params.id) }),
+    handler: async ({ params, ctx }) => ({ status: 200, body: await getDocument(services.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
     method: 'patch', path: '/api/documents/:id', operationId: 'updateDocument', summary: 'Change a document; new title or content is re-indexed', tag, auth: write,
@@ -87,9 +91,9 @@ export function documentRoutes(api: Api): void {
       413: { description: 'Content too large' },
     },
     audit: { action: 'document.update' },
-    handler: async ({ params, body, ctx, platform, req }) => {
+    handler: async ({ params, body, ctx, req }) => {
       assertContentSize([req.body]);
-      const { document, reindexed } = await updateDocument(platform.documentDeps(), ctx.tenant!.id, params.id, body, ctx.tenant!.quotas);
+      const { document, reindexed } = await updateDocument(services.documentDeps(), ctx.tenant!.id, params.id, body, ctx.tenant!.quotas);
       return { status: reindexed ? 202 : 200, body: document };
     },
   });
@@ -98,18 +102,18 @@ export function documentRoutes(api: Api): void {
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such document' } },
     audit: { action: 'document.delete' },
-    handler: async ({ params, ctx, platform }) => {
-      await deleteDocument(platform.documentDeps(), ctx.tenant!.id, params.id);
+    handler: async ({ params, ctx }) => {
+      await deleteDocument(services.documentDeps(), ctx.tenant!.id, params.id);
       return { status: 204 };
     },
   });
   api.add({
     method: 'get', path: '/api/stats', operationId: 'getTenantStats', summary: "The tenant's documents, chunks, index jobs and searches", tag, auth: read,
     responses: { 200: { description: 'Counts' } },
-    handler: async ({ ctx, platform }) => {
+    handler: async ({ ctx }) => {
       const [stats, searches] = await Promise.all([
-        tenantStats(platform.db.knex, ctx.tenant!.id),
-        searchCount(platform.redis, platform.config.QUEUE_PREFIX, ctx.tenant!.id),
+        tenantStats(services.db.knex, ctx.tenant!.id),
+        searchCount(services.redis, services.config.QUEUE_PREFIX, ctx.tenant!.id),
       ]);
       return { status: 200, body: { ...stats, searches } };
     },

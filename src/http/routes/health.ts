@@ -8,7 +8,10 @@ import type { Api } from '../route';
 const tag = 'Operations';
 const upDown = (up: boolean) => (up ? 'up' : 'down');
 
-export function healthRoutes(api: Api): void {
+/** What the health routes use of the platform, wired in by the app (src/http/app.ts). */
+export type HealthServices = Pick<Platform, 'config' | 'db' | 'embedder' | 'health' | 'queues' | 'startedAt' | 'vector' | 'version'>;
+
+export function healthRoutes(api: Api, services: HealthServices): void {
   api.add({
     method: 'get', path: '/healthz', operationId: 'getLiveness', summary: 'Liveness: the process answers; checks nothing', tag, auth: 'public',
     responses: { 200: { description: 'Alive', schema: z.object({ status: z.literal('ok') }) } },
@@ -20,14 +23,14 @@ export function healthRoutes(api: Api): void {
       200: { description: 'Ready', schema: z.object({ status: z.string(), checks: z.object({ database: z.string(), redis: z.string() }) }) },
       503: { description: 'A dependency is down' },
     },
-    handler: ({ platform }) => readiness(platform.health),
+    handler: () => readiness(services.health),
   });
   api.add({
     method: 'get', path: '/api/health', operationId: 'getHealth', summary: 'Health: up or down per service; with operator credentials, versions, queues and workers too', tag, auth: 'public',
     responses: { 200: { description: 'Health' } },
-    handler: async ({ platform, req }) => ({
+    handler: async ({ req }) => ({
       status: 200,
-      body: (await isOperatorRequest(platform, req)) ? await describeHealth(platform) : healthStatus(platform, platform.health.snapshot()),
+      body: (await isOperatorRequest(services, req)) ? await describeHealth(services) : healthStatus(services, services.health.snapshot()),
     }),
   });
 }
@@ -38,33 +41,33 @@ export function healthRoutes(api: Api): void {
  * "degraded" when PostgreSQL or Redis is down. A server without pgvector is
  * a configuration, not a fault: it is reported, not counted as degraded.
  */
-function healthStatus(platform: Platform, state: DependencyState) {
+function healthStatus(services: HealthServices, state: DependencyState) {
   return {
     status: state.database && state.redis ? 'healthy' : 'degraded',
     services: {
       database: { status: upDown(state.database) },
       redis: { status: upDown(state.redis) },
-      vector_search: { status: platform.vector.available ? 'available' : 'unavailable' },
+      vector_search: { status: services.vector.available ? 'available' : 'unavailable' },
       queues: { status: upDown(state.redis) },
     },
   };
 }
 
 /** The operator's view: checked now, with versions, queue depths and workers. */
-async function describeHealth(platform: Platform) {
-  const state = await platform.health.check();
-  const queues = state.redis ? await queueOverview(platform.queues).catch(() => null) : null;
-  const { status, services } = healthStatus(platform, state);
+async function describeHealth(services: HealthServices) {
+  const state = await services.health.check();
+  const queues = state.redis ? await queueOverview(services.queues).catch(() => null) : null;
+  const { status, services: dependencies } = healthStatus(services, state);
   return {
     status,
-    version: platform.version,
-    uptime_seconds: Math.round((Date.now() - platform.startedAt.getTime()) / 1000),
+    version: services.version,
+    uptime_seconds: Math.round((Date.now() - services.startedAt.getTime()) / 1000),
     services: {
-      database: { ...services.database, kind: platform.db.kind },
-      redis: services.redis,
-      vector_search: platform.vector.available
-        ? { status: 'available', extension: 'vector', version: platform.vector.version, embedding_model: platform.embedder.model, dimensions: platform.embedder.dimensions }
-        : { status: 'unavailable', extension: 'vector', reason: platform.vector.reason, keyword_search: 'available' },
+      database: { ...dependencies.database, kind: services.db.kind },
+      redis: dependencies.redis,
+      vector_search: services.vector.available
+        ? { status: 'available', extension: 'vector', version: services.vector.version, embedding_model: services.embedder.model, dimensions: services.embedder.dimensions }
+        : { status: 'unavailable', extension: 'vector', reason: services.vector.reason, keyword_search: 'available' },
       queues: queues
         ? { status: 'up', queues: Object.fromEntries(queues.map((queue) => [queue.name, { ...queue.counts, workers: queue.workers, is_paused: queue.is_paused }])) }
         : { status: 'unknown' },

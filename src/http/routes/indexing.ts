@@ -1,4 +1,5 @@
 import { cancelIndexJob, getIndexJob, listIndexJobs, requestIndexing } from '../../domain/indexing/jobs';
+import type { Platform } from '../../platform';
 import type { Api } from '../route';
 import { idParams, indexBatchRequest, indexJobDetailSchema, indexJobListQuery, indexJobPage, indexJobSchema, indexRequest } from '../schemas';
 
@@ -7,15 +8,18 @@ const read = { scope: 'documents:read', tenant: 'required' } as const;
 const write = { scope: 'documents:write', tenant: 'required' } as const;
 
 
-export function indexingRoutes(api: Api): void {
+/** What the indexing routes use of the platform, wired in by the app (src/http/app.ts). */
+export type IndexingServices = Pick<Platform, 'db' | 'documentDeps' | 'events' | 'logger' | 'withdrawIndexing'>;
+
+export function indexingRoutes(api: Api, services: IndexingServices): void {
   api.add({
     method: 'post', path: '/api/index', operationId: 'indexDocument', summary: 'Index one document (again with force_reindex)', tag, auth: write,
     audit: { action: 'document.index', target: ({ body }) => body?.document_id },
     body: indexRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'No such document' } },
-    handler: async ({ body, ctx, platform }) => ({
+    handler: async ({ body, ctx }) => ({
       status: 202,
-      body: await requestIndexing(platform.documentDeps(), ctx.tenant!.id, [body.document_id], body.force_reindex),
+      body: await requestIndexing(services.documentDeps(), ctx.tenant!.id, [body.document_id], body.force_reindex),
     }),
   });
   api.add({
@@ -23,25 +27,25 @@ export function indexingRoutes(api: Api): void {
     audit: { action: 'document.index_batch', details: ({ body }) => ({ documents: body?.document_ids.length }) },
     body: indexBatchRequest,
     responses: { 202: { description: 'The index job', schema: indexJobSchema }, 404: { description: 'Some documents do not exist' } },
-    handler: async ({ body, ctx, platform }) => ({
+    handler: async ({ body, ctx }) => ({
       status: 202,
-      body: await requestIndexing(platform.documentDeps(), ctx.tenant!.id, body.document_ids, body.force_reindex),
+      body: await requestIndexing(services.documentDeps(), ctx.tenant!.id, body.document_ids, body.force_reindex),
     }),
   });
   api.add({
     method: 'get', path: '/api/index/jobs', operationId: 'listIndexJobs', summary: 'List index jobs', tag, auth: read,
     query: indexJobListQuery,
     responses: { 200: { description: 'A page of index jobs', schema: indexJobPage } },
-    handler: async ({ query, ctx, platform }) => {
+    handler: async ({ query, ctx }) => {
       const { limit, cursor, status } = query;
-      return { status: 200, body: await listIndexJobs(platform.db.knex, ctx.tenant!.id, { status }, { limit, cursor }) };
+      return { status: 200, body: await listIndexJobs(services.db.knex, ctx.tenant!.id, { status }, { limit, cursor }) };
     },
   });
   api.add({
     method: 'get', path: '/api/index/jobs/:id', operationId: 'getIndexJob', summary: 'An index job with its progress and per-document outcome', tag, auth: read,
     params: idParams,
     responses: { 200: { description: 'The index job', schema: indexJobDetailSchema }, 404: { description: 'No such job' } },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getIndexJob(platform.db.knex, ctx.tenant!.id, params.id) }),
+    handler: async ({ params, ctx }) => ({ status: 200, body: await getIndexJob(services.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
     method: 'post', path: '/api/index/jobs/:id/cancel', operationId: 'cancelIndexJob', summary: 'Cancel a queued or running index job', tag, auth: write,
@@ -52,9 +56,9 @@ export function indexingRoutes(api: Api): void {
       404: { description: 'No such job' },
       409: { description: 'The job has already finished' },
     },
-    handler: async ({ params, ctx, platform }) => {
-      const { job, canceled } = await cancelIndexJob(platform.db.knex, platform.events, ctx.tenant!.id, params.id);
-      await platform.withdrawIndexing(canceled).catch((error) => platform.logger.warn({ err: error }, 'could not withdraw canceled indexing jobs'));
+    handler: async ({ params, ctx }) => {
+      const { job, canceled } = await cancelIndexJob(services.db.knex, services.events, ctx.tenant!.id, params.id);
+      await services.withdrawIndexing(canceled).catch((error) => services.logger.warn({ err: error }, 'could not withdraw canceled indexing jobs'));
       return { status: 200, body: job };
     },
   });

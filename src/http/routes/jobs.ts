@@ -46,19 +46,22 @@ const jobSchema = z.object({
  * closed is reopened first (409 when it must not run again), and its dead
  * letter, if one is open, is marked redriven.
  */
-function rerunAsRedrive(platform: Platform, queue: string) {
+function rerunAsRedrive(services: JobsServices, queue: string) {
   return async (job: Job) => {
-    const refusal = await reopenWork(queueDefinition(queue), platform.db.knex, job.data);
+    const refusal = await reopenWork(queueDefinition(queue), services.db.knex, job.data);
     if (refusal) throw conflict(refusal);
-    await closeOnRerun(platform.db.knex, queue, String(job.id));
+    await closeOnRerun(services.db.knex, queue, String(job.id));
   };
 }
 
-export function jobRoutes(api: Api): void {
+/** What the jobs routes use of the platform, wired in by the app (src/http/app.ts). */
+export type JobsServices = Pick<Platform, 'db' | 'queues' | 'startedAt'>;
+
+export function jobRoutes(api: Api, services: JobsServices): void {
   api.add({
     method: 'get', path: '/api/admin/queues', operationId: 'listQueues', summary: 'Every queue with its counts, oldest waiting age and workers', tag, auth: 'operator',
     responses: { 200: { description: 'Queues', schema: z.array(queueSchema) } },
-    handler: async ({ platform }) => ({ status: 200, body: await queueOverview(platform.queues) }),
+    handler: async () => ({ status: 200, body: await queueOverview(services.queues) }),
   });
   api.add({
     method: 'get', path: '/api/admin/jobs', operationId: 'listJobs', summary: 'Jobs in a state, newest first', tag, auth: jobsAuth,
@@ -68,17 +71,17 @@ export function jobRoutes(api: Api): void {
       limit: z.coerce.number().int().min(1).max(100).default(20),
     }),
     responses: { 200: { description: 'Jobs', schema: z.object({ items: z.array(jobSchema) }) } },
-    handler: async ({ query, ctx, platform }) => ({
+    handler: async ({ query, ctx }) => ({
       status: 200,
-      body: { items: await listJobs(platform.queues, { ...query, tenantId: ctx.tenant?.id }) },
+      body: { items: await listJobs(services.queues, { ...query, tenantId: ctx.tenant?.id }) },
     }),
   });
   api.add({
     method: 'get', path: '/api/admin/jobs/:queue/:id', operationId: 'getJob', summary: 'A job with its data (secrets redacted), stack trace and logs', tag, auth: jobsAuth,
     params: jobParams,
     responses: { 200: { description: 'The job' }, 404: { description: 'No such job' } },
-    handler: async ({ params, ctx, platform }) => {
-      const job = await jobDetail(platform.queues, params.queue, params.id, ctx.tenant?.id);
+    handler: async ({ params, ctx }) => {
+      const job = await jobDetail(services.queues, params.queue, params.id, ctx.tenant?.id);
       if (!job) throw notFound('Job');
       // Stack traces are for operators; a tenant's key sees the failure reason only.
       if (ctx.principal?.kind === 'key') return { status: 200, body: { ...job, stacktrace: [] } };
@@ -90,8 +93,8 @@ export function jobRoutes(api: Api): void {
     params: jobParams,
     responses: { 200: { description: 'Retried' }, 404: { description: 'No such job' }, 409: { description: 'The job is not failed' } },
     audit: { action: 'job.retry', target: ({ params }) => params && `${params.queue}/${params.id}` },
-    handler: async ({ params, ctx, platform }) => {
-      const outcome = await retryJob(platform.queues, params.queue, params.id, ctx.tenant?.id, rerunAsRedrive(platform, params.queue));
+    handler: async ({ params, ctx }) => {
+      const outcome = await retryJob(services.queues, params.queue, params.id, ctx.tenant?.id, rerunAsRedrive(services, params.queue));
       if (!outcome) throw notFound('Job');
       if (!outcome.retried) throw conflict(`Only failed jobs can be retried; this one is ${outcome.state}.`, { state: outcome.state });
       return { status: 200, body: { id: params.id, queue: params.queue, retried: true } };
@@ -110,13 +113,13 @@ export function jobRoutes(api: Api): void {
         matched: replied(reply, 'matched'), retried: replied(reply, 'retried'),
       }),
     },
-    handler: async ({ params, body, ctx, platform }) => ({
+    handler: async ({ params, body, ctx }) => ({
       status: 200,
       body: await retryFailed(
-        platform.queues,
+        services.queues,
         params.queue,
         { dryRun: body.dry_run, reasonContains: body.failed_reason_contains, tenantId: ctx.tenant?.id },
-        rerunAsRedrive(platform, params.queue),
+        rerunAsRedrive(services, params.queue),
       ),
     }),
   });
@@ -126,9 +129,9 @@ export function jobRoutes(api: Api): void {
       params: queueParams,
       responses: { 200: { description: 'The queue', schema: queueSchema } },
       audit: { action: `queue.${action}`, target: ({ params }) => params?.queue },
-      handler: async ({ params, platform }) => {
-        await platform.queues.queue(params.queue)[action]();
-        const overview = await queueOverview(platform.queues);
+      handler: async ({ params }) => {
+        await services.queues.queue(params.queue)[action]();
+        const overview = await queueOverview(services.queues);
         return { status: 200, body: overview.find((queue) => queue.name === params.queue) };
       },
     });
@@ -145,8 +148,8 @@ export function jobRoutes(api: Api): void {
         }),
       },
     },
-    handler: async ({ platform }) => {
-      const [stats, queues] = await Promise.all([platformStats(platform.db.knex), queueOverview(platform.queues)]);
+    handler: async () => {
+      const [stats, queues] = await Promise.all([platformStats(services.db.knex), queueOverview(services.queues)]);
       const sum = (pick: (queue: (typeof queues)[number]) => number) => queues.reduce((total, queue) => total + pick(queue), 0);
       // A paused queue's `paused` count is its waiting jobs again: counted once, as waiting.
       const pending = sum((queue) => queue.counts.waiting + queue.counts.delayed + queue.counts.prioritized);
@@ -158,7 +161,7 @@ export function jobRoutes(api: Api): void {
           pending_jobs: pending,
           failed_jobs: sum((queue) => queue.counts.failed),
           queue_depth: pending + sum((queue) => queue.counts.active),
-          uptime_secs: Math.round((Date.now() - platform.startedAt.getTime()) / 1000),
+          uptime_secs: Math.round((Date.now() - services.startedAt.getTime()) / 1000),
         },
       };
     },

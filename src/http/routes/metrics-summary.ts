@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Platform } from '../../platform';
 import { QUEUE_NAMES } from '../../../queues';
 import type { Api } from '../route';
 
@@ -25,13 +26,16 @@ const summarySchema = z.object({
   ),
 });
 
-export function metricsSummaryRoutes(api: Api): void {
+/** What the metrics summary routes use of the platform, wired in by the app (src/http/app.ts). */
+export type MetricsSummaryServices = Pick<Platform, 'metricsWindow'>;
+
+export function metricsSummaryRoutes(api: Api, services: MetricsSummaryServices): void {
   api.add({
     method: 'get', path: '/api/admin/metrics/summary', operationId: 'getMetricsSummary', tag: 'Operations', auth: 'operator',
     summary: "This process's request rate, p95 latency, error rates and job throughput over the last 5 minutes (Prometheus covers every process)",
     responses: { 200: { description: 'The summary; rates are null while nothing was measured', schema: summarySchema } },
-    handler: async ({ platform }) => {
-      const summary = await platform.metricsWindow.summary();
+    handler: async () => {
+      const summary = await services.metricsWindow.summary();
       // Every queue is listed, so one that did nothing shows as zero rather than missing.
       const idle = (queue: string) => ({ queue, completed: 0, failed: 0, completed_per_minute: summary.window_seconds > 0 ? 0 : null, failed_per_minute: summary.window_seconds > 0 ? 0 : null });
       const queues = [...new Set([...QUEUE_NAMES, ...summary.queues.map((entry) => entry.queue)])]

@@ -29,23 +29,23 @@ export function userOf(req: Request, fromBody: string | undefined): string | nul
  * must not turn into refusals), the cache answers with the last generation
  * it saw, and the primary answers what the cache does not.
  */
-function searchAdmission(ctx: RequestContext, platform: Platform): AdmissionNeeds {
+function searchAdmission(ctx: RequestContext, services: SearchServices): AdmissionNeeds {
   const tenant = ctx.tenant!;
-  return { budgets: [platform.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)], reads: indexReads(tenant.id, platform) };
+  return { budgets: [services.searchQuota.budget(tenant.id, tenant.quotas.searches_per_day)], reads: indexReads(tenant.id, services) };
 }
 
 /** What a request that searches the tenant's index reads at admission: its cache generation and write marks, as far as they matter. */
-export function indexReads(tenantId: string, platform: Platform): AdmissionNeeds['reads'] {
-  const { cache, config } = platform;
-  const marksMatter = config.CACHE_ENABLED || platform.db.replica !== null;
+export function indexReads(tenantId: string, services: Pick<Platform, 'cache' | 'config' | 'db'>): AdmissionNeeds['reads'] {
+  const { cache, config } = services;
+  const marksMatter = config.CACHE_ENABLED || services.db.replica !== null;
   return [...(config.CACHE_ENABLED ? [cache.generationRead(tenantId)] : []), ...(marksMatter ? [cache.writesRead(tenantId)] : [])];
 }
 
 /** The values indexReads asked for, as read: undefined when not asked, null when Redis did not answer. */
-export function seenInRedis(platform: Platform, admission: Admission): SeenInRedis {
+export function seenInRedis(services: Pick<Platform, 'config'>, admission: Admission): SeenInRedis {
   const values = admission.values;
-  if (values === null) return { generation: platform.config.CACHE_ENABLED ? null : undefined, writes: null };
-  return platform.config.CACHE_ENABLED ? { generation: values[0], writes: values[1] } : { writes: values[0] };
+  if (values === null) return { generation: services.config.CACHE_ENABLED ? null : undefined, writes: null };
+  return services.config.CACHE_ENABLED ? { generation: values[0], writes: values[1] } : { writes: values[0] };
 }
 
 /**
@@ -63,23 +63,23 @@ function resultsAsJson(results: SearchResult[]): Buffer {
   return bytes;
 }
 
-async function runSearch(platform: Platform, ctx: RequestContext, admission: Admission, request: SearchRequest, userId: string | null): Promise<Reply> {
+async function runSearch(services: SearchServices, ctx: RequestContext, admission: Admission, request: SearchRequest, userId: string | null): Promise<Reply> {
   const tenantId = ctx.tenant!.id;
-  const response = await cachedSearch(platform.cache, platform.searchDeps(), tenantId, request, seenInRedis(platform, admission)).catch(async (error: unknown) => {
+  const response = await cachedSearch(services.cache, services.searchDeps(), tenantId, request, seenInRedis(services, admission)).catch(async (error: unknown) => {
     // A search that failed did not happen: its allowance goes back.
-    for (const budget of admission.routeTaken) await platform.searchQuota.giveBack(budget).catch(() => undefined);
+    for (const budget of admission.routeTaken) await services.searchQuota.giveBack(budget).catch(() => undefined);
     throw error;
   });
   const queryId = newId();
   const at = new Date().toISOString();
-  platform.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
+  services.metrics.searches.observe({ mode: request.mode }, response.took_ms / 1000);
   return {
     status: 200,
     body: { ...response, query_id: queryId },
     serialized: { results: resultsAsJson(response.results) },
     // Counted and recorded once the reply is out, without waiting: analytics must cost the search nothing.
     afterwards: () => {
-      const event = platform.config.ANALYTICS_ENABLED
+      const event = services.config.ANALYTICS_ENABLED
         ? {
             tenantId,
             queryId,
@@ -93,12 +93,15 @@ async function runSearch(platform: Platform, ctx: RequestContext, admission: Adm
             at,
           }
         : null;
-      platform.searches.record(tenantId, event);
+      services.searches.record(tenantId, event);
     },
   };
 }
 
-export function searchRoutes(api: Api): void {
+/** What the search routes use of the platform, wired in by the app (src/http/app.ts). */
+export type SearchServices = Pick<Platform, 'cache' | 'config' | 'db' | 'metrics' | 'searchDeps' | 'searchQuota' | 'searches'>;
+
+export function searchRoutes(api: Api, services: SearchServices): void {
   api.add({
     method: 'post', path: '/api/search', operationId: 'search', summary: 'Search by keyword, meaning, or both (hybrid, the default)', tag, auth,
     // A read sent as POST: nothing changes, so nothing to audit.
@@ -109,8 +112,8 @@ export function searchRoutes(api: Api): void {
       501: { description: 'Semantic or hybrid search without pgvector (`vector_search_unavailable`), or `rerank` without RERANK_URL (`rerank_unavailable`)' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
-    admission: searchAdmission,
-    handler: ({ body, ctx, platform, req, admission }) => runSearch(platform, ctx, admission, body, userOf(req, body.user_id)),
+    admission: (ctx) => searchAdmission(ctx, services),
+    handler: ({ body, ctx, req, admission }) => runSearch(services, ctx, admission, body, userOf(req, body.user_id)),
   });
   api.add({
     method: 'get', path: '/api/search', operationId: 'searchByQueryString', summary: 'Search with query parameters', tag, auth,
@@ -120,9 +123,9 @@ export function searchRoutes(api: Api): void {
       501: { description: 'Semantic or hybrid search without pgvector (`vector_search_unavailable`), or `rerank` without RERANK_URL (`rerank_unavailable`)' },
       503: { description: 'The search ran past SEARCH_STATEMENT_TIMEOUT_MS (`search_timeout`, details `timeout_ms`), or a dependency is unavailable; with `Retry-After`' },
     },
-    admission: searchAdmission,
-    handler: ({ query, ctx, platform, req, admission }) =>
-      runSearch(platform, ctx, admission, {
+    admission: (ctx) => searchAdmission(ctx, services),
+    handler: ({ query, ctx, req, admission }) =>
+      runSearch(services, ctx, admission, {
         query: query.q,
         mode: query.mode,
         limit: query.limit,
@@ -138,8 +141,8 @@ export function searchRoutes(api: Api): void {
     audit: false,
     body: z.object({ query_id: z.uuid(), document_id: z.uuid(), position: z.number().int().min(1).max(1000) }).strict(),
     responses: { 202: { description: 'Recorded (the same click twice counts once)' } },
-    handler: async ({ body, ctx, platform }) => {
-      await recordClick(platform.db.knex, ctx.tenant!.id, body);
+    handler: async ({ body, ctx }) => {
+      await recordClick(services.db.knex, ctx.tenant!.id, body);
       return { status: 202 };
     },
   });

@@ -1,4 +1,5 @@
 import busboy from 'busboy';
+import type { Platform } from '../../platform';
 import type { Request } from 'express';
 import { z } from 'zod';
 import { createDocuments, DOCUMENT_LIMITS } from '../../domain/documents/documents';
@@ -96,7 +97,10 @@ function readUpload(req: Request, maxBytes: number): Promise<Upload> {
   });
 }
 
-export function uploadRoutes(api: Api): void {
+/** What the uploads routes use of the platform, wired in by the app (src/http/app.ts). */
+export type UploadsServices = Pick<Platform, 'config' | 'db' | 'documentDeps'>;
+
+export function uploadRoutes(api: Api, services: UploadsServices): void {
   api.add({
     method: 'post', path: '/api/documents/upload', operationId: 'uploadDocument', summary: 'Upload a file (PDF, DOCX, HTML, Markdown, text, code); it is parsed and indexed on the workers', tag,
     auth: { scope: 'documents:write', tenant: 'required' },
@@ -106,9 +110,9 @@ export function uploadRoutes(api: Api): void {
       415: { description: 'Neither PDF, DOCX nor UTF-8 text of a supported kind, judged by its bytes and name' },
     },
     audit: { action: 'document.upload', target: repliedId },
-    handler: async ({ ctx, platform, req }) => {
+    handler: async ({ ctx, req }) => {
       if (!req.is('multipart/form-data')) throw new AppError(415, 'unsupported_media_type', 'Send the file as multipart/form-data in the field "file".');
-      const upload = await readUpload(req, platform.config.UPLOAD_MAX_BYTES);
+      const upload = await readUpload(req, services.config.UPLOAD_MAX_BYTES);
       const fields = parseInput(uploadFields, upload.fields, 'body');
       const { filename, data } = upload.file;
       const detected = detectFile(filename, data.subarray(0, 8), data);
@@ -116,7 +120,7 @@ export function uploadRoutes(api: Api): void {
         throw new AppError(413, 'payload_too_large', `A text file's content may be at most ${DOCUMENT_LIMITS.contentBytes} bytes.`, { limit_bytes: DOCUMENT_LIMITS.contentBytes });
       }
       const [document] = await createDocuments(
-        platform.documentDeps(),
+        services.documentDeps(),
         ctx.tenant!.id,
         [
           {
@@ -139,8 +143,8 @@ export function uploadRoutes(api: Api): void {
     auth: { scope: 'documents:read', tenant: 'required' },
     params: idParams,
     responses: { 200: { description: 'The file as uploaded' }, 404: { description: 'No such document, or one posted as JSON (no file)' } },
-    handler: async ({ params, ctx, platform }) => {
-      const file = await getDocumentFile(platform.db.knex, ctx.tenant!.id, params.id);
+    handler: async ({ params, ctx }) => {
+      const file = await getDocumentFile(services.db.knex, ctx.tenant!.id, params.id);
       const data = Buffer.from(file.data);
       return {
         status: 200,

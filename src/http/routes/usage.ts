@@ -78,22 +78,25 @@ function billingCsv(statement: BillingStatement): string {
   return records.map(csvRecord).join('');
 }
 
-async function snapshotOf(platform: Platform, tenant: Tenant) {
-  return usageSnapshot(platform.db.knex, tenant, { searches_per_day: await platform.searchQuota.used(tenant.id), answers_per_day: await platform.answerQuota.used(tenant.id) });
+async function snapshotOf(services: UsageServices, tenant: Tenant) {
+  return usageSnapshot(services.db.knex, tenant, { searches_per_day: await services.searchQuota.used(tenant.id), answers_per_day: await services.answerQuota.used(tenant.id) });
 }
 
-export function usageRoutes(api: Api): void {
+/** What the usage routes use of the platform, wired in by the app (src/http/app.ts). */
+export type UsageServices = Pick<Platform, 'answerQuota' | 'db' | 'searchQuota'>;
+
+export function usageRoutes(api: Api, services: UsageServices): void {
   api.add({
     method: 'get', path: '/api/admin/usage', operationId: 'getUsage', summary: "The tenant's current use of each quota against its limits", tag,
     auth: { scope: 'analytics:read', tenant: 'required' },
     responses: { 200: { description: 'Used, limit and remaining per quota, and today’s rollup', schema: usageSnapshotSchema } },
-    handler: async ({ ctx, platform }) => ({ status: 200, body: await snapshotOf(platform, ctx.tenant!) }),
+    handler: async ({ ctx }) => ({ status: 200, body: await snapshotOf(services, ctx.tenant!) }),
   });
   api.add({
     method: 'get', path: '/api/admin/tenants/:id/usage', operationId: 'getTenantUsage', summary: "A tenant's current use of each quota against its limits", tag, auth: 'operator',
     params: idOrSlugParams,
     responses: { 200: { description: 'Used, limit and remaining per quota, and today’s rollup', schema: usageSnapshotSchema }, 404: { description: 'No such tenant' } },
-    handler: async ({ params, platform }) => ({ status: 200, body: await snapshotOf(platform, await getTenant(platform.db.knex, params.id)) }),
+    handler: async ({ params }) => ({ status: 200, body: await snapshotOf(services, await getTenant(services.db.knex, params.id)) }),
   });
   api.add({
     method: 'get', path: '/api/admin/tenants/:id/billing', operationId: 'getTenantBilling', summary: 'Daily usage over a period with totals, as JSON or CSV', tag, auth: 'operator',
@@ -107,9 +110,9 @@ export function usageRoutes(api: Api): void {
       200: { description: 'Per-day rows and totals (application/json, or text/csv whose last record is `total`)', schema: billingSchema },
       404: { description: 'No such tenant' },
     },
-    handler: async ({ params, query, platform }) => {
-      const tenant = await getTenant(platform.db.knex, params.id);
-      const statement = await billingStatement(platform.db.knex, tenant, query.start, query.end);
+    handler: async ({ params, query }) => {
+      const tenant = await getTenant(services.db.knex, params.id);
+      const statement = await billingStatement(services.db.knex, tenant, query.start, query.end);
       if (query.format === 'json') return { status: 200, body: statement };
       const csv = billingCsv(statement);
       return {
@@ -127,8 +130,8 @@ export function usageRoutes(api: Api): void {
   api.add({
     method: 'get', path: '/api/admin/usage/reconciliation', operationId: 'getUsageReconciliation', summary: 'The last nightly comparison of closed usage days with the raw data', tag, auth: 'operator',
     responses: { 200: { description: 'Drift per counter and the drifting tenant-days', schema: reconciliationSchema }, 404: { description: 'No reconciliation has run yet' } },
-    handler: async ({ platform }) => {
-      const report = await latestReconciliation(platform.db.knex);
+    handler: async () => {
+      const report = await latestReconciliation(services.db.knex);
       if (!report) throw notFound('Usage reconciliation report');
       return { status: 200, body: report };
     },

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Platform } from '../../platform';
 import { getDelivery, listDeliveries, redeliver, replay, sendTest } from '../../domain/webhooks/deliveries';
 import { createEndpoint, deleteEndpoint, getEndpoint, listEndpoints, rotateSecret, updateEndpoint } from '../../domain/webhooks/endpoints';
 import { EVENT_TYPE_NAMES, EVENT_TYPES } from '../../domain/webhooks/event-types';
@@ -79,7 +80,10 @@ const deliveryDetail = deliverySchema.extend({
 });
 const deliveryParams = z.object({ id: z.uuid(), delivery_id: z.uuid() });
 
-export function webhookRoutes(api: Api): void {
+/** What the webhooks routes use of the platform, wired in by the app (src/http/app.ts). */
+export type WebhooksServices = Pick<Platform, 'config' | 'db' | 'deliveryDeps' | 'endpointSettings' | 'enqueueDeliveries' | 'metrics'>;
+
+export function webhookRoutes(api: Api, services: WebhooksServices): void {
   // Before /:id, which would otherwise take "event-types" for an id.
   api.add({
     method: 'get', path: '/api/admin/webhooks/event-types', operationId: 'listWebhookEventTypes', summary: 'Every event type an endpoint can subscribe to', tag,
@@ -96,8 +100,8 @@ export function webhookRoutes(api: Api): void {
     responses: { 201: { description: 'The endpoint, with its secret', schema: endpointWithSecret }, 403: { description: 'Endpoint quota reached' } },
     // Not the URL: one can carry credentials in its query or user part.
     audit: { action: 'webhook.create', target: repliedId, details: ({ body }) => body && { event_types: body.event_types ?? [] } },
-    handler: async ({ body, ctx, platform }) => {
-      const { endpoint, secret } = await createEndpoint(platform.db.knex, ctx.tenant!.id, body, platform.endpointSettings(), ctx.tenant!.quotas);
+    handler: async ({ body, ctx }) => {
+      const { endpoint, secret } = await createEndpoint(services.db.knex, ctx.tenant!.id, body, services.endpointSettings(), ctx.tenant!.quotas);
       return { status: 201, body: { ...endpoint, secret } };
     },
   });
@@ -105,22 +109,22 @@ export function webhookRoutes(api: Api): void {
     method: 'get', path: '/api/admin/webhooks', operationId: 'listWebhooks', summary: 'List endpoints with their health', tag, auth,
     query: listQuery,
     responses: { 200: { description: 'A page of endpoints', schema: z.object({ items: z.array(endpointSchema), next_cursor: z.string().nullable() }) } },
-    handler: async ({ query, ctx, platform }) => ({ status: 200, body: await listEndpoints(platform.db.knex, ctx.tenant!.id, query) }),
+    handler: async ({ query, ctx }) => ({ status: 200, body: await listEndpoints(services.db.knex, ctx.tenant!.id, query) }),
   });
   api.add({
     method: 'get', path: '/api/admin/webhooks/:id', operationId: 'getWebhook', summary: 'An endpoint with its health', tag, auth,
     params: idParams,
     responses: { 200: { description: 'The endpoint', schema: endpointSchema }, 404: { description: 'No such endpoint' } },
-    handler: async ({ params, ctx, platform }) => ({ status: 200, body: await getEndpoint(platform.db.knex, ctx.tenant!.id, params.id) }),
+    handler: async ({ params, ctx }) => ({ status: 200, body: await getEndpoint(services.db.knex, ctx.tenant!.id, params.id) }),
   });
   api.add({
     method: 'patch', path: '/api/admin/webhooks/:id', operationId: 'updateWebhook', summary: 'Change an endpoint; `enabled: true` re-enables a disabled one', tag, auth,
     params: idParams, body: endpointPatch,
     responses: { 200: { description: 'The endpoint', schema: endpointSchema }, 404: { description: 'No such endpoint' } },
     audit: { action: 'webhook.update', details: ({ body }) => (body?.enabled !== undefined ? { enabled: body.enabled } : undefined) },
-    handler: async ({ params, body, ctx, platform }) => ({
+    handler: async ({ params, body, ctx }) => ({
       status: 200,
-      body: await updateEndpoint(platform.db.knex, ctx.tenant!.id, params.id, body, platform.endpointSettings()),
+      body: await updateEndpoint(services.db.knex, ctx.tenant!.id, params.id, body, services.endpointSettings()),
     }),
   });
   api.add({
@@ -128,8 +132,8 @@ export function webhookRoutes(api: Api): void {
     params: idParams,
     responses: { 204: { description: 'Deleted' }, 404: { description: 'No such endpoint' } },
     audit: { action: 'webhook.delete' },
-    handler: async ({ params, ctx, platform }) => {
-      await deleteEndpoint(platform.db.knex, ctx.tenant!.id, params.id);
+    handler: async ({ params, ctx }) => {
+      await deleteEndpoint(services.db.knex, ctx.tenant!.id, params.id);
       return { status: 204 };
     },
   });
@@ -142,8 +146,8 @@ export function webhookRoutes(api: Api): void {
       409: { description: 'Rotated less than 24 hours ago; details.rotate_again_at says when it is allowed again' },
     },
     audit: { action: 'webhook.rotate_secret' },
-    handler: async ({ params, ctx, platform }) => {
-      const { endpoint, secret } = await rotateSecret(platform.db.knex, ctx.tenant!.id, params.id);
+    handler: async ({ params, ctx }) => {
+      const { endpoint, secret } = await rotateSecret(services.db.knex, ctx.tenant!.id, params.id);
       return { status: 200, body: { ...endpoint, secret } };
     },
   });
@@ -156,13 +160,13 @@ export function webhookRoutes(api: Api): void {
       409: { description: 'The endpoint is disabled' },
     },
     audit: { action: 'webhook.test' },
-    handler: async ({ params, ctx, platform }) => {
-      const delivery = await sendTest(platform.deliveryDeps(), ctx.tenant!.id, params.id);
+    handler: async ({ params, ctx }) => {
+      const delivery = await sendTest(services.deliveryDeps(), ctx.tenant!.id, params.id);
       const attempt = delivery.attempts[0];
       if (attempt) {
         const outcome = attempt.outcome === 'succeeded' ? 'delivered' : 'given_up';
-        platform.metrics.webhookAttempts.inc({ outcome });
-        platform.metrics.webhookAttemptDuration.observe({ outcome }, attempt.duration_ms / 1000);
+        services.metrics.webhookAttempts.inc({ outcome });
+        services.metrics.webhookAttemptDuration.observe({ outcome }, attempt.duration_ms / 1000);
       }
       return { status: 200, body: delivery };
     },
@@ -177,11 +181,11 @@ export function webhookRoutes(api: Api): void {
       until: isoDateTime.optional(),
     }),
     responses: { 200: { description: 'A page of deliveries', schema: z.object({ items: z.array(deliverySchema), next_cursor: z.string().nullable() }) } },
-    handler: async ({ params, query, ctx, platform }) => {
+    handler: async ({ params, query, ctx }) => {
       const { limit, cursor, outcome, ...filters } = query;
       return {
         status: 200,
-        body: await listDeliveries(platform.db.knex, ctx.tenant!.id, params.id, { ...filters, status: outcome }, { limit, cursor }),
+        body: await listDeliveries(services.db.knex, ctx.tenant!.id, params.id, { ...filters, status: outcome }, { limit, cursor }),
       };
     },
   });
@@ -189,9 +193,9 @@ export function webhookRoutes(api: Api): void {
     method: 'get', path: '/api/admin/webhooks/:id/deliveries/:delivery_id', operationId: 'getWebhookDelivery', summary: 'One delivery with the event and every attempt', tag, auth,
     params: deliveryParams,
     responses: { 200: { description: 'The delivery', schema: deliveryDetail }, 404: { description: 'No such delivery' } },
-    handler: async ({ params, ctx, platform }) => ({
+    handler: async ({ params, ctx }) => ({
       status: 200,
-      body: await getDelivery(platform.db.knex, ctx.tenant!.id, params.id, params.delivery_id),
+      body: await getDelivery(services.db.knex, ctx.tenant!.id, params.id, params.delivery_id),
     }),
   });
   api.add({
@@ -203,9 +207,9 @@ export function webhookRoutes(api: Api): void {
       target: ({ params }) => params?.delivery_id,
       details: ({ params, reply }) => ({ endpoint_id: params?.id, new_delivery_id: replied(reply, 'id') }),
     },
-    handler: async ({ params, ctx, platform }) => {
-      const { delivery, work } = await redeliver(platform.db.knex, ctx.tenant!.id, params.id, params.delivery_id);
-      await platform.enqueueDeliveries([work]);
+    handler: async ({ params, ctx }) => {
+      const { delivery, work } = await redeliver(services.db.knex, ctx.tenant!.id, params.id, params.delivery_id);
+      await services.enqueueDeliveries([work]);
       return { status: 202, body: delivery };
     },
   });
@@ -232,11 +236,11 @@ export function webhookRoutes(api: Api): void {
         matched: replied(reply, 'matched'), enqueued: replied(reply, 'enqueued'),
       }),
     },
-    handler: async ({ params, body, ctx, platform }) => {
-      const perSecond = platform.config.WEBHOOK_REPLAY_PER_SECOND;
+    handler: async ({ params, body, ctx }) => {
+      const perSecond = services.config.WEBHOOK_REPLAY_PER_SECOND;
       const spacingMs = 1000 / perSecond;
-      const { matched, work } = await replay(platform.db.knex, ctx.tenant!.id, params.id, body, { spacingMs });
-      await platform.enqueueDeliveries(work, spacingMs);
+      const { matched, work } = await replay(services.db.knex, ctx.tenant!.id, params.id, body, { spacingMs });
+      await services.enqueueDeliveries(work, spacingMs);
       return { status: 200, body: { matched, enqueued: work.length, per_second: perSecond } };
     },
   });
