@@ -12,7 +12,7 @@ const auditRecordSchema = z.object({
   at: z.string(),
   actor_kind: z.enum(['operator', 'key']),
   actor_id: z.string().nullable().describe("The API key's id; for the operator, the dashboard session's id, or null for the operator token"),
-  tenant_id: z.uuid().nullable().describe('The tenant acted on; null for actions on the services itself. Kept after the tenant is deleted'),
+  tenant_id: z.uuid().nullable().describe('The tenant acted on; null for actions on the platform itself. Kept after the tenant is deleted'),
   tenant_slug: z.string().nullable().describe('The tenant’s slug when the action was recorded'),
   action: z.string().describe('`noun.verb` (tenant.update, api_key.create, queue.pause, admin.login, …); each route names its own in `x-audit-action`'),
   target: z.string().nullable().describe('The id acted on'),
