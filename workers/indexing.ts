@@ -1,15 +1,19 @@
 import { INDEXING_ATTEMPTS_FOR_OTHER_ERRORS, indexingQueue, indexingRetryDelayMs } from '../queues/indexing';
+import type { Platform } from '../src/platform';
 import { EmbeddingError } from '../src/domain/embeddings/embedder';
 import { DocumentTooComplexError } from '../src/domain/indexing/cpu-pool';
 import { failIndexing, FileRejectedError, indexDocument, warmIndexingCpu } from '../src/domain/indexing/indexer';
 import { defineProcessor } from './processor';
 
-export const indexingProcessor = defineProcessor({
+/** What the indexing processor uses of the platform. */
+export type IndexingServices = Pick<Platform, 'config' | 'indexerDeps' | 'metrics'>;
+
+export const indexingProcessor = defineProcessor<typeof indexingQueue, IndexingServices>({
   definition: indexingQueue,
   async process(payload, context) {
-    const { platform, signal, job } = context;
-    const result = await indexDocument(platform.indexerDeps(), payload, signal, (stage, done, total) => job.updateProgress({ stage, done, total }));
-    if (result.outcome === 'indexed') platform.metrics.documentsIndexed.inc();
+    const { services, signal, job } = context;
+    const result = await indexDocument(services.indexerDeps(), payload, signal, (stage, done, total) => job.updateProgress({ stage, done, total }));
+    if (result.outcome === 'indexed') services.metrics.documentsIndexed.inc();
     else context.logger.info({ reason: result.reason }, 'indexing skipped');
     // The store announced its write to the cache and the replica routing itself, in the order write-marks.ts
     // explains; a run that died between its commit and that announcement left a mark whose lease ends it.
@@ -21,15 +25,15 @@ export const indexingProcessor = defineProcessor({
     // Only a provider that is away gets the hour-long tail of the schedule.
     return error instanceof EmbeddingError ? Number.POSITIVE_INFINITY : INDEXING_ATTEMPTS_FOR_OTHER_ERRORS;
   },
-  async onFinalFailure(payload, error, { platform }) {
-    await failIndexing(platform.indexerDeps(), payload, error);
+  async onFinalFailure(payload, error, { services }) {
+    await failIndexing(services.indexerDeps(), payload, error);
   },
-  workerSettings: (platform) => ({
-    backoffStrategy: (attemptsMade: number) => indexingRetryDelayMs(attemptsMade, platform.config.INDEX_RETRY_BASE_MS),
+  workerSettings: (services) => ({
+    backoffStrategy: (attemptsMade: number) => indexingRetryDelayMs(attemptsMade, services.config.INDEX_RETRY_BASE_MS),
   }),
-  background(platform) {
+  background(services) {
     // A process that indexes starts its threads with its worker, not with its first documents.
-    const warming = warmIndexingCpu(platform.indexerDeps().cpu);
+    const warming = warmIndexingCpu(services.indexerDeps().cpu);
     return () => warming;
   },
 });

@@ -4,8 +4,9 @@ import type { Logger } from '../src/logger';
 import type { Platform } from '../src/platform';
 
 /** What a processor is given besides its payload; no globals. */
-export interface ProcessorContext {
-  platform: Platform;
+export interface ProcessorContext<Services = unknown> {
+  /** The services the processor declared it uses (its `Services` type), wired in by the runtime. */
+  services: Services;
   logger: Logger;
   /** Aborted when the worker hands the job back at shutdown. */
   signal: AbortSignal;
@@ -14,9 +15,13 @@ export interface ProcessorContext {
   token: string | undefined;
 }
 
-export interface Processor<D extends QueueDefinition = QueueDefinition> {
+/**
+ * One queue's processor. `Services` names the few parts of the platform it
+ * uses (a `Pick<Platform, …>`), so its signature says what it depends on.
+ */
+export interface Processor<D extends QueueDefinition = QueueDefinition, Services = Platform> {
   definition: D;
-  process(payload: PayloadOf<D>, context: ProcessorContext): Promise<unknown>;
+  process(payload: PayloadOf<D>, context: ProcessorContext<Services>): Promise<unknown>;
   /**
    * How many attempts in all a failure like this one may use, when fewer
    * than the job's `attempts` (which only the failures worth the whole
@@ -24,11 +29,11 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
    */
   attemptsFor?(error: Error): number;
   /** Called once when the job will not be tried again (unrecoverable, or out of attempts). */
-  onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext): Promise<void>;
+  onFinalFailure?(payload: PayloadOf<D>, error: Error, context: ProcessorContext<Services>): Promise<void>;
   /** Worker settings the queue needs, such as a custom backoff strategy. */
-  workerSettings?(platform: Platform): WorkerOptions['settings'];
+  workerSettings?(services: Services): WorkerOptions['settings'];
   /** Work the queue needs beside its jobs while its worker runs (e.g. a periodic sweep); returns how to stop it. */
-  background?(platform: Platform): () => Promise<void>;
+  background?(services: Services): () => Promise<void>;
   /**
    * For a queue that holds while its tenant is suspended: the processor
    * reads the tenant's status with its own data and holds the job itself
@@ -37,6 +42,6 @@ export interface Processor<D extends QueueDefinition = QueueDefinition> {
   checksSuspension?: boolean;
 }
 
-export function defineProcessor<D extends QueueDefinition>(processor: Processor<D>): Processor<D> {
+export function defineProcessor<D extends QueueDefinition, Services extends Partial<Platform>>(processor: Processor<D, Services>): Processor<D, Services> {
   return processor;
 }

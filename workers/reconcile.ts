@@ -1,4 +1,5 @@
 import type { Queue } from 'bullmq';
+import type { Platform } from '../src/platform';
 import { indexingQueue, reconcileQueue, webhookFanoutQueue, webhooksQueue } from '../queues';
 import { LIVE_STATES } from '../queues/job-states';
 import { failIndexing } from '../src/domain/indexing/indexer';
@@ -28,10 +29,13 @@ async function verdictFor(queue: Queue, jobId: string): Promise<'alive' | { fail
  * webhook deliveries still pending — and enqueues it again under the same
  * job id.
  */
-export const reconcileProcessor = defineProcessor({
+/** What the reconcile processor uses of the platform. */
+export type ReconcileServices = Pick<Platform, 'config' | 'db' | 'enqueueDeliveries' | 'indexerDeps' | 'queues'>;
+
+export const reconcileProcessor = defineProcessor<typeof reconcileQueue, ReconcileServices>({
   definition: reconcileQueue,
-  async process(_payload, { platform, logger }) {
-    const { db, queues, config } = platform;
+  async process(_payload, { services, logger }) {
+    const { db, queues, config } = services;
     const stuckAfter = config.RECONCILE_STUCK_AFTER_SECONDS;
     const requeued = { documents: 0, events: 0, deliveries: 0 };
 
@@ -43,7 +47,7 @@ export const reconcileProcessor = defineProcessor({
       if (verdict === 'requeue') {
         await queues.enqueue(indexingQueue, work);
         requeued.documents += 1;
-      } else await failIndexing(platform.indexerDeps(), work, new Error(verdict.failed));
+      } else await failIndexing(services.indexerDeps(), work, new Error(verdict.failed));
     }
 
     const webhookWork = await findStuckWebhookWork(db.knex, stuckAfter);
@@ -63,7 +67,7 @@ export const reconcileProcessor = defineProcessor({
       if (verdict === 'requeue') lostDeliveries.push(delivery);
       else if (verdict !== 'alive') await failDelivery(db.knex, delivery.tenantId, delivery.deliveryId, verdict.failed);
     }
-    await platform.enqueueDeliveries(lostDeliveries);
+    await services.enqueueDeliveries(lostDeliveries);
     requeued.deliveries = lostDeliveries.length;
 
     const examined = { documents: documents.length, events: webhookWork.events.length, deliveries: webhookWork.deliveries.length };

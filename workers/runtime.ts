@@ -111,7 +111,7 @@ export class WorkerRuntime {
     const tenantId = (parsed.data as { tenantId?: string }).tenantId;
     let logger: Logger | undefined;
     const context = {
-      platform,
+      services: platform,
       // Made on first use: most jobs log nothing, and a child logger costs a serialisation of its bindings.
       get logger(): Logger {
         logger ??= platform.logger.child({ queue, job_id: job.id, ...(tenantId ? { tenant_id: tenantId } : {}) });
@@ -207,7 +207,7 @@ export class WorkerRuntime {
     const parsed = processor.definition.payload.safeParse(job.data);
     if (parsed.success && processor.onFinalFailure) {
       await processor
-        .onFinalFailure(parsed.data, error, { platform: this.platform, logger, signal: new AbortController().signal, job, token: undefined })
+        .onFinalFailure(parsed.data, error, { services: this.platform, logger, signal: new AbortController().signal, job, token: undefined })
         .catch((hookError) => logger.error({ err: hookError }, 'could not record the final failure'));
     }
     // The job has already moved to failed here, so attemptsMade already counts the last attempt.

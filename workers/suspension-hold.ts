@@ -8,7 +8,7 @@ import type { Platform } from '../src/platform';
  * looks again by itself after a while in case the promotion was missed.
  * Always throws DelayedError, for the worker to leave the job where it is.
  */
-export async function holdWhileSuspended(platform: Platform, queue: string, job: Job, token: string, tenantId: string): Promise<never> {
+export async function holdWhileSuspended(platform: Pick<Platform, 'suspension'>, queue: string, job: Job, token: string, tenantId: string): Promise<never> {
   await platform.suspension.note(tenantId, queue, String(job.id));
   // attemptsStarted counts every time a worker picked the job up, each look included.
   await job.moveToDelayed(Date.now() + recheckDelayMs(job.attemptsStarted), token);

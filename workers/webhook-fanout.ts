@@ -13,26 +13,29 @@ import { holdWhileSuspended } from './suspension-hold';
  * enqueued. 'suspended': the tenant is, and nothing was done.
  */
 const fanOutBatches = onePer(
-  (platform: Platform) =>
+  (services: WebhookFanoutServices) =>
     new Batcher<string, number | 'suspended'>((tenantId, eventIds) =>
       settleAll<number | 'suspended'>(eventIds.length, async () => {
-        const { tenantSuspended, work } = await fanOutEvents(platform.db.knex, tenantId, eventIds);
+        const { tenantSuspended, work } = await fanOutEvents(services.db.knex, tenantId, eventIds);
         if (tenantSuspended) return eventIds.map(() => 'suspended' as const);
-        await platform.enqueueDeliveries(work.flat());
+        await services.enqueueDeliveries(work.flat());
         return work.map((deliveries) => deliveries.length);
       }),
     ),
 );
 
-export const webhookFanoutProcessor = defineProcessor({
+/** What the webhook fanout processor uses of the platform. */
+export type WebhookFanoutServices = Pick<Platform, 'db' | 'enqueueDeliveries' | 'suspension'>;
+
+export const webhookFanoutProcessor = defineProcessor<typeof webhookFanoutQueue, WebhookFanoutServices>({
   definition: webhookFanoutQueue,
   // Its batched statement says whether the tenant is suspended: no lookup of its own per job.
   checksSuspension: true,
-  async process(payload, { platform, job, token }) {
-    const deliveries = await fanOutBatches(platform).submit(payload.tenantId, payload.eventId);
+  async process(payload, { services, job, token }) {
+    const deliveries = await fanOutBatches(services).submit(payload.tenantId, payload.eventId);
     if (deliveries === 'suspended') {
       if (!token) throw new Error('a fan-out of a suspended tenant cannot wait without its lock token');
-      return holdWhileSuspended(platform, webhookFanoutQueue.name, job, token, payload.tenantId);
+      return holdWhileSuspended(services, webhookFanoutQueue.name, job, token, payload.tenantId);
     }
     return { deliveries };
   },

@@ -48,14 +48,14 @@ interface HandOff {
 class HandOffs {
   private readonly entries = new Map<string, HandOff>();
 
-  give(platform: Platform, tenantId: string, woken: readonly Woken[]): void {
+  give(services: WebhooksServices, tenantId: string, woken: readonly Woken[]): void {
     const now = Date.now();
     for (const [jobId, entry] of this.entries) {
       if (now - entry.at <= HANDOFF_WINDOW_MS) break;
       this.entries.delete(jobId);
     }
     for (const { jobId, deliveryId } of woken) {
-      const read = readAttempt(platform.db.knex, tenantId, deliveryId);
+      const read = readAttempt(services.db.knex, tenantId, deliveryId);
       read.catch(() => undefined);
       this.entries.set(jobId, { at: now, read });
     }
@@ -69,7 +69,7 @@ class HandOffs {
   }
 }
 
-const handOffs = onePer((_platform: Platform) => new HandOffs());
+const handOffs = onePer((_services: WebhooksServices) => new HandOffs());
 
 /**
  * The per-endpoint slot of one job (src/domain/webhooks/fairness.ts), as the
@@ -81,7 +81,7 @@ class EndpointGate implements SendGate {
   private state: 'open' | 'parking' | 'left' = 'open';
 
   constructor(
-    private readonly platform: Platform,
+    private readonly services: WebhooksServices,
     private readonly tenantId: string,
     private readonly claim: SlotClaim,
     private readonly logger: Logger,
@@ -91,7 +91,7 @@ class EndpointGate implements SendGate {
 
   async enter(): Promise<boolean> {
     if (this.handedOver) return true;
-    const { held, woken } = await this.platform.endpointSlots.acquire(this.claim);
+    const { held, woken } = await this.services.endpointSlots.acquire(this.claim);
     await this.wake(woken);
     return held;
   }
@@ -105,7 +105,7 @@ class EndpointGate implements SendGate {
     if (this.state !== 'open') return;
     this.state = 'left';
     try {
-      await this.wake(await this.platform.endpointSlots.release(this.claim));
+      await this.wake(await this.services.endpointSlots.release(this.claim));
     } catch (error) {
       // The slot's lease frees it; the sweeper then wakes the next delivery.
       this.logger.warn({ err: error, endpoint_id: this.claim.endpointId }, 'could not release an endpoint slot');
@@ -114,9 +114,9 @@ class EndpointGate implements SendGate {
 
   private async wake(woken: Woken[]): Promise<void> {
     if (woken.length === 0) return;
-    handOffs(this.platform).give(this.platform, this.tenantId, woken);
+    handOffs(this.services).give(this.services, this.tenantId, woken);
     await promoteDeliveries(
-      this.platform.queues.queue(webhooksQueue.name),
+      this.services.queues.queue(webhooksQueue.name),
       woken.map((entry) => entry.jobId),
     );
   }
@@ -127,37 +127,40 @@ class EndpointGate implements SendGate {
  * when a slot is handed to it. A slot handed over while the job was still
  * active could not promote it, so it looks once it is delayed.
  */
-async function park(platform: Platform, job: Job, token: string, claim: SlotClaim): Promise<never> {
-  const { endpointSlots } = platform;
+async function park(services: WebhooksServices, job: Job, token: string, claim: SlotClaim): Promise<never> {
+  const { endpointSlots } = services;
   await job.moveToDelayed(Date.now() + endpointSlots.timings.parkBackstopMs, token);
   const granted = await endpointSlots.granted([claim]);
-  if (granted.length > 0) await promoteDeliveries(platform.queues.queue(webhooksQueue.name), [claim.jobId]);
+  if (granted.length > 0) await promoteDeliveries(services.queues.queue(webhooksQueue.name), [claim.jobId]);
   throw new DelayedError();
 }
 
-export const webhooksProcessor = defineProcessor({
+/** What the webhooks processor uses of the platform. */
+export type WebhooksServices = Pick<Platform, 'config' | 'db' | 'deliveryDeps' | 'endpointSlots' | 'logger' | 'metrics' | 'queues' | 'suspension'>;
+
+export const webhooksProcessor = defineProcessor<typeof webhooksQueue, WebhooksServices>({
   definition: webhooksQueue,
   // Its batched read of the delivery says whether the tenant is suspended: no lookup of its own per job.
   checksSuspension: true,
-  async process(payload, { platform, job, token, logger }) {
-    const { config, metrics } = platform;
+  async process(payload, { services, job, token, logger }) {
+    const { config, metrics } = services;
     // A slow receiver holds at most WEBHOOK_ENDPOINT_CONCURRENCY requests in flight; the rest wait parked, without spending an attempt.
     const claim = { endpointId: payload.endpointId, jobId: String(job.id), deliveryId: payload.deliveryId };
-    const handOff = handOffs(platform).take(claim.jobId);
-    const gate = new EndpointGate(platform, payload.tenantId, claim, logger, handOff !== undefined);
+    const handOff = handOffs(services).take(claim.jobId);
+    const gate = new EndpointGate(services, payload.tenantId, claim, logger, handOff !== undefined);
     try {
       const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-      const verdict = await attemptDelivery(platform.deliveryDeps(), payload.tenantId, payload.deliveryId, final, gate, handOff?.read);
+      const verdict = await attemptDelivery(services.deliveryDeps(), payload.tenantId, payload.deliveryId, final, gate, handOff?.read);
       if (verdict.kind === 'busy') {
         if (!token) throw new Error('a delivery cannot wait for a slot without its lock token');
         gate.park();
-        return await park(platform, job, token, claim);
+        return await park(services, job, token, claim);
       }
       if (verdict.kind === 'suspended') {
         if (!token) throw new Error('a delivery of a suspended tenant cannot wait without its lock token');
         // Its slot, if it was given one, goes to the next delivery first.
         await gate.leave();
-        return await holdWhileSuspended(platform, webhooksQueue.name, job, token, payload.tenantId);
+        return await holdWhileSuspended(services, webhooksQueue.name, job, token, payload.tenantId);
       }
       if (verdict.kind === 'skipped') return { outcome: 'skipped', reason: verdict.reason };
       metrics.webhookAttempts.inc({ outcome: verdict.kind });
@@ -178,7 +181,7 @@ export const webhooksProcessor = defineProcessor({
             verdict.result.retryAfterMs,
             config.WEBHOOK_RETRY_AFTER_MAX_SECONDS * 1000,
           );
-          await scheduleNextAttempt(platform.db.knex, payload.tenantId, payload.deliveryId, new Date(Date.now() + delayMs));
+          await scheduleNextAttempt(services.db.knex, payload.tenantId, payload.deliveryId, new Date(Date.now() + delayMs));
           throw new RetryLater(summary, delayMs);
         }
       }
@@ -188,15 +191,15 @@ export const webhooksProcessor = defineProcessor({
       await gate.leave();
     }
   },
-  async onFinalFailure(payload, error, { platform }) {
-    await failDelivery(platform.db.knex, payload.tenantId, payload.deliveryId, error.message);
+  async onFinalFailure(payload, error, { services }) {
+    await failDelivery(services.db.knex, payload.tenantId, payload.deliveryId, error.message);
   },
   workerSettings: () => ({
     // The delay was worked out by the attempt that failed (schedule, jitter, Retry-After).
     backoffStrategy: (_attemptsMade: number, type?: string, error?: Error) =>
       type === WEBHOOK_BACKOFF && error instanceof RetryLater ? error.delayMs : 1_000,
   }),
-  background: (platform) => sweepEndpointSlots(platform),
+  background: (services) => sweepEndpointSlots(services),
 });
 
 /**
@@ -205,16 +208,16 @@ export const webhooksProcessor = defineProcessor({
  * a wake-up lost with a killed worker delays the next delivery by at most a
  * lease and an interval, not by the park backstop. Returns the stop function.
  */
-function sweepEndpointSlots(platform: Platform): () => Promise<void> {
+function sweepEndpointSlots(services: WebhooksServices): () => Promise<void> {
   let running: Promise<void> = Promise.resolve();
   const timer = setInterval(() => {
     running = (async () => {
-      const woken = await platform.endpointSlots.sweep();
+      const woken = await services.endpointSlots.sweep();
       await promoteDeliveries(
-        platform.queues.queue(webhooksQueue.name),
+        services.queues.queue(webhooksQueue.name),
         woken.flatMap((entry) => entry.woken.map((each) => each.jobId)),
       );
-    })().catch((error) => platform.logger.warn({ err: error }, 'could not sweep the endpoint slots'));
+    })().catch((error) => services.logger.warn({ err: error }, 'could not sweep the endpoint slots'));
   }, SWEEP_INTERVAL_MS);
   timer.unref();
   return async () => {

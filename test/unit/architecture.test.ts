@@ -66,4 +66,16 @@ describe('the import graph', () => {
       expect({ file, uses: /:\s*Platform\b/.test(text) }).toEqual({ file, uses: false });
     }
   });
+
+  it('gives each job processor the few services it uses, named in its definition, never the whole platform', () => {
+    const folder = path.join(ROOT, 'workers');
+    const processors = readdirSync(folder).filter((name) => name.endsWith('.ts') && /= defineProcessor</.test(readFileSync(path.join(folder, name), 'utf8')));
+    expect(processors.length).toBe(7);
+    for (const file of processors) {
+      const text = readFileSync(path.join(folder, file), 'utf8');
+      const definition = /defineProcessor<typeof \w+, (\w+)>\(/.exec(text);
+      expect({ file, declares: definition !== null && new RegExp(`export type ${definition[1]} = Pick<Platform, '`).test(text) }).toEqual({ file, declares: true });
+      expect({ file, uses: /:\s*Platform\b/.test(text) }).toEqual({ file, uses: false });
+    }
+  });
 });
