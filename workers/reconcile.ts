@@ -23,15 +23,15 @@ async function verdictFor(queue: Queue, jobId: string): Promise<'alive' | { fail
   return 'requeue';
 }
 
+/** What the reconcile processor uses of the platform. */
+export type ReconcileServices = Pick<Platform, 'config' | 'db' | 'enqueueDeliveries' | 'indexerDeps' | 'queues'>;
+
 /**
  * Finds work the database says is unfinished but Redis holds no live job
  * for — documents stuck `queued` or `processing`, events never fanned out,
  * webhook deliveries still pending — and enqueues it again under the same
  * job id.
  */
-/** What the reconcile processor uses of the platform. */
-export type ReconcileServices = Pick<Platform, 'config' | 'db' | 'enqueueDeliveries' | 'indexerDeps' | 'queues'>;
-
 export const reconcileProcessor = defineProcessor<typeof reconcileQueue, ReconcileServices>({
   definition: reconcileQueue,
   async process(_payload, { services, logger }) {

@@ -12,13 +12,13 @@ const settingsOf = (services: UsageServices): RollupSettings => ({
   webhookLogDays: services.config.WEBHOOK_LOG_RETENTION_DAYS,
 });
 
+/** What the usage processor uses of the platform. */
+export type UsageServices = Pick<Platform, 'config' | 'db' | 'queues'>;
+
 /**
  * Every job works as of its tick, not the moment it runs: a retried or late
  * job closes the same days and writes the same counters.
  */
-/** What the usage processor uses of the platform. */
-export type UsageServices = Pick<Platform, 'config' | 'db' | 'queues'>;
-
 export const usageProcessor = defineProcessor<typeof usageQueue, UsageServices>({
   definition: usageQueue,
   async process(payload, { services, logger }) {

@@ -8,7 +8,7 @@ import { chaosProblems, formatReport, runChaos } from '../chaos/chaos';
  * long one is `npm run chaos`.
  */
 
-jest.setTimeout(600_000);
+jest.setTimeout(900_000);
 
 it('loses nothing accepted and shows clients only the documented 503s while each fault lands once', async () => {
   const seed = Number(process.env.CHAOS_SEED ?? 20261204);
