@@ -1,5 +1,4 @@
 import type { Knex } from 'knex';
-import { Gauge } from 'prom-client';
 import { queueSnapshots } from '../queues/queue-health';
 import { enqueueDeliveries } from '../queues/webhooks';
 import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
@@ -31,6 +30,7 @@ import { DependencyHealth } from './health';
 import type { Logger } from './logger';
 import { Metrics } from './metrics';
 import { registerUsageMetrics } from './domain/usage/metrics';
+import { registerCacheMetrics } from './domain/cache/metrics';
 import { MetricsWindow } from './metrics-window';
 import { connectRedis, createRedisClient, type RedisClient } from './redis';
 
@@ -190,18 +190,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     : null;
   // Writes that change search results record the primary's WAL position only when a replica may serve searches.
   const searchVisibleWrites = new TenantWrites(cache, replicaReads ? () => replicaReads.primaryLsn() : null, logger);
-  new Gauge({
-    name: 'ragworks_cache_hit_ratio',
-    help: "Hits / lookups of this process's search cache, per tier and overall",
-    labelNames: ['tier'] as const,
-    registers: [metrics.registry],
-    collect() {
-      const stats = cache.stats();
-      for (const [tier, value] of [['l1', stats.l1.hit_ratio], ['l2', stats.l2.hit_ratio], ['overall', stats.overall_hit_ratio]] as const) {
-        this.set({ tier }, value ?? 0);
-      }
-    },
-  });
+  registerCacheMetrics(metrics.registry, cache);
   const keyUsage = new KeyUsageRecorder(db.knex, config.API_KEY_USAGE_FLUSH_MS, (error) =>
     logger.warn({ err: error }, 'could not record API key usage; will retry'),
   );

@@ -333,6 +333,12 @@ describe('search replies and the cache (embedded database with pgvector)', () =>
       'l2:sets': stats.l2.sets,
     });
     expect(events['l1:hits']).toBeGreaterThan(0);
+    // The hit ratios, per tier and overall, as the stats have them.
+    const text: string = (await stack.operator('get', '/metrics').expect(200)).text;
+    const ratio = (tier: string) => Number(new RegExp(`^ragworks_cache_hit_ratio\\{tier="${tier}"\\} (\\S+)$`, 'm').exec(text)?.[1]);
+    const now = await cacheStats(stack);
+    expect({ l1: ratio('l1'), overall: ratio('overall') }).toEqual({ l1: now.l1.hit_ratio, overall: now.overall_hit_ratio });
+    expect(ratio('overall')).toBeGreaterThan(0);
   });
 });
 
