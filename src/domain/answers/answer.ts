@@ -111,12 +111,13 @@ export async function answerQuestion(deps: AnswerDeps, tenantId: string, request
     snippet: passage.snippet,
   }));
   hooks.onCitations?.(citations);
-  const question = normaliseRequest(request).query;
+  const normalised = normaliseRequest(request);
+  const question = normalised.query;
   const written = await cachedUnderGeneration(
     deps.cache,
     tenantId,
     `answer:${chatModel.model}`,
-    { ...normaliseRequest(request), rerank: request.rerank === true },
+    { ...normalised, rerank: request.rerank === true },
     async () => {
       if (passages.length === 0) return { text: NOTHING_FOUND, usage: { prompt_tokens: 0, completion_tokens: 0 } };
       try {

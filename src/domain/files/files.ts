@@ -31,15 +31,15 @@ const unsupported = (message: string) => new AppError(415, 'unsupported_media_ty
  * NUL, typed by its extension (HTML also by its first tag). What the client
  * says the type is counts for nothing.
  */
-export function detectFile(filename: string, head: Buffer, whole: Buffer): DetectedFile {
+export function detectFile(filename: string, bytes: Buffer): DetectedFile {
   const extension = path.extname(filename).toLowerCase();
-  if (head.subarray(0, PDF_MAGIC.length).equals(PDF_MAGIC)) return { kind: 'pdf', mediaType: 'application/pdf' };
-  if (head.subarray(0, ZIP_MAGIC.length).equals(ZIP_MAGIC)) {
+  if (bytes.subarray(0, PDF_MAGIC.length).equals(PDF_MAGIC)) return { kind: 'pdf', mediaType: 'application/pdf' };
+  if (bytes.subarray(0, ZIP_MAGIC.length).equals(ZIP_MAGIC)) {
     if (extension === '.docx') return { kind: 'docx', mediaType: 'application/vnd.openxmlformats-officedocument.wordprocessingml.document' };
     throw unsupported(`"${filename}" is a zip archive; of those only Word documents (.docx) are taken.`);
   }
   if (extension === '.pdf' || extension === '.docx') throw unsupported(`"${filename}" is named ${extension} but its bytes are not a ${extension.slice(1).toUpperCase()} file.`);
-  const text = decodeText(whole);
+  const text = decodeText(bytes);
   if (text === null) throw unsupported(`"${filename}" is neither PDF, DOCX nor UTF-8 text.`);
   const html = HTML.has(extension) || /^\s*<(!doctype html|html)[\s>]/i.test(text.slice(0, 512));
   if (html) return { kind: 'text', contentType: 'html', mediaType: 'text/html; charset=utf-8', text };

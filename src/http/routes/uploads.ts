@@ -115,7 +115,7 @@ export function uploadRoutes(api: Api, services: UploadsServices): void {
       const upload = await readUpload(req, services.config.UPLOAD_MAX_BYTES);
       const fields = parseInput(uploadFields, upload.fields, 'body');
       const { filename, data } = upload.file;
-      const detected = detectFile(filename, data.subarray(0, 8), data);
+      const detected = detectFile(filename, data);
       if (detected.kind === 'text' && data.length > DOCUMENT_LIMITS.contentBytes) {
         throw new AppError(413, 'payload_too_large', `A text file's content may be at most ${DOCUMENT_LIMITS.contentBytes} bytes.`, { limit_bytes: DOCUMENT_LIMITS.contentBytes });
       }
