@@ -23,7 +23,7 @@ import { EndpointSlots, slotTimings } from './domain/webhooks/fairness';
 import { SearchCache } from './domain/cache/search-cache';
 import { TenantWrites } from './domain/cache/write-marks';
 import { ReplicaReads } from './db/replica-reads';
-import { SearchRecorder } from './domain/search/record';
+import { SearchEventRecorder } from './domain/analytics/recorder';
 import { DailyQuota } from './domain/tenants/daily-quota';
 import { SuspensionHold } from './domain/tenants/suspension';
 import { DependencyHealth } from './health';
@@ -66,11 +66,11 @@ export interface Platform {
   endpointSlots: EndpointSlots;
   /** Search results and query embeddings, in process and in Redis. */
   cache: SearchCache;
-  /** Each tenant's searches today, against its daily quota. */
+  /** Each tenant's searches today: the one live count of searches, which the daily quota limits. */
   searchQuota: DailyQuota;
   answerQuota: DailyQuota;
-  /** Counts served searches and adds their analytics events, after the replies. */
-  searches: SearchRecorder;
+  /** Puts served searches' events on the analytics stream, after the replies. */
+  searchEvents: SearchEventRecorder;
   /** Holds a suspended tenant's jobs and releases them when it is resumed. */
   suspension: SuspensionHold;
   /** Queues deliveries with one attempt per WEBHOOK_RETRY_SCHEDULE entry; `spacingMs` paces them (replays). */
@@ -243,7 +243,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     cache,
     searchQuota: new DailyQuota(redis, config.QUEUE_PREFIX, 'searches_per_day'),
     answerQuota: new DailyQuota(redis, config.QUEUE_PREFIX, 'answers_per_day'),
-    searches: new SearchRecorder(redis, config.QUEUE_PREFIX, (events) => metrics.analyticsDropped.inc(events)),
+    searchEvents: new SearchEventRecorder(redis, config.QUEUE_PREFIX, (events) => metrics.analyticsDropped.inc(events)),
     suspension: new SuspensionHold(redis, config.QUEUE_PREFIX),
     enqueueDeliveries: (work, spacingMs = 0) => enqueueDeliveries(queues, endpointSlots, work, { attempts: config.WEBHOOK_RETRY_SCHEDULE.length, spacingMs }),
     startedAt: new Date(),

@@ -405,7 +405,7 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The tenant's documents, chunks, index jobs and searches
+         * The tenant's documents, chunks, index jobs and searches today
          * @description API key with the `documents:read` scope (or `admin`), or the operator token with `X-Tenant-Id`.
          */
         get: operations["getTenantStats"];
@@ -4591,7 +4591,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Counts */
+            /** @description Counts; `searches` is today's (UTC), the count `searches_per_day` limits */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -431,6 +431,18 @@ describe('GET /api/stats', () => {
     });
     expect(chunkTotal).toBeGreaterThan(0);
   });
+
+  it("reports today's searches as the daily quota counts them: answered ones, not refused ones", async () => {
+    const tenant = await stack.createTenant();
+    expect((await stack.as(tenant.key, 'get', '/api/stats').expect(200)).body.searches).toBe(0);
+    await stack.as(tenant.key, 'post', '/api/search').send({ query: 'alpha', mode: 'keyword' }).expect(200);
+    await stack.as(tenant.key, 'get', '/api/search?q=beta&mode=keyword').expect(200);
+    await stack.as(tenant.key, 'post', '/api/search').send({ query: '', mode: 'keyword' }).expect(400);
+    const stats = await stack.as(tenant.key, 'get', '/api/stats').expect(200);
+    expect(stats.body.searches).toBe(2);
+    const usage = await stack.as(tenant.key, 'get', '/api/admin/usage').expect(200);
+    expect(usage.body.quotas.searches_per_day.used).toBe(stats.body.searches);
+  });
 });
 
 describe('tenant isolation', () => {

@@ -4,9 +4,9 @@ import { Redis } from 'ioredis';
 import { QUEUE_DEFINITIONS, QueueRegistry } from '../../queues';
 import { TenantFairness } from '../../queues/fairness';
 import { takeBudgets } from '../../src/budgets';
+import { SearchEventRecorder } from '../../src/domain/analytics/recorder';
 import { streamKey } from '../../src/domain/analytics/stream';
 import { SearchCache } from '../../src/domain/cache/search-cache';
-import { SearchRecorder } from '../../src/domain/search/record';
 import { DailyQuota } from '../../src/domain/tenants/daily-quota';
 import { SuspensionHold } from '../../src/domain/tenants/suspension';
 import { EndpointSlots, slotTimings } from '../../src/domain/webhooks/fairness';
@@ -67,7 +67,7 @@ describe('tenant and endpoint keys', () => {
     const limits = [rateLimits.tenant, rateLimits.key].map((key) => ({ key, limit: 10, windowMs: 60_000 }));
     await takeBudgets(redis, [...limits, quota], [cache.generationRead(tenant)]);
     const dropped: number[] = [];
-    new SearchRecorder(redis, prefix, (events) => dropped.push(events)).record(tenant, {
+    new SearchEventRecorder(redis, prefix, (events) => dropped.push(events)).record({
       tenantId: tenant, queryId: tenant, query: 'q', mode: 'keyword', filters: {}, resultCount: 0, tookMs: 1, cached: false, userId: null, at: new Date().toISOString(),
     });
     await new SuspensionHold(redis, prefix).note(tenant, 'indexing', 'doc-1');
@@ -84,7 +84,7 @@ describe('tenant and endpoint keys', () => {
     const own = written.filter((key) => !shared.includes(key));
     expect(written).toEqual(expect.arrayContaining(shared));
     // What each feature wrote, by the part of the key that names it.
-    for (const part of ['cache:generation:', 'cache:search:', 'cache:embedding:m:', 'rate-limit:tenant:', 'rate-limit:key:', 'quota:searches:', 'searches:', 'suspended-jobs:', 'webhook-slots:', 'webhook-parked:']) {
+    for (const part of ['cache:generation:', 'cache:search:', 'cache:embedding:m:', 'rate-limit:tenant:', 'rate-limit:key:', 'quota:searches:', 'suspended-jobs:', 'webhook-slots:', 'webhook-parked:']) {
       expect(own.some((key) => key.startsWith(`${prefix}:${part}{`))).toBe(true);
     }
     for (const key of own) expect([tenant, endpoint]).toContain(slotName(key));

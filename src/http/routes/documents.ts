@@ -1,7 +1,6 @@
 import { createDocuments, deleteDocument, DOCUMENT_LIMITS, getDocument, listDocuments, updateDocument } from '../../domain/documents/documents';
 import type { Platform } from '../../platform';
 import { tenantStats } from '../../domain/documents/stats';
-import { searchCount } from '../../domain/search/counter';
 import { AppError } from '../../errors';
 import { replied, repliedId } from '../audit-trail';
 import type { Api } from '../route';
@@ -36,7 +35,7 @@ function assertContentSize(documents: unknown[]): void {
 
 
 /** What the documents routes use of the platform, wired in by the app (src/http/app.ts). */
-export type DocumentsServices = Pick<Platform, 'config' | 'db' | 'documentDeps' | 'redis'>;
+export type DocumentsServices = Pick<Platform, 'config' | 'db' | 'documentDeps' | 'searchQuota'>;
 
 export function documentRoutes(api: Api, services: DocumentsServices): void {
   api.add({
@@ -108,12 +107,12 @@ export function documentRoutes(api: Api, services: DocumentsServices): void {
     },
   });
   api.add({
-    method: 'get', path: '/api/stats', operationId: 'getTenantStats', summary: "The tenant's documents, chunks, index jobs and searches", tag, auth: read,
-    responses: { 200: { description: 'Counts' } },
+    method: 'get', path: '/api/stats', operationId: 'getTenantStats', summary: "The tenant's documents, chunks, index jobs and searches today", tag, auth: read,
+    responses: { 200: { description: 'Counts; `searches` is today\'s (UTC), the count `searches_per_day` limits' } },
     handler: async ({ ctx }) => {
       const [stats, searches] = await Promise.all([
         tenantStats(services.db.knex, ctx.tenant!.id),
-        searchCount(services.redis, services.config.QUEUE_PREFIX, ctx.tenant!.id),
+        services.searchQuota.used(ctx.tenant!.id),
       ]);
       return { status: 200, body: { ...stats, searches } };
     },

@@ -77,10 +77,10 @@ async function runSearch(services: SearchServices, ctx: RequestContext, admissio
     status: 200,
     body: { ...response, query_id: queryId },
     serialized: { results: resultsAsJson(response.results) },
-    // Counted and recorded once the reply is out, without waiting: analytics must cost the search nothing.
-    afterwards: () => {
-      const event = services.config.ANALYTICS_ENABLED
-        ? {
+    // Recorded once the reply is out, without waiting: analytics must cost the search nothing.
+    afterwards: services.config.ANALYTICS_ENABLED
+      ? () =>
+          services.searchEvents.record({
             tenantId,
             queryId,
             query: request.query,
@@ -91,15 +91,13 @@ async function runSearch(services: SearchServices, ctx: RequestContext, admissio
             cached: response.cached,
             userId,
             at,
-          }
-        : null;
-      services.searches.record(tenantId, event);
-    },
+          })
+      : undefined,
   };
 }
 
 /** What the search routes use of the platform, wired in by the app (src/http/app.ts). */
-export type SearchServices = Pick<Platform, 'cache' | 'config' | 'db' | 'metrics' | 'searchDeps' | 'searchQuota' | 'searches'>;
+export type SearchServices = Pick<Platform, 'cache' | 'config' | 'db' | 'metrics' | 'searchDeps' | 'searchEvents' | 'searchQuota'>;
 
 export function searchRoutes(api: Api, services: SearchServices): void {
   api.add({
