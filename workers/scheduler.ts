@@ -2,38 +2,41 @@ import cron, { type ScheduledTask } from 'node-cron';
 import { analyticsQueue, reconcileQueue, retentionQueue, usageQueue } from '../queues';
 import type { Platform } from '../src/platform';
 
+/** What the scheduler uses of the platform. */
+export type SchedulerServices = Pick<Platform, 'config' | 'logger' | 'queues'>;
+
 export interface Schedule {
   name: string;
-  expression(platform: Platform): string;
+  expression(services: SchedulerServices): string;
   /** Enqueues the tick's job; the tick is part of its id, so replicas agree on it. */
-  enqueue(platform: Platform, tick: string): Promise<string>;
+  enqueue(services: SchedulerServices, tick: string): Promise<string>;
 }
 
 export const SCHEDULES: readonly Schedule[] = [
   {
     name: 'reconcile',
-    expression: (platform) => platform.config.SCHEDULE_RECONCILE,
-    enqueue: (platform, tick) => platform.queues.enqueue(reconcileQueue, { tick }),
+    expression: (services) => services.config.SCHEDULE_RECONCILE,
+    enqueue: (services, tick) => services.queues.enqueue(reconcileQueue, { tick }),
   },
   {
     name: 'analytics',
-    expression: (platform) => platform.config.SCHEDULE_ANALYTICS,
-    enqueue: (platform, tick) => platform.queues.enqueue(analyticsQueue, { tick }),
+    expression: (services) => services.config.SCHEDULE_ANALYTICS,
+    enqueue: (services, tick) => services.queues.enqueue(analyticsQueue, { tick }),
   },
   {
     name: 'retention',
-    expression: (platform) => platform.config.SCHEDULE_RETENTION,
-    enqueue: (platform, tick) => platform.queues.enqueue(retentionQueue, { tick }),
+    expression: (services) => services.config.SCHEDULE_RETENTION,
+    enqueue: (services, tick) => services.queues.enqueue(retentionQueue, { tick }),
   },
   {
     name: 'usage',
-    expression: (platform) => platform.config.SCHEDULE_USAGE,
-    enqueue: (platform, tick) => platform.queues.enqueue(usageQueue, { kind: 'rollup', tick }),
+    expression: (services) => services.config.SCHEDULE_USAGE,
+    enqueue: (services, tick) => services.queues.enqueue(usageQueue, { kind: 'rollup', tick }),
   },
   {
     name: 'usage-reconcile',
-    expression: (platform) => platform.config.SCHEDULE_USAGE_RECONCILE,
-    enqueue: (platform, tick) => platform.queues.enqueue(usageQueue, { kind: 'reconcile', tick }),
+    expression: (services) => services.config.SCHEDULE_USAGE_RECONCILE,
+    enqueue: (services, tick) => services.queues.enqueue(usageQueue, { kind: 'reconcile', tick }),
   },
 ];
 
@@ -50,18 +53,18 @@ export function tickOf(date: Date): string {
 export class Scheduler {
   private readonly tasks: ScheduledTask[] = [];
 
-  constructor(private readonly platform: Platform) {}
+  constructor(private readonly services: SchedulerServices) {}
 
   start(): void {
-    const { logger } = this.platform;
+    const { logger } = this.services;
     for (const schedule of SCHEDULES) {
-      const expression = schedule.expression(this.platform);
+      const expression = schedule.expression(this.services);
       const task = cron.schedule(
         expression,
         async (context) => {
           const tick = tickOf(context.date);
           try {
-            const jobId = await schedule.enqueue(this.platform, tick);
+            const jobId = await schedule.enqueue(this.services, tick);
             logger.debug({ schedule: schedule.name, tick, job_id: jobId }, 'scheduled job enqueued');
           } catch (error) {
             logger.warn({ err: error, schedule: schedule.name, tick }, 'could not enqueue a scheduled job');

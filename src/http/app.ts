@@ -154,21 +154,20 @@ const readsWithoutRedis = (req: Request) => req.method === 'GET' || req.path ===
  * that does touch Redis (queue views, counters) fails fast and answers 503
  * through the error handler. Health routes answer anyway.
  */
-function rejectWhileDependenciesDown(platform: Platform): RequestHandler {
+function rejectWhileDependenciesDown(services: Pick<Platform, 'health'>): RequestHandler {
   return (req, _res, next) => {
     if (req.path === '/health' || req.path === '/openapi.json') return next();
-    if (!platform.health.isUp('redis') && !readsWithoutRedis(req)) return next(dependencyUnavailable('redis'));
-    if (!platform.health.isUp('database')) return next(dependencyUnavailable('database'));
+    if (!services.health.isUp('redis') && !readsWithoutRedis(req)) return next(dependencyUnavailable('redis'));
+    if (!services.health.isUp('database')) return next(dependencyUnavailable('database'));
     next();
   };
 }
 
-
-const errorHandler = (platform: Platform): ErrorRequestHandler => (error: unknown, req: Request, res: Response, _next: NextFunction) => {
+const errorHandler = (services: Pick<Platform, 'db' | 'events'>): ErrorRequestHandler => (error: unknown, req: Request, res: Response, _next: NextFunction) => {
     const appError = toAppError(error);
     if (error instanceof QuotaExceededError && res.locals.tenantId) {
       // The refusal does not wait for the notice; at most one per quota and day is sent.
-      noticeQuotaExceeded(platform.db.knex, platform.events, res.locals.tenantId, error).catch((noticeError) =>
+      noticeQuotaExceeded(services.db.knex, services.events, res.locals.tenantId, error).catch((noticeError) =>
         req.log?.warn({ err: noticeError }, 'could not record the quota.exceeded event'),
       );
     }

@@ -6,6 +6,9 @@ import type { Principal } from './context';
 import type { AuthRule } from './auth';
 import type { Reply } from './reply';
 
+/** What the audit trail uses of the platform. */
+export type AuditServices = Pick<Platform, 'db'>;
+
 const MUTATING_METHODS = new Set(['post', 'patch', 'delete']);
 /** A target is an id; anything longer was typed by someone, and only its start is worth keeping. */
 const TARGET_MAX_CHARS = 200;
@@ -80,7 +83,7 @@ export class RequestAudit {
   private closed = false;
 
   constructor(
-    private readonly platform: Platform,
+    private readonly services: AuditServices,
     private readonly spec: AnyRouteSpec,
     private readonly action: string,
     private readonly req: Request,
@@ -107,7 +110,7 @@ export class RequestAudit {
   async lookUpTenantTarget(): Promise<void> {
     if (!this.spec.audit || !this.spec.audit.targetsTenant) return;
     const named = this.target();
-    if (named) this.targetTenant = await findTenant(this.platform.db.knex, named).catch(() => null);
+    if (named) this.targetTenant = await findTenant(this.services.db.knex, named).catch(() => null);
   }
 
   private writeWhenDone(): void {
@@ -123,11 +126,11 @@ export class RequestAudit {
     let tenant = this.tenant ?? (principal.kind === 'key' ? principal.tenant : undefined);
     if (this.spec.audit && this.spec.audit.targetsTenant) {
       // A tenant the request created exists only now.
-      if (this.targetTenant === undefined && target) this.targetTenant = await findTenant(this.platform.db.knex, target).catch(() => null);
+      if (this.targetTenant === undefined && target) this.targetTenant = await findTenant(this.services.db.knex, target).catch(() => null);
       tenant = this.targetTenant ?? undefined;
       if (tenant) target = tenant.id;
     }
-    await recordAudit(this.platform.db.knex, {
+    await recordAudit(this.services.db.knex, {
       actor: principal.kind === 'key' ? { kind: 'key', keyId: principal.apiKey.id } : { kind: 'operator', sessionId: (principal as { sessionId?: string }).sessionId ?? null },
       action: this.action,
       tenantId: tenant?.id ?? null,

@@ -7,6 +7,9 @@ import { sameSecret } from '../same-secret';
 import { csrfValid, provenanceOf, sessionOf } from './admin/session';
 import { hasScope, type Principal, type RequestContext } from './context';
 
+/** What authentication uses of the platform. */
+export type AuthServices = Pick<Platform, 'apiKeys' | 'config' | 'db' | 'keyUsage'>;
+
 export type AuthRule = 'public' | 'operator' | { scope: Scope; tenant: 'required' | 'optional' };
 
 /** Constant-time comparison of a presented secret with the operator token. */
@@ -30,10 +33,10 @@ export function presentedSecret(req: Request): string | undefined {
 }
 
 /** Whether the operator is calling: its token (Bearer or HTTP Basic), or a dashboard session when no other secret is sent. */
-export async function isOperatorRequest(platform: Pick<Platform, 'config' | 'db'>, req: Request): Promise<boolean> {
+export async function isOperatorRequest(services: Pick<Platform, 'config' | 'db'>, req: Request): Promise<boolean> {
   const secret = presentedSecret(req);
-  if (secret) return isOperatorToken(secret, platform.config.ADMIN_TOKEN);
-  return (await sessionOf(platform, req)) !== null;
+  if (secret) return isOperatorToken(secret, services.config.ADMIN_TOKEN);
+  return (await sessionOf(services, req)) !== null;
 }
 
 /**
@@ -41,17 +44,17 @@ export async function isOperatorRequest(platform: Pick<Platform, 'config' | 'db'
  * in on (Host, or X-Forwarded-Host from a trusted proxy; normalised by
  * customDomainOf), side by side.
  */
-export async function authenticate(platform: Platform, req: Request): Promise<Principal> {
+export async function authenticate(services: AuthServices, req: Request): Promise<Principal> {
   // A browser sends cached HTTP Basic credentials to other origins' pages too: a change it says came from elsewhere is refused, whatever its credentials.
   if (isChange(req) && provenanceOf(req) === 'elsewhere') {
     throw new AppError(403, 'csrf_failed', 'Changes are not accepted from pages of another origin.');
   }
   const secret = presentedSecret(req);
-  const sessionId = secret ? null : await sessionOf(platform, req);
+  const sessionId = secret ? null : await sessionOf(services, req);
   if (!secret && !sessionId) throw unauthenticated('Send an API key as "Authorization: Bearer <key>" or "X-API-Key: <key>".');
-  const principal = secret ? await identify(platform, secret, req.host) : fromSession(platform, req, sessionId!);
+  const principal = secret ? await identify(services, secret, req.host) : fromSession(services, req, sessionId!);
   // A key's lookup brought the domain's tenant along; the operator's requests look it up here.
-  const onDomain = principal.kind === 'key' ? principal.domainTenant : await findTenantByDomain(platform.db.knex, req.host);
+  const onDomain = principal.kind === 'key' ? principal.domainTenant : await findTenantByDomain(services.db.knex, req.host);
   if (onDomain && principal.kind === 'key' && principal.tenant.id !== onDomain.id) {
     throw forbidden(`This API key belongs to another tenant than ${onDomain.custom_domain}.`);
   }
@@ -61,8 +64,8 @@ export async function authenticate(platform: Platform, req: Request): Promise<Pr
 const isChange = (req: Request) => !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
 
 /** The dashboard acts as the operator; its changes must carry the session's CSRF token and say they come from this origin. */
-function fromSession(platform: Platform, req: Request, sessionId: string): Principal {
-  if (isChange(req) && (!csrfValid(platform, sessionId, req.get('x-csrf-token')) || provenanceOf(req) !== 'own-origin')) {
+function fromSession(services: AuthServices, req: Request, sessionId: string): Principal {
+  if (isChange(req) && (!csrfValid(services, sessionId, req.get('x-csrf-token')) || provenanceOf(req) !== 'own-origin')) {
     throw new AppError(
       403,
       'csrf_failed',
@@ -72,21 +75,21 @@ function fromSession(platform: Platform, req: Request, sessionId: string): Princ
   return { kind: 'operator', sessionId };
 }
 
-async function identify(platform: Platform, secret: string, host: string | undefined): Promise<Principal> {
-  const { ADMIN_TOKEN } = platform.config;
+async function identify(services: AuthServices, secret: string, host: string | undefined): Promise<Principal> {
+  const { ADMIN_TOKEN } = services.config;
   // A secret shaped like an API key is no operator token (unless that token is shaped like one): nothing to compare. Shapes are no secret.
   if ((!isWellFormedKey(secret) || isWellFormedKey(ADMIN_TOKEN)) && isOperatorToken(secret, ADMIN_TOKEN)) return { kind: 'operator' };
-  const verdict = await platform.apiKeys.verify(secret, { host });
+  const verdict = await services.apiKeys.verify(secret, { host });
   if (!verdict.ok) {
     const messages = { unknown: 'The API key is not valid.', revoked: 'The API key has been revoked.', expired: 'The API key has expired.' };
     throw unauthenticated(messages[verdict.reason]);
   }
-  platform.keyUsage.record(verdict.apiKey.id);
+  services.keyUsage.record(verdict.apiKey.id);
   return { kind: 'key', apiKey: verdict.apiKey, tenant: verdict.tenant, domainTenant: verdict.domainTenant ?? undefined };
 }
 
 /** Applies a route's rule to an authenticated caller and finds the tenant it acts on. */
-export async function authorize(platform: Platform, req: Request, principal: Principal, rule: Exclude<AuthRule, 'public'>, requestId: string): Promise<RequestContext> {
+export async function authorize(services: AuthServices, req: Request, principal: Principal, rule: Exclude<AuthRule, 'public'>, requestId: string): Promise<RequestContext> {
   if (rule === 'operator') {
     if (principal.kind !== 'operator') throw forbidden('Only the operator may do this.');
     return { principal, requestId };
@@ -102,7 +105,7 @@ export async function authorize(platform: Platform, req: Request, principal: Pri
     if (rule.tenant === 'optional') return { principal, requestId };
     throw badRequest('The operator must name a tenant with the X-Tenant-Id header (id or slug).', { header: 'X-Tenant-Id' });
   }
-  const tenant = await findTenant(platform.db.knex, named);
+  const tenant = await findTenant(services.db.knex, named);
   if (!tenant) throw notFound('Tenant');
   if (principal.domainTenant && principal.domainTenant.id !== tenant.id) {
     throw forbidden(`X-Tenant-Id names another tenant than ${principal.domainTenant.custom_domain}.`);

@@ -5,6 +5,9 @@ import express, { type Router } from 'express';
 import { AppError } from '../errors';
 import type { Platform } from '../platform';
 
+/** What Bull Board uses of the platform. */
+export type BoardServices = Pick<Platform, 'queues'>;
+
 export const BOARD_PATH = '/admin/queues';
 
 /**
@@ -13,11 +16,11 @@ export const BOARD_PATH = '/admin/queues';
  * tab), so every change is in the audit trail. Mounted behind operator auth
  * by the app.
  */
-export function bullBoardRouter(platform: Platform): Router {
+export function bullBoardRouter(services: BoardServices): Router {
   const serverAdapter = new ExpressAdapter();
   serverAdapter.setBasePath(BOARD_PATH);
   createBullBoard({
-    queues: platform.queues.all().map((queue) => new BullMQAdapter(queue, { readOnlyMode: true })),
+    queues: services.queues.all().map((queue) => new BullMQAdapter(queue, { readOnlyMode: true })),
     serverAdapter,
     options: { uiConfig: { boardTitle: 'ragworks queues' } },
   });

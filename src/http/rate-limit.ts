@@ -7,6 +7,9 @@ import type { Platform } from '../platform';
 import { hashTag } from '../redis';
 import type { RequestContext } from './context';
 
+/** What rate limiting uses of the platform. */
+export type RateLimitServices = Pick<Platform, 'config' | 'health' | 'logger' | 'metrics' | 'redis'>;
+
 /** The budgets a key's request draws on: its own, and its tenant's (shared by all the tenant's keys). */
 type PolicyName = 'tenant' | 'key';
 
@@ -69,9 +72,9 @@ export class RequestRateLimits {
   private readonly decisions: Counter<'outcome'>;
   private readonly budgets: BudgetTaker;
 
-  constructor(private readonly platform: Platform) {
-    this.decisions = decisionsCounter(platform.metrics.registry);
-    this.budgets = new BudgetTaker(platform.redis, REDIS_DEADLINE_MS);
+  constructor(private readonly services: RateLimitServices) {
+    this.decisions = decisionsCounter(services.metrics.registry);
+    this.budgets = new BudgetTaker(services.redis, REDIS_DEADLINE_MS);
   }
 
   /**
@@ -82,7 +85,7 @@ export class RequestRateLimits {
    * rate limited, never the operator; a route's needs apply to everyone.
    */
   async admit(ctx: RequestContext, needs: AdmissionNeeds = {}): Promise<Admission> {
-    const { config } = this.platform;
+    const { config } = this.services;
     const { budgets: routeBudgets = [], reads = [] } = needs;
     const policies = config.RATE_LIMIT_ENABLED && ctx.principal?.kind === 'key' && ctx.tenant ? this.policiesFor(ctx.tenant, ctx.principal.apiKey.id) : [];
     const policyHeader: Record<string, string> =
@@ -119,9 +122,9 @@ export class RequestRateLimits {
   async giveBack(admission: Admission): Promise<Record<string, string>> {
     if (admission.taken.length === 0) return {};
     try {
-      await withTimeout(giveBackBudgets(this.platform.redis, admission.taken.map((state) => state.budget)), REDIS_DEADLINE_MS);
+      await withTimeout(giveBackBudgets(this.services.redis, admission.taken.map((state) => state.budget)), REDIS_DEADLINE_MS);
     } catch (error) {
-      this.platform.logger.debug({ err: error }, 'rate-limit units not given back: Redis did not answer');
+      this.services.logger.debug({ err: error }, 'rate-limit units not given back: Redis did not answer');
       return {};
     }
     return { RateLimit: remainingField(admission.taken.map((state) => ({ ...state, used: state.used - 1 }))) };
@@ -129,7 +132,7 @@ export class RequestRateLimits {
 
   /** The tier's limits, leaving out those set to 0 (no limit). */
   private policiesFor(tenant: Tenant, keyId: string): Policy[] {
-    const { QUEUE_PREFIX, RATE_LIMIT_TENANT, RATE_LIMIT_KEY, RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
+    const { QUEUE_PREFIX, RATE_LIMIT_TENANT, RATE_LIMIT_KEY, RATE_LIMIT_WINDOW_SECONDS } = this.services.config;
     const windowMs = RATE_LIMIT_WINDOW_SECONDS * 1000;
     const keys = rateLimitKeys(QUEUE_PREFIX, tenant.id, keyId);
     const policies: Policy[] = [
@@ -144,18 +147,18 @@ export class RequestRateLimits {
    * Redis is away: known down, failing the command, or not answering in time.
    */
   private async take(budgets: Budget[], reads: Read[]) {
-    if (!this.platform.health.isUp('redis')) return null;
+    if (!this.services.health.isUp('redis')) return null;
     try {
       return await this.budgets.take(budgets, reads);
     } catch (error) {
-      this.platform.logger.debug({ err: error }, 'rate limits and quotas not enforced: Redis did not answer');
+      this.services.logger.debug({ err: error }, 'rate limits and quotas not enforced: Redis did not answer');
       return null;
     }
   }
 
   /** 429 naming the spent budget that frees up last, so one wait is enough. */
   private refusal(spent: Array<BudgetState<Policy>>, headers: Record<string, string>): AppError {
-    const { RATE_LIMIT_WINDOW_SECONDS } = this.platform.config;
+    const { RATE_LIMIT_WINDOW_SECONDS } = this.services.config;
     const exhausted = [...spent].sort((a, b) => b.resetMs - a.resetMs)[0];
     const { name, limit } = exhausted.budget;
     const retryAfter = Math.max(1, wholeSeconds(exhausted.resetMs));
@@ -196,7 +199,7 @@ function wholeSeconds(ms: number): number {
   return Math.max(0, Math.ceil(ms / 1000));
 }
 
-/** Registered once per registry: an app built twice on one platform shares the counter. */
+/** Registered once per registry: an app built twice on one services shares the counter. */
 function decisionsCounter(registry: Registry): Counter<'outcome'> {
   const existing = registry.getSingleMetric(DECISIONS_METRIC);
   if (existing) return existing as Counter<'outcome'>;

@@ -6,6 +6,9 @@ import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
 import { BOARD_PATH } from './board';
 
+/** What request tracking uses of the platform. */
+export type TrackingServices = Pick<Platform, 'logger' | 'metrics'>;
+
 declare module 'http' {
   interface IncomingMessage {
     /** The request id: X-Request-Id as sent when valid, else a new UUID. */
@@ -30,8 +33,8 @@ const requestLog = Symbol('request log');
  * pino-http writes them) and the latency histogram. A line whose level is
  * off costs nothing to build.
  */
-export function requestTracking(app: Express, platform: Platform): RequestHandler {
-  const logger = platform.logger.child({}, { serializers: { req: pino.stdSerializers.req, res: pino.stdSerializers.res, err: pino.stdSerializers.err } });
+export function requestTracking(app: Express, services: TrackingServices): RequestHandler {
+  const logger = services.logger.child({}, { serializers: { req: pino.stdSerializers.req, res: pino.stdSerializers.res, err: pino.stdSerializers.err } });
   Object.defineProperty(app.request, 'log', {
     configurable: true,
     get(this: Request & { [requestLog]?: Logger }) {
@@ -45,14 +48,14 @@ export function requestTracking(app: Express, platform: Platform): RequestHandle
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
     const started = performance.now();
-    res.once('close', () => finished(platform, logger, req, res, performance.now() - started));
+    res.once('close', () => finished(services, logger, req, res, performance.now() - started));
     requestScope.run({ requestId: id }, next);
   };
 }
 
-function finished(platform: Platform, logger: Logger, req: Request, res: Response, ms: number): void {
+function finished(services: TrackingServices, logger: Logger, req: Request, res: Response, ms: number): void {
   // Only answers sent to the end are timed: a client that went away measures nothing of ours.
-  if (res.writableFinished) platform.metrics.httpDuration.observe({ method: req.method, route: routeOf(req), status: String(res.statusCode) }, ms / 1000);
+  if (res.writableFinished) services.metrics.httpDuration.observe({ method: req.method, route: routeOf(req), status: String(res.statusCode) }, ms / 1000);
   if (QUIET.has(req.url)) return;
   const failed = res.statusCode >= 500;
   const level = failed ? 'error' : 'info';

@@ -2,14 +2,16 @@ import { OpenAPIRegistry, type RouteConfig } from '@asteasolutions/zod-to-openap
 import express, { type Request, type Response } from 'express';
 import { z } from 'zod';
 import { QuotaExceededError } from '../domain/tenants/quotas';
-import type { Platform } from '../platform';
 import { requestScope } from '../request-scope';
-import { auditedAction, RequestAudit, type AuditCall, type AuditSpec } from './audit-trail';
+import { auditedAction, RequestAudit, type AuditCall, type AuditServices, type AuditSpec } from './audit-trail';
 import type { Reply } from './reply';
-import { authenticate, authorize, type AuthRule } from './auth';
+import { authenticate, authorize, type AuthRule, type AuthServices } from './auth';
 import { requestIdOf, type RequestContext } from './context';
-import { RequestRateLimits, type Admission, type AdmissionNeeds } from './rate-limit';
+import { RequestRateLimits, type Admission, type AdmissionNeeds, type RateLimitServices } from './rate-limit';
 import { parseInput } from './validation';
+
+/** What declaring routes uses of the platform: authentication, rate limits and the audit trail. */
+export type ApiServices = AuthServices & AuditServices & RateLimitServices;
 
 type Method = 'get' | 'post' | 'patch' | 'delete';
 type ObjectSchema = z.ZodObject;
@@ -84,8 +86,8 @@ export class Api {
   private readonly rateLimits: RequestRateLimits;
   private readonly operationIds = new Set<string>();
 
-  constructor(private readonly platform: Platform) {
-    this.rateLimits = new RequestRateLimits(platform);
+  constructor(private readonly services: ApiServices) {
+    this.rateLimits = new RequestRateLimits(services);
     this.registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'API key or operator token' });
     this.registry.registerComponent('securitySchemes', 'apiKeyHeader', { type: 'apiKey', in: 'header', name: 'X-API-Key' });
   }
@@ -100,7 +102,7 @@ export class Api {
     const action = auditedAction(spec);
     this.router[spec.method](spec.path, async (req: Request, res: Response) => {
       // Follows the call from before authentication, so refused attempts are recorded with their status too.
-      const audit = action ? new RequestAudit(this.platform, spec, action, req, res) : undefined;
+      const audit = action ? new RequestAudit(this.services, spec, action, req, res) : undefined;
       try {
         await this.serve(spec, req, res, audit);
       } finally {
@@ -118,9 +120,9 @@ export class Api {
     const requestId = requestIdOf(res);
     let ctx: RequestContext = { requestId };
     if (spec.auth !== 'public') {
-      const principal = await authenticate(this.platform, req);
+      const principal = await authenticate(this.services, req);
       if (audit) audit.principal = principal;
-      ctx = await authorize(this.platform, req, principal, spec.auth, requestId);
+      ctx = await authorize(this.services, req, principal, spec.auth, requestId);
     }
     res.locals.tenantId = ctx.tenant?.id;
     if (audit) audit.tenant = ctx.tenant;

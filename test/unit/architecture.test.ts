@@ -56,6 +56,18 @@ describe('the import graph', () => {
     expect([...startUp].filter((module) => under('workers')(module) || under('src/http')(module) || (under('src/roles')(module) && module !== 'src/roles/serve.ts'))).toEqual([]);
   });
 
+  it('hands the whole platform only to the composition roots: every other module names the services it takes', () => {
+    // Where the platform is built, and where a role, the HTTP app or the worker runtime wires its parts from it.
+    const roots = ['src/platform.ts', 'src/run.ts', 'src/roles/web.ts', 'src/roles/worker.ts', 'src/roles/scheduler.ts', 'src/http/app.ts', 'workers/runtime.ts'];
+    const takers = [...graph.keys()].filter((module) => /:\s*Platform\b/.test(readFileSync(path.join(ROOT, module), 'utf8')));
+    expect(takers.sort()).toEqual([...roots].sort());
+    // The narrowed signatures are what the HTTP layer and the scheduler declare.
+    const declared = (module: string, alias: string) => new RegExp(`export type ${alias} = `).test(readFileSync(path.join(ROOT, module), 'utf8'));
+    expect(declared('src/http/route.ts', 'ApiServices')).toBe(true);
+    expect(declared('src/http/admin/pages.ts', 'AdminPageServices')).toBe(true);
+    expect(declared('workers/scheduler.ts', 'SchedulerServices')).toBe(true);
+  });
+
   it('gives each route module the few services it uses, named in its signature, never the whole platform', () => {
     const folder = path.join(ROOT, 'src', 'http', 'routes');
     for (const file of readdirSync(folder).filter((name) => name.endsWith('.ts'))) {

@@ -8,8 +8,11 @@ import { recordAudit } from '../../domain/audit/audit';
 import type { Platform } from '../../platform';
 import { sameSecret } from '../../same-secret';
 import { isOperatorRequest, isOperatorToken } from '../auth';
-import { clearSessionCookie, csrfTokenFor, csrfValid, provenanceOf, secureCookies, sessionOf, setSessionCookie } from './session';
-import { forgiveSignInAttempt, setDeviceCookie, takeSignInAttempt } from './sign-in-throttle';
+import { clearSessionCookie, csrfTokenFor, csrfValid, provenanceOf, secureCookies, sessionOf, setSessionCookie, type SessionServices } from './session';
+import { forgiveSignInAttempt, setDeviceCookie, takeSignInAttempt, type SignInServices } from './sign-in-throttle';
+
+/** What the dashboard's pages use of the platform. */
+export type AdminPageServices = SessionServices & SignInServices & Pick<Platform, 'version'>;
 
 export const ADMIN_PATH = '/admin';
 const LOGIN_PATH = `${ADMIN_PATH}/login`;
@@ -62,7 +65,7 @@ function sendPage(res: Response, status: number, html: string): void {
  * and the guard in front of Bull Board. Anonymous visitors of any page go
  * to the login page and see no content.
  */
-export function adminPages(platform: Platform): Router {
+export function adminPages(services: AdminPageServices): Router {
   const router = express.Router();
   const loginPage = template('login.html');
   const dashboardPage = template('index.html');
@@ -70,7 +73,7 @@ export function adminPages(platform: Platform): Router {
 
   const renderLogin = (req: Request, res: Response, status: number, error = '') => {
     const loginToken = randomBytes(24).toString('base64url');
-    res.append('Set-Cookie', serialize(LOGIN_COOKIE, loginToken, { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: LOGIN_PATH, maxAge: 3600 }));
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, loginToken, { httpOnly: true, sameSite: 'strict', secure: secureCookies(services, req), path: LOGIN_PATH, maxAge: 3600 }));
     sendPage(res, status, loginPage({ loginToken, next: nextPath(req.query.next ?? req.body?.next), error, errorHidden: error ? '' : 'hidden' }));
   };
 
@@ -80,7 +83,7 @@ export function adminPages(platform: Platform): Router {
   });
 
   router.get(LOGIN_PATH, async (req, res) => {
-    if (await sessionOf(platform, req)) return res.redirect(303, nextPath(req.query.next));
+    if (await sessionOf(services, req)) return res.redirect(303, nextPath(req.query.next));
     renderLogin(req, res, 200);
   });
 
@@ -93,37 +96,37 @@ export function adminPages(platform: Platform): Router {
     if (provenanceOf(req) !== 'own-origin') {
       return renderLogin(req, res, 403, "This sign-in did not come from this server's own page (behind a proxy, TRUST_PROXY must name it).");
     }
-    const attempt = await takeSignInAttempt(platform, req);
+    const attempt = await takeSignInAttempt(services, req);
     if (!attempt.admitted) {
       res.setHeader('Retry-After', String(attempt.retryAfterSeconds));
       const from = attempt.by === 'device' ? 'this browser' : 'this address';
       return renderLogin(req, res, 429, `Too many failed sign-ins from ${from}; try again in ${Math.ceil(attempt.retryAfterSeconds / 60)} minutes.`);
     }
     const token = typeof body.token === 'string' ? body.token : '';
-    const valid = token.length > 0 && isOperatorToken(token, platform.config.ADMIN_TOKEN);
+    const valid = token.length > 0 && isOperatorToken(token, services.config.ADMIN_TOKEN);
     const audit = (action: string, status: number, sessionId: string | null) =>
-      recordAudit(platform.db.knex, { actor: { kind: 'operator', sessionId }, action, method: 'POST', path: LOGIN_PATH, status, ip: req.ip ?? null, requestId: String(res.locals.requestId ?? '') }).catch((error) =>
+      recordAudit(services.db.knex, { actor: { kind: 'operator', sessionId }, action, method: 'POST', path: LOGIN_PATH, status, ip: req.ip ?? null, requestId: String(res.locals.requestId ?? '') }).catch((error) =>
         req.log?.warn({ err: error }, 'could not record the login in the audit trail'),
       );
     if (!valid) {
       await audit('admin.login_failed', 401, null);
       return renderLogin(req, res, 401, 'That is not the operator token.');
     }
-    await forgiveSignInAttempt(platform, attempt);
-    const sessionId = await openSession(platform.db.knex, { hours: platform.config.ADMIN_SESSION_HOURS, ip: req.ip ?? null, userAgent: req.get('user-agent') ?? null });
+    await forgiveSignInAttempt(services, attempt);
+    const sessionId = await openSession(services.db.knex, { hours: services.config.ADMIN_SESSION_HOURS, ip: req.ip ?? null, userAgent: req.get('user-agent') ?? null });
     await audit('admin.login', 303, sessionId);
-    setSessionCookie(platform, req, res, sessionId);
-    setDeviceCookie(platform, req, res, attempt.device, LOGIN_PATH);
-    res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: LOGIN_PATH, maxAge: 0 }));
+    setSessionCookie(services, req, res, sessionId);
+    setDeviceCookie(services, req, res, attempt.device, LOGIN_PATH);
+    res.append('Set-Cookie', serialize(LOGIN_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(services, req), path: LOGIN_PATH, maxAge: 0 }));
     res.redirect(303, nextPath(body.next));
   });
 
   router.post(`${ADMIN_PATH}/logout`, forms, async (req, res) => {
-    const sessionId = await sessionOf(platform, req);
+    const sessionId = await sessionOf(services, req);
     const csrf = (req.body as Record<string, unknown> | undefined)?.csrf;
-    if (sessionId && csrfValid(platform, sessionId, typeof csrf === 'string' ? csrf : undefined) && provenanceOf(req) === 'own-origin') {
-      await endSession(platform.db.knex, sessionId);
-      await recordAudit(platform.db.knex, {
+    if (sessionId && csrfValid(services, sessionId, typeof csrf === 'string' ? csrf : undefined) && provenanceOf(req) === 'own-origin') {
+      await endSession(services.db.knex, sessionId);
+      await recordAudit(services.db.knex, {
         actor: { kind: 'operator', sessionId },
         action: 'admin.logout',
         method: 'POST',
@@ -135,15 +138,15 @@ export function adminPages(platform: Platform): Router {
     } else if (sessionId) {
       return res.status(403).type('text').send('Refused: this logout did not come from the dashboard page.');
     }
-    clearSessionCookie(platform, req, res);
+    clearSessionCookie(services, req, res);
     res.redirect(303, LOGIN_PATH);
   });
 
   // Also answers /admin/: trailing slashes are optional in Express 5 routes.
   router.get(ADMIN_PATH, async (req, res) => {
-    const sessionId = await sessionOf(platform, req);
+    const sessionId = await sessionOf(services, req);
     if (!sessionId) return res.redirect(302, `${LOGIN_PATH}?next=${encodeURIComponent(ADMIN_PATH)}`);
-    sendPage(res, 200, dashboardPage({ csrf: csrfTokenFor(platform, sessionId), version: platform.version }));
+    sendPage(res, 200, dashboardPage({ csrf: csrfTokenFor(services, sessionId), version: services.version }));
   });
 
   return router;
@@ -154,10 +157,10 @@ export function adminPages(platform: Platform): Router {
  * Basic with the token as password, or Bearer) for scripts. Anyone else is
  * sent to the login page.
  */
-export function requireOperatorPage(platform: Platform): RequestHandler {
+export function requireOperatorPage(services: AdminPageServices): RequestHandler {
   return async (req, res, next) => {
     try {
-      if (await isOperatorRequest(platform, req)) return next();
+      if (await isOperatorRequest(services, req)) return next();
     } catch (error) {
       return next(error);
     }

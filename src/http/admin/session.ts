@@ -7,6 +7,9 @@ import { isUuid } from '../../domain/ids';
 import type { Platform } from '../../platform';
 import { sameSecret } from '../../same-secret';
 
+/** What the dashboard's sessions use of the platform. */
+export type SessionServices = Pick<Platform, 'config' | 'db'>;
+
 /**
  * The dashboard's session cookie and its CSRF token. The cookie holds the
  * session id and an HMAC of it; the CSRF token is another HMAC of the same
@@ -18,16 +21,16 @@ import { sameSecret } from '../../same-secret';
  */
 export const SESSION_COOKIE = 'rw_admin';
 
-const keyOf = (platform: Pick<Platform, 'config'>) => createHmac('sha256', platform.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
+const keyOf = (services: Pick<Platform, 'config'>) => createHmac('sha256', services.config.ADMIN_TOKEN).update('ragworks admin sessions').digest();
 /** HMAC of `purpose:id` under a key derived from ADMIN_TOKEN: a new token voids everything signed with the old one. */
-export const mac = (platform: Pick<Platform, 'config'>, purpose: string, id: string) => createHmac('sha256', keyOf(platform)).update(`${purpose}:${id}`).digest('base64url');
+export const mac = (services: Pick<Platform, 'config'>, purpose: string, id: string) => createHmac('sha256', keyOf(services)).update(`${purpose}:${id}`).digest('base64url');
 
-export function csrfTokenFor(platform: Platform, sessionId: string): string {
-  return mac(platform, 'csrf', sessionId);
+export function csrfTokenFor(services: Pick<Platform, 'config'>, sessionId: string): string {
+  return mac(services, 'csrf', sessionId);
 }
 
-export function csrfValid(platform: Platform, sessionId: string, presented: string | undefined): boolean {
-  return presented !== undefined && sameSecret(presented, csrfTokenFor(platform, sessionId));
+export function csrfValid(services: Pick<Platform, 'config'>, sessionId: string, presented: string | undefined): boolean {
+  return presented !== undefined && sameSecret(presented, csrfTokenFor(services, sessionId));
 }
 
 /**
@@ -35,36 +38,36 @@ export function csrfValid(platform: Platform, sessionId: string, presented: stri
  * in production, where a proxy that does not send X-Forwarded-Proto must not
  * make them travel in clear.
  */
-export function secureCookies(platform: Platform, req: Request): boolean {
-  return req.secure || platform.config.NODE_ENV === 'production';
+export function secureCookies(services: Pick<Platform, 'config'>, req: Request): boolean {
+  return req.secure || services.config.NODE_ENV === 'production';
 }
 
-export function setSessionCookie(platform: Platform, req: Request, res: Response, sessionId: string): void {
+export function setSessionCookie(services: Pick<Platform, 'config'>, req: Request, res: Response, sessionId: string): void {
   res.append(
     'Set-Cookie',
-    serialize(SESSION_COOKIE, `${sessionId}.${mac(platform, 'session', sessionId)}`, {
+    serialize(SESSION_COOKIE, `${sessionId}.${mac(services, 'session', sessionId)}`, {
       httpOnly: true,
       sameSite: 'strict',
-      secure: secureCookies(platform, req),
+      secure: secureCookies(services, req),
       path: '/',
-      maxAge: Math.round(platform.config.ADMIN_SESSION_HOURS * 3600),
+      maxAge: Math.round(services.config.ADMIN_SESSION_HOURS * 3600),
     }),
   );
 }
 
-export function clearSessionCookie(platform: Platform, req: Request, res: Response): void {
-  res.append('Set-Cookie', serialize(SESSION_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(platform, req), path: '/', maxAge: 0 }));
+export function clearSessionCookie(services: Pick<Platform, 'config'>, req: Request, res: Response): void {
+  res.append('Set-Cookie', serialize(SESSION_COOKIE, '', { httpOnly: true, sameSite: 'strict', secure: secureCookies(services, req), path: '/', maxAge: 0 }));
 }
 
 /** The live session the request's cookie names, if its signature holds. */
-export async function sessionOf(platform: Pick<Platform, 'config' | 'db'>, req: Request): Promise<string | null> {
+export async function sessionOf(services: SessionServices, req: Request): Promise<string | null> {
   const header = req.headers.cookie;
   if (!header) return null;
   const value = parse(header)[SESSION_COOKIE];
   if (!value) return null;
   const [id, signature] = value.split('.', 2);
-  if (!id || !signature || !isUuid(id) || !sameSecret(signature, mac(platform, 'session', id))) return null;
-  return (await isLiveSession(platform.db.knex, id)) ? id : null;
+  if (!id || !signature || !isUuid(id) || !sameSecret(signature, mac(services, 'session', id))) return null;
+  return (await isLiveSession(services.db.knex, id)) ? id : null;
 }
 
 /** Where a browser says a request comes from: a page of this server's origin, anywhere else, or nothing said (not a browser). */

@@ -8,6 +8,9 @@ import type { Platform } from '../../platform';
 import { sameSecret } from '../../same-secret';
 import { mac, secureCookies } from './session';
 
+/** What the sign-in throttle uses of the platform. */
+export type SignInServices = Pick<Platform, 'config' | 'health' | 'logger' | 'redis'>;
+
 /**
  * The sign-in throttle, after OWASP's "device cookies": a browser that has
  * signed in before holds a signed, long-lived device cookie, and its failed
@@ -34,21 +37,21 @@ export type SignInAttempt =
   | { admitted: false; by: 'device' | 'address'; retryAfterSeconds: number };
 
 /** The device the request's device cookie names, if its signature holds. */
-export function deviceOf(platform: Platform, req: Request): string | null {
+export function deviceOf(services: SignInServices, req: Request): string | null {
   const value = parse(req.headers.cookie ?? '')[DEVICE_COOKIE];
   const [id, signature] = value?.split('.', 2) ?? [];
-  return id && signature && DEVICE_ID.test(id) && sameSecret(signature, mac(platform, 'device', id)) ? id : null;
+  return id && signature && DEVICE_ID.test(id) && sameSecret(signature, mac(services, 'device', id)) ? id : null;
 }
 
 /** Marks the browser that just signed in as known: `device` kept when it had one, else a new one. Sent back only to `path`, the sign-in form. */
-export function setDeviceCookie(platform: Platform, req: Request, res: Response, device: string | null, path: string): void {
+export function setDeviceCookie(services: SignInServices, req: Request, res: Response, device: string | null, path: string): void {
   const id = device ?? randomBytes(16).toString('base64url');
   res.append(
     'Set-Cookie',
-    serialize(DEVICE_COOKIE, `${id}.${mac(platform, 'device', id)}`, {
+    serialize(DEVICE_COOKIE, `${id}.${mac(services, 'device', id)}`, {
       httpOnly: true,
       sameSite: 'strict',
-      secure: secureCookies(platform, req),
+      secure: secureCookies(services, req),
       path,
       maxAge: DEVICE_COOKIE_DAYS * 24 * 3600,
     }),
@@ -60,30 +63,30 @@ export function setDeviceCookie(platform: Platform, req: Request, res: Response,
  * device. Without Redis (down, failing, slow) the attempt goes on
  * uncounted: the token's length is the defence that never goes away.
  */
-export async function takeSignInAttempt(platform: Platform, req: Request): Promise<SignInAttempt> {
-  const device = deviceOf(platform, req);
+export async function takeSignInAttempt(services: SignInServices, req: Request): Promise<SignInAttempt> {
+  const device = deviceOf(services, req);
   const by = device ? 'device' : 'address';
   const budget: Budget = {
-    key: `${platform.config.QUEUE_PREFIX}:sign-in-failures:${by}:${device ?? networkOf(req.ip)}`,
+    key: `${services.config.QUEUE_PREFIX}:sign-in-failures:${by}:${device ?? networkOf(req.ip)}`,
     limit: SIGN_IN_FAILURES_ALLOWED,
     windowMs: SIGN_IN_FAILURE_WINDOW_SECONDS * 1000,
   };
-  if (!platform.health.isUp('redis')) return { admitted: true, device, budget: null };
+  if (!services.health.isUp('redis')) return { admitted: true, device, budget: null };
   try {
-    const taking = await withTimeout(takeBudgets(platform.redis, [budget]), REDIS_DEADLINE_MS);
+    const taking = await withTimeout(takeBudgets(services.redis, [budget]), REDIS_DEADLINE_MS);
     if (taking.admitted) return { admitted: true, device, budget };
     return { admitted: false, by, retryAfterSeconds: Math.max(1, Math.ceil(taking.states[0].resetMs / 1000)) };
   } catch (error) {
-    platform.logger.debug({ err: error }, 'sign-in attempts not counted: Redis did not answer');
+    services.logger.debug({ err: error }, 'sign-in attempts not counted: Redis did not answer');
     return { admitted: true, device, budget: null };
   }
 }
 
 /** A right token: the attempt it took is given back. */
-export async function forgiveSignInAttempt(platform: Platform, attempt: { budget: Budget | null }): Promise<void> {
+export async function forgiveSignInAttempt(services: SignInServices, attempt: { budget: Budget | null }): Promise<void> {
   if (!attempt.budget) return;
-  await withTimeout(giveBackBudgets(platform.redis, [attempt.budget]), REDIS_DEADLINE_MS).catch((error) =>
-    platform.logger.debug({ err: error }, 'sign-in attempt not given back: Redis did not answer'),
+  await withTimeout(giveBackBudgets(services.redis, [attempt.budget]), REDIS_DEADLINE_MS).catch((error) =>
+    services.logger.debug({ err: error }, 'sign-in attempt not given back: Redis did not answer'),
   );
 }
 
