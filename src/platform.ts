@@ -1,11 +1,13 @@
 import type { Knex } from 'knex';
 import { queueSnapshots } from '../queues/queue-health';
 import { enqueueDeliveries } from '../queues/webhooks';
-import { QueueRegistry, indexingQueue, webhookFanoutQueue } from '../queues';
-import { ConfigError, type Config } from './config';
+import { QueueRegistry } from '../queues';
+import { eventFanout, indexingDispatch, indexingWithdrawal } from '../queues/domain-ports';
+import type { Config } from './config';
 import { queueTelemetry } from './telemetry';
-import { openDatabase, type Database, type DatabaseOptions } from './db/database';
-import { migrateToLatest, type MigrationOptions, type RowLevelSecurity, type VectorSupport } from './db/migrate';
+import type { Database } from './db/database';
+import type { RowLevelSecurity, VectorSupport } from './db/migrate';
+import { prepareDatabase, type PreparedDatabase } from './db/prepare';
 import { KeyUsageRecorder } from './domain/apikeys/apikeys';
 import { ApiKeyCache } from './domain/apikeys/key-cache';
 import { KeyChanges } from './domain/apikeys/key-changes';
@@ -15,7 +17,7 @@ import { createIndexingCpu, type IndexerDeps } from './domain/indexing/indexer';
 import type { DocumentDeps } from './domain/documents/documents';
 import type { SearchDeps } from './domain/search/search';
 import { createReranker } from './domain/search/reranker';
-import { createChatModel, type ChatModel } from './domain/answers/chat-model';
+import { createConfiguredChatModel, type ChatModel } from './domain/answers/chat-model';
 import type { DeliveryDeps, DeliveryWork } from './domain/webhooks/deliveries';
 import type { EndpointSettings } from './domain/webhooks/endpoints';
 import type { EventSink } from './domain/webhooks/events';
@@ -102,47 +104,15 @@ export const VERSION: string = require('../package.json').version;
 export async function createPlatform(config: Config, logger: Logger): Promise<Platform> {
   const redis = await connectRedis(config, 'producer');
   redis.on('error', (error) => logger.debug({ err: error }, 'redis connection error'));
-  let db: Database | undefined;
   try {
-    db = await openDatabase(databaseOptions(config, logger, config.DATABASE_POOL_MAX));
-    const migration = await migrateToLatest(db, migrationOptions(config));
-    if (migration.applied.length > 0) logger.info({ migrations: migration.applied }, 'database migrated');
-    if (!migration.vectorSearch.available) logger.warn(`semantic and hybrid search are off: ${migration.vectorSearch.reason}`);
-    if (migration.rowLevelSecurity.enforced && !migration.textSearchIndex.usable) {
-      logger.warn(`keyword search scans each tenant's chunks instead of using its index: ${migration.textSearchIndex.reason}`);
-    }
-    if (!migration.rowLevelSecurity.enforced) {
-      const problem = `row-level security does not hold: ${migration.rowLevelSecurity.reason}; connect DATABASE_URL as an application role and migrate with MIGRATION_DATABASE_URL (docs/operations.md, "Production database roles")`;
-      // A server's one role serving every tenant is a laptop's setup: in production one tenant could read another's rows.
-      // The embedded database has no roles to separate; it serves one process on one machine.
-      if (config.NODE_ENV === 'production' && db.kind === 'postgres') throw new ConfigError(`refusing to start in production: ${problem}`);
-      logger.warn(problem);
-    }
-    return assemble(config, logger, redis, db, migration.vectorSearch, migration.rowLevelSecurity);
+    return assemble(config, logger, redis, await prepareDatabase(config, logger));
   } catch (error) {
     redis.disconnect();
-    await db?.close().catch(() => undefined);
     throw error;
   }
 }
 
-export function databaseOptions(config: Config, logger: Logger, poolMax: number): DatabaseOptions {
-  return {
-    databaseUrl: config.DATABASE_URL,
-    replicaUrl: config.DATABASE_REPLICA_URL,
-    dataDir: config.DATA_DIR,
-    poolMax,
-    logger,
-    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
-    idleInTransactionTimeoutMs: config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS,
-  };
-}
-
-export function migrationOptions(config: Config): MigrationOptions {
-  return { databaseUrl: config.DATABASE_URL, migrationDatabaseUrl: config.MIGRATION_DATABASE_URL, embeddingDimensions: config.EMBEDDINGS_DIMENSIONS };
-}
-
-function assemble(config: Config, logger: Logger, redis: RedisClient, db: Database, vector: VectorSupport, rowLevelSecurity: RowLevelSecurity): Platform {
+function assemble(config: Config, logger: Logger, redis: RedisClient, { db, vector, rowLevelSecurity }: PreparedDatabase): Platform {
   const queues = new QueueRegistry(redis, config.QUEUE_PREFIX, queueTelemetry(config));
   const embedder = createEmbedder(config);
   // Threads start with the first document indexed: a web-only process never starts any.
@@ -152,28 +122,10 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     onError: (error) => logger.error({ err: error }, 'an indexing thread failed'),
   });
   const queryEmbedder = createEmbedder(config, 'queries');
-  let rerankFailing = false;
-  const reranker = createReranker(config, (outcome, error) => {
-    metrics.reranks.inc({ outcome });
-    // One line when the reranker starts failing and one when it is back, not one per search.
-    if ((outcome === 'failed') === rerankFailing) return;
-    rerankFailing = outcome === 'failed';
-    if (rerankFailing) logger.warn({ err: error }, 'the reranker failed; searches asking for it answer in their original order');
-    else logger.info('the reranker answers again');
-  });
-  const chatModel = config.LLM_URL
-    ? createChatModel({
-        baseUrl: config.LLM_URL,
-        model: config.LLM_MODEL!,
-        apiKey: config.LLM_API_KEY,
-        maxTokens: config.ANSWER_MAX_TOKENS,
-        timeoutMs: config.LLM_TIMEOUT_MS,
-        maxRetries: config.LLM_MAX_RETRIES,
-      })
-    : null;
   const health = new DependencyHealth(db, redis);
   const metrics = new Metrics(() => queueSnapshots(queues));
   const metricsWindow = new MetricsWindow(metrics);
+  const reranker = createReranker(config, { counted: (outcome) => metrics.reranks.inc({ outcome }), logger });
   registerUsageMetrics(metrics.registry, db.knex, logger);
   const cache = new SearchCache(
     redis,
@@ -208,16 +160,8 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
   health.start();
   keyUsage.start();
   metricsWindow.start();
-  const dispatchIndexing: DispatchIndexing = async (work) => {
-    await queues.enqueueMany(indexingQueue, work);
-  };
-  const events: EventSink = {
-    announce: async (pending) => {
-      await queues.enqueueMany(webhookFanoutQueue, [...pending]).catch((error) =>
-        logger.warn({ err: error, event_ids: pending.map((event) => event.eventId) }, 'could not enqueue a webhook fan-out; the reconcile tick will'),
-      );
-    },
-  };
+  const dispatchIndexing = indexingDispatch(queues);
+  const events = eventFanout(queues, logger);
   const endpointSlots = new EndpointSlots(redis, config.QUEUE_PREFIX, config.WEBHOOK_ENDPOINT_CONCURRENCY, slotTimings(config.WEBHOOK_TIMEOUT_MS));
   return {
     config,
@@ -235,9 +179,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     apiKeys,
     keyChanges,
     dispatchIndexing,
-    withdrawIndexing: async (work) => {
-      await queues.removeWaiting(indexingQueue, work);
-    },
+    withdrawIndexing: indexingWithdrawal(queues),
     events,
     endpointSlots,
     cache,
@@ -249,7 +191,7 @@ function assemble(config: Config, logger: Logger, redis: RedisClient, db: Databa
     startedAt: new Date(),
     version: VERSION,
     reportRead: (read) => (replicaReads ? replicaReads.readLagging('analytics', read) : read(db.knex)),
-    chatModel,
+    chatModel: createConfiguredChatModel(config),
     searchDeps: () => ({
       db: db.knex,
       replica: replicaReads,

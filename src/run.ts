@@ -6,9 +6,10 @@ import { ConfigError, loadConfig, selectedQueues, type Config } from './config';
 import { createLogger, type Logger } from './logger';
 import { openDatabase } from './db/database';
 import { migrateToLatest } from './db/migrate';
+import { databaseOptions, migrationOptions, reportMigration } from './db/prepare';
 import { readiness } from './health';
 import { scrapeAllowed } from './metrics';
-import { createPlatform, databaseOptions, migrationOptions, type Platform } from './platform';
+import { createPlatform, type Platform } from './platform';
 import { RedisUnreachableError } from './redis';
 import { closeServer, listen, type Stop } from './roles/serve';
 
@@ -110,7 +111,7 @@ async function migrateAndExit(config: Config, logger: Logger, telemetry: { shutd
     const db = await openDatabase(databaseOptions(config, logger, 2));
     try {
       const report = await migrateToLatest(db, migrationOptions(config));
-      if (report.applied.length > 0) logger.info({ migrations: report.applied }, 'database migrated');
+      reportMigration(report, logger);
       logger.info({ vector_search: report.vectorSearch.available }, 'migrations are up to date');
     } finally {
       await db.close();

@@ -1,3 +1,4 @@
+import { createReranker } from '../../src/domain/search/reranker';
 import { startStack, type TestStack } from '../helpers/harness';
 import { startRerankProvider, type FakeRerankProvider } from '../helpers/rerank-provider';
 
@@ -193,5 +194,34 @@ describe('rerank: true without RERANK_URL', () => {
       settings: ['RERANK_URL', 'RERANK_MODEL'],
     });
     expect(await search(stack, tenant.key, { query: 'lantern', mode: 'keyword' })).toMatchObject({ reranked: false });
+  });
+});
+
+describe('the reranker as the platform builds it', () => {
+  it('counts every outcome, and logs once when it starts failing and once when it answers again', async () => {
+    const provider = await startRerankProvider({ word: 'saffron', model: MODEL, apiKey: API_KEY });
+    try {
+      const outcomes: string[] = [];
+      const lines: string[] = [];
+      const logger = { warn: (_fields: object, message: string) => lines.push(`warn: ${message}`), info: (message: string) => lines.push(`info: ${message}`) };
+      const config = { RERANK_URL: provider.env.RERANK_URL, RERANK_MODEL: MODEL, RERANK_API_KEY: API_KEY, RERANK_API: 'cohere' as const, RERANK_TIMEOUT_MS: 2_000 };
+      const reranker = createReranker(config, { counted: (outcome) => outcomes.push(outcome), logger: logger as never })!;
+      const score = () => reranker.score('saffron', ['saffron', 'lantern']).then(() => 'scored', () => 'threw');
+
+      expect(await score()).toBe('scored');
+      provider.mode = 'down';
+      expect([await score(), await score()]).toEqual(['threw', 'threw']);
+      provider.mode = 'ok';
+      expect([await score(), await score()]).toEqual(['scored', 'scored']);
+
+      expect(outcomes).toEqual(['reranked', 'failed', 'failed', 'reranked', 'reranked']);
+      expect(lines).toEqual(['warn: the reranker failed; searches asking for it answer in their original order', 'info: the reranker answers again']);
+    } finally {
+      await provider.close();
+    }
+  });
+
+  it('is none without RERANK_URL', () => {
+    expect(createReranker({ RERANK_URL: undefined, RERANK_MODEL: undefined, RERANK_API_KEY: undefined, RERANK_API: 'cohere', RERANK_TIMEOUT_MS: 2_000 }, { counted: () => undefined, logger: console })).toBeNull();
   });
 });

@@ -1,4 +1,5 @@
 import { fetch } from 'undici';
+import type { Config } from '../../config';
 import { backoffMs, bodyExcerpt, DEFAULT_RETRY_BASE_MS, describeNetworkError, endpointLabel, parseRetryAfter, sleep, transientStatus } from '../providers/http';
 
 export interface ChatMessage {
@@ -55,6 +56,21 @@ export interface ChatModelOptions {
   /** Retries after the first attempt, only before any of the answer has arrived. */
   maxRetries: number;
   retryBaseMs?: number;
+}
+
+/** The chat model LLM_URL names, null without one (POST /api/answer then answers 501). */
+export function createConfiguredChatModel(
+  config: Pick<Config, 'LLM_URL' | 'LLM_MODEL' | 'LLM_API_KEY' | 'ANSWER_MAX_TOKENS' | 'LLM_TIMEOUT_MS' | 'LLM_MAX_RETRIES'>,
+): ChatModel | null {
+  if (!config.LLM_URL) return null;
+  return createChatModel({
+    baseUrl: config.LLM_URL,
+    model: config.LLM_MODEL!,
+    apiKey: config.LLM_API_KEY,
+    maxTokens: config.ANSWER_MAX_TOKENS,
+    timeoutMs: config.LLM_TIMEOUT_MS,
+    maxRetries: config.LLM_MAX_RETRIES,
+  });
 }
 
 /** When the model said "not now" without saying until when. */

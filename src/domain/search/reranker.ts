@@ -1,5 +1,6 @@
 import { fetch } from 'undici';
 import type { Config } from '../../config';
+import type { Logger } from '../../logger';
 import { bodyExcerpt, describeNetworkError, endpointLabel } from '../providers/http';
 
 /** A cross-encoder: how well each passage answers the query, read together rather than as two vectors. */
@@ -94,24 +95,33 @@ function readScores(body: string, count: number, describe: () => string): number
 }
 
 /**
- * The reranker RERANK_URL names, null without one; `observe` hears every
- * call's outcome (and a failure's error), for metrics and the log.
+ * The reranker RERANK_URL names, null without one. `counted` hears every
+ * call's outcome, for metrics; the log gets one line when the reranker
+ * starts failing and one when it is back, not one per search.
  */
 export function createReranker(
   config: Pick<Config, 'RERANK_URL' | 'RERANK_MODEL' | 'RERANK_API_KEY' | 'RERANK_API' | 'RERANK_TIMEOUT_MS'>,
-  observe: (outcome: 'reranked' | 'failed', error?: unknown) => void,
+  observer: { counted: (outcome: 'reranked' | 'failed') => void; logger: Pick<Logger, 'info' | 'warn'> },
 ): Reranker | null {
   if (!config.RERANK_URL) return null;
   const reranker = createHttpReranker({ url: config.RERANK_URL, model: config.RERANK_MODEL!, apiKey: config.RERANK_API_KEY, api: config.RERANK_API, timeoutMs: config.RERANK_TIMEOUT_MS });
+  let failing = false;
+  const heard = (outcome: 'reranked' | 'failed', error?: unknown) => {
+    observer.counted(outcome);
+    if ((outcome === 'failed') === failing) return;
+    failing = outcome === 'failed';
+    if (failing) observer.logger.warn({ err: error }, 'the reranker failed; searches asking for it answer in their original order');
+    else observer.logger.info('the reranker answers again');
+  };
   return {
     model: reranker.model,
     async score(query, passages, signal) {
       try {
         const scores = await reranker.score(query, passages, signal);
-        observe('reranked');
+        heard('reranked');
         return scores;
       } catch (error) {
-        if (error instanceof RerankError) observe('failed', error);
+        if (error instanceof RerankError) heard('failed', error);
         throw error;
       }
     },
