@@ -1,6 +1,7 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { withTimeout } from './async';
 import type { Config } from './config';
+import { redactUrl } from './secrets';
 
 export type RedisRole = 'producer' | 'worker';
 
@@ -115,9 +116,7 @@ export function describeRedis(config: Config): string {
   if (config.REDIS_SENTINELS) {
     return `sentinels ${config.REDIS_SENTINELS.map((s) => `${s.host}:${s.port}`).join(',')} (master "${config.REDIS_SENTINEL_NAME}")`;
   }
-  const url = new URL(config.REDIS_URL);
-  if (url.password) url.password = '***';
-  return url.toString();
+  return redactUrl(config.REDIS_URL);
 }
 
 export class RedisUnreachableError extends Error {

@@ -1,7 +1,8 @@
 /**
  * What counts as a secret, in one place: the names under which a value is
  * never shown — in job data and dead letters (redact), in log lines (the
- * logger's paths) and in configuration errors.
+ * logger's paths) and in configuration errors — and the password of a URL
+ * shown in a log line.
  */
 
 /** A field, header or setting whose name says it holds a credential. */
@@ -33,4 +34,15 @@ export function lostToRedaction(value: unknown): boolean {
     return Object.entries(value).some(([key, inner]) => (SECRET_NAME.test(key) && inner === REDACTED) || lostToRedaction(inner));
   }
   return false;
+}
+
+/** A URL to show in a log line or an error: its password, if any, replaced. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparseable URL)';
+  }
 }

@@ -3,6 +3,7 @@ import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import type { Logger } from '../logger';
+import { redactUrl } from '../secrets';
 
 /** int8 counts and sums come back as numbers; no value we store comes near 2^53. */
 pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
@@ -178,14 +179,4 @@ function hideRowValuesOfErrors(knex: Knex): void {
       Object.defineProperty(error, 'detail', { enumerable: false });
     }
   });
-}
-
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
 }
