@@ -204,9 +204,10 @@ export const webhooksProcessor = defineProcessor<typeof webhooksQueue, WebhooksS
 
 /**
  * Every SWEEP_INTERVAL_MS, hands on the slots whose leases ran out at
- * endpoints with parked deliveries, and promotes the deliveries given them:
- * a wake-up lost with a killed worker delays the next delivery by at most a
- * lease and an interval, not by the park backstop. Returns the stop function.
+ * endpoints with parked deliveries, and promotes the deliveries given them
+ * and those whose slot lapsed unused: a wake-up lost with a killed worker
+ * delays a delivery by at most a lease and an interval, not by the park
+ * backstop. Returns the stop function.
  */
 function sweepEndpointSlots(services: WebhooksServices): () => Promise<void> {
   let running: Promise<void> = Promise.resolve();
@@ -215,7 +216,7 @@ function sweepEndpointSlots(services: WebhooksServices): () => Promise<void> {
       const woken = await services.endpointSlots.sweep();
       await promoteDeliveries(
         services.queues.queue(webhooksQueue.name),
-        woken.flatMap((entry) => entry.woken.map((each) => each.jobId)),
+        woken.flatMap((entry) => [...entry.woken.map((each) => each.jobId), ...entry.lapsed]),
       );
     })().catch((error) => services.logger.warn({ err: error }, 'could not sweep the endpoint slots'));
   }, SWEEP_INTERVAL_MS);

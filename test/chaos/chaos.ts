@@ -259,8 +259,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     ).catch(() => 0);
     const events = await subscribedEvents(app, tenant.id);
     const webhookFigures = () => deliveryFigures(events, receivers);
-    // Up to the park backstop and then some: a delivery parked for an endpoint slot whose wake-up was lost (its holder
-    // killed, the slot state then lost in a Redis failover) is moved on by the backstop (PARK_BACKSTOP_MS, 5 min) at the latest.
+    // Up to the park backstop and then some: a wake-up lost with a killed worker is made up by the sweeper within a
+    // lease (test/unit/endpoint-slots.test.ts), but a parked list lost in a Redis failover leaves only the backstop
+    // (PARK_BACKSTOP_MS, 5 min) to move its delivery on.
     await waitFor(() => webhookFigures().undelivered === 0, { what: 'every event delivered to every receiver', timeoutMs: 360_000, intervalMs: 1_000 }).catch(() => undefined);
     const settledAt = Date.now();
     const settleMs = settledAt - settleStarted;

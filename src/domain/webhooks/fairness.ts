@@ -24,6 +24,9 @@ import { bySlot, hashTag, type RedisClient } from '../../redis';
  * Leases bound every slot: a holder that dies (a killed worker, a lost
  * promotion) frees its slot when the lease runs out, and the next grant —
  * any acquire or release at that endpoint, or the sweeper — hands it on.
+ * A job given a slot whose promotion was lost is still delayed by the
+ * backstop; the sweeper promotes it when its lease lapses, and it asks for a
+ * slot again.
  */
 
 /*
@@ -119,8 +122,9 @@ return answer`;
  * its place among the parked if it has one, are given up, and the slot goes
  * to the longest-parked job. With an empty job id it only hands on slots
  * whose leases ran out (the sweeper). KEYS: holders, parked. ARGV: now,
- * limit, wait lease, holders' ttl, job id, delivery id. Returns {1 when jobs
- * are still parked | 0, parked entries woken...}.
+ * limit, wait lease, holders' ttl, job id, delivery id. Returns {1 while
+ * jobs are parked or slots held | 0, the number of holders whose leases ran
+ * out, their job ids..., parked entries woken...}.
  */
 const RELEASE = `${GRANT}
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -128,9 +132,13 @@ if ARGV[5] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[5])
   redis.call('ZREM', KEYS[2], ARGV[5] .. ':' .. ARGV[6])
 end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local answer = grant(KEYS[1], KEYS[2], now, limit, lease, ARGV[4])
-table.insert(answer, 1, redis.call('EXISTS', KEYS[2]))
+local watched = (redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1) and 1 or 0
+for i = #expired, 1, -1 do table.insert(answer, 1, expired[i]) end
+table.insert(answer, 1, #expired)
+table.insert(answer, 1, watched)
 return answer`;
 
 const COMMANDS = { admit: 'ragworksSlotsAdmit', acquire: 'ragworksSlotsAcquire', release: 'ragworksSlotsRelease' } as const;
@@ -270,9 +278,9 @@ export class EndpointSlots {
     return woken((await this.releaseAt(claim.endpointId, claim.jobId, claim.deliveryId)).entries);
   }
 
-  private async releaseAt(endpointId: string, jobId: string, deliveryId: string): Promise<{ parkedLeft: boolean; entries: string[] }> {
+  private async releaseAt(endpointId: string, jobId: string, deliveryId: string): Promise<{ watched: boolean; lapsed: string[]; entries: string[] }> {
     const keys = [this.holdersKey(endpointId), this.parkedKey(endpointId)];
-    const [parkedLeft, ...entries] = (await this.scripts[COMMANDS.release](
+    const [watched, lapsedCount, ...rest] = (await this.scripts[COMMANDS.release](
       keys.length,
       ...keys,
       Date.now(),
@@ -281,8 +289,8 @@ export class EndpointSlots {
       this.holdTtl,
       jobId,
       deliveryId,
-    )) as [number, ...string[]];
-    return { parkedLeft: parkedLeft === 1, entries };
+    )) as [number, number, ...string[]];
+    return { watched: watched === 1, lapsed: rest.slice(0, lapsedCount), entries: rest.slice(lapsedCount) };
   }
 
   /** Which of these parked jobs have been given a slot meanwhile (to promote them when their wake-up may have missed them). */
@@ -300,27 +308,32 @@ export class EndpointSlots {
 
   /**
    * Hands on the slots whose holders' leases ran out, at every endpoint with
-   * parked jobs: for wake-ups that were lost (a worker killed between freeing
-   * a slot and promoting the next job). Returns the jobs to promote.
+   * parked jobs or held slots: for wake-ups that were lost. Returns the jobs
+   * to promote: those given a slot now, and those whose lease ran out — a
+   * job given a slot whose promotion was lost (its waker was killed between
+   * the two) is still delayed by the park backstop, and promoting it now
+   * makes it ask again; promoting a holder that is running or gone is a
+   * no-op.
    */
-  async sweep(): Promise<Array<{ endpointId: string; woken: Woken[] }>> {
+  async sweep(): Promise<Array<{ endpointId: string; woken: Woken[]; lapsed: string[] }>> {
     const endpoints = await this.redis.smembers(this.registryKey);
     const swept = await Promise.all(
       endpoints.map(async (endpointId) => {
-        const { parkedLeft, entries } = await this.releaseAt(endpointId, '', '');
-        if (!parkedLeft) await this.forgetUnlessParked(endpointId);
-        return { endpointId, woken: woken(entries) };
+        const { watched, lapsed, entries } = await this.releaseAt(endpointId, '', '');
+        if (!watched) await this.forgetUnlessWatched(endpointId);
+        return { endpointId, woken: woken(entries), lapsed };
       }),
     );
-    return swept.filter((entry) => entry.woken.length > 0);
+    return swept.filter((entry) => entry.woken.length > 0 || entry.lapsed.length > 0);
   }
 
   /**
-   * Takes an endpoint without parked jobs out of the sweeper's set, then
-   * looks again: a job parked meanwhile, whose endpoint was added before
-   * the removal, puts it back. (One parked after the look adds it itself.)
+   * Takes an endpoint without parked jobs or held slots out of the
+   * sweeper's set, then looks again: a job parked meanwhile, whose endpoint
+   * was added before the removal, puts it back. (One parked after the look
+   * adds it itself.)
    */
-  private async forgetUnlessParked(endpointId: string): Promise<void> {
+  private async forgetUnlessWatched(endpointId: string): Promise<void> {
     await this.redis.srem(this.registryKey, endpointId);
     if ((await this.redis.exists(this.parkedKey(endpointId))) === 1) await this.redis.sadd(this.registryKey, endpointId);
   }
