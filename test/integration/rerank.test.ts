@@ -205,7 +205,7 @@ describe('the reranker as the platform builds it', () => {
       const lines: string[] = [];
       const logger = { warn: (_fields: object, message: string) => lines.push(`warn: ${message}`), info: (message: string) => lines.push(`info: ${message}`) };
       const config = { RERANK_URL: provider.env.RERANK_URL, RERANK_MODEL: MODEL, RERANK_API_KEY: API_KEY, RERANK_API: 'cohere' as const, RERANK_TIMEOUT_MS: 2_000 };
-      const reranker = createReranker(config, { counted: (outcome) => outcomes.push(outcome), logger: logger as never })!;
+      const reranker = createReranker(config, { counted: (outcome) => outcomes.push(outcome), logger })!;
       const score = () => reranker.score('saffron', ['saffron', 'lantern']).then(() => 'scored', () => 'threw');
 
       expect(await score()).toBe('scored');

@@ -1,6 +1,5 @@
 import { fetch } from 'undici';
 import type { Config } from '../../config';
-import type { Logger } from '../../logger';
 import { bodyExcerpt, describeNetworkError, endpointLabel } from '../providers/http';
 
 /** A cross-encoder: how well each passage answers the query, read together rather than as two vectors. */
@@ -101,7 +100,7 @@ function readScores(body: string, count: number, describe: () => string): number
  */
 export function createReranker(
   config: Pick<Config, 'RERANK_URL' | 'RERANK_MODEL' | 'RERANK_API_KEY' | 'RERANK_API' | 'RERANK_TIMEOUT_MS'>,
-  observer: { counted: (outcome: 'reranked' | 'failed') => void; logger: Pick<Logger, 'info' | 'warn'> },
+  observer: { counted: (outcome: 'reranked' | 'failed') => void; logger: { warn(fields: object, message: string): void; info(message: string): void } },
 ): Reranker | null {
   if (!config.RERANK_URL) return null;
   const reranker = createHttpReranker({ url: config.RERANK_URL, model: config.RERANK_MODEL!, apiKey: config.RERANK_API_KEY, api: config.RERANK_API, timeoutMs: config.RERANK_TIMEOUT_MS });
